@@ -1,0 +1,16 @@
+"""Every experiment, by name: the one list that the CLI, the notebooks and the tests read."""
+
+from sims.experiment import Experiment
+from sims.experiments import npo_synthetic
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "npo-synthetic": npo_synthetic.EXPERIMENT,
+}
+
+
+def get_experiment(name: str) -> Experiment:
+    """EXPERIMENTS[name], or an error that lists the valid names."""
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}") from None

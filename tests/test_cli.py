@@ -1,0 +1,81 @@
+"""The command line: discoverable, and bad input stops before any work with a message naming the problem."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unlearn.cli import main
+
+
+def test_list_names_every_experiment_with_its_claim(capsys):
+    from sims.experiments import EXPERIMENTS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, exp in EXPERIMENTS.items():
+        assert name in out and exp.claim[:40] in out
+
+
+def test_figures_help_explains_presets_and_overrides():
+    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "figures", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for word in ("--preset", "fast", "full", "--out", "--device", "--set", "key=value", "--show-config", "seed=7"):
+        assert word in out
+
+
+def test_show_config_prints_the_resolved_config(capsys):
+    assert main(["figures", "npo-synthetic", "--preset", "fast", "--set", "seed=7", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"seed": 7' in out and '"seeds": 1' in out and '"steps": 2000' in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["figures", "nope"], "unknown experiment 'nope'; valid experiments: npo-synthetic"),
+    (["figures", "npo-synthetic", "--set", "beta=1"], "--set beta: unknown config key"),
+    (["figures", "npo-synthetic", "--set", "steps=many"], "--set steps='many': expected an integer"),
+    (["figures", "npo-synthetic", "--set", "sweep_betas=0,1"], "sweep_betas: every beta must be > 0"),
+    (["figures", "npo-synthetic", "--set", "sweep_lr=-0.1"], "sweep_lr must be > 0"),
+    (["figures", "npo-synthetic", "--set", "methods=GA,NPOO"], "methods: unknown method 'NPOO'; valid methods"),
+    (["figures", "npo-synthetic", "--preset", "huge"], None),
+])
+def test_bad_input_fails_before_work_naming_the_problem(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) if message is None else _no_exit():
+        code = main(argv + ["--out", str(tmp_path)])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert (message or "invalid choice: 'huge'") in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_gpu_fails_with_a_clear_message(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["figures", "npo-synthetic", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_non_finite_loss_keeps_what_was_computed(tmp_path, capsys):
+    """An absurd learning rate overflows GA to inf; the run stops naming the step and the method, and the
+    history up to that step is written where the figure would have gone."""
+    argv = ["figures", "npo-synthetic", "--preset", "fast", "--out", str(tmp_path)]
+    for override in ("progress=false", "alphas=1", "methods=GA", "pretrain_steps=200", "steps=400",
+                     "sweep_steps=10", "lr_multiplier=1e306"):
+        argv += ["--set", override]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss at step" in err and "GA/forget" in err
+    kept = json.loads((tmp_path / "npo-synthetic.failed.json").read_text())
+    assert kept["step"] > 0 and len(kept["history"]["loss"]) == kept["step"]
+    assert not (tmp_path / "npo-synthetic.png").exists()
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,99 @@
+"""sims.logistic: the NPO synthetic world, side-by-side runs equal to runs alone, and the model cache."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sims import logistic
+from unlearn import cache
+from unlearn.models.logistic import random_feature_matrix
+from unlearn.objectives import METHODS, MethodParams
+from unlearn.rng import generator
+
+
+def worlds(n, alpha=1.0, sizes=(40, 120, 60), d=6, p=16):
+    out = []
+    for i in range(n):
+        g = generator(123, "test-world", i)
+        W = random_feature_matrix(d, p, g)
+        out.append(logistic.sample_data(alpha, d, *sizes, g).featurize(W))
+    return out
+
+
+def test_labels_follow_the_generative_model():
+    """With alpha = 1, P(y=1) averages sigma(N(1, 1)) ~ 0.70 on forget and sigma(N(-1, 1)) ~ 0.30 on retain;
+    y_alt is Bern(0.5). Standard errors at n = 20000 are ~0.003."""
+    data = logistic.sample_data(1.0, 16, 20000, 20000, 10, generator(0, "labels"))
+    assert data.y_forget.double().mean() == pytest.approx(0.70, abs=0.015)
+    assert data.y_retain.double().mean() == pytest.approx(0.30, abs=0.015)
+    assert data.y_alt.double().mean() == pytest.approx(0.5, abs=0.015)
+    assert data.x_forget.mean() == pytest.approx(1.0, abs=0.01)
+    assert data.x_retain.mean() == pytest.approx(-1.0, abs=0.01)
+
+
+def test_same_generator_same_data():
+    a = logistic.sample_data(0.0, 4, 10, 10, 10, generator(5, "x"))
+    b = logistic.sample_data(0.0, 4, 10, 10, 10, generator(5, "x"))
+    c = logistic.sample_data(0.0, 4, 10, 10, 10, generator(6, "x"))
+    assert all(torch.equal(u, v) for u, v in zip(vars(a).values(), vars(b).values(), strict=True))
+    assert not torch.equal(a.x_forget, c.x_forget)
+
+
+def test_pretrained_models_fit_their_data():
+    """pi_ref is trained on forget + retain, pi_retr on retain only; both near a stationary point."""
+    ws = worlds(2)
+    theta_ref, theta_retr, g_ref, g_retr = logistic.pretrain(ws, lr=0.05, steps=3000, progress=False)
+    assert (g_ref < 2e-2).all() and (g_retr < 2e-2).all()
+    w = ws[0]
+    pred = torch.sigmoid(w.x_forget @ theta_ref[0])
+    assert pred.mean() == pytest.approx(w.y_forget.double().mean(), abs=0.05)
+    pred_r = torch.sigmoid(w.x_forget @ theta_retr[0])
+    assert pred_r.mean() < pred.mean()  # the retain-only model predicts the forget labels (mostly 1) worse
+
+
+@settings(max_examples=4)
+@given(n_worlds=st.integers(1, 2), choice=st.lists(st.sampled_from(list(METHODS)), min_size=1, max_size=3),
+       lr=st.floats(1e-3, 2e-2), beta=st.floats(0.1, 5.0))
+def test_side_by_side_runs_equal_runs_alone(n_worlds, choice, lr, beta):
+    """Every member of an ensemble (methods, betas, learning rates and worlds mixed) follows the same
+    trajectory as that run trained alone, to 1e-9 relative in float64."""
+    ws = worlds(n_worlds)
+    theta_ref, theta_retr, _, _ = logistic.pretrain(ws, lr=0.05, steps=300, progress=False)
+    runs = [logistic.Run(f"{m}#{i}", m, MethodParams(beta=beta * (i + 1)), lr * (i + 1)) for i, m in enumerate(choice)]
+    together = logistic.unlearn(runs, ws, theta_ref, theta_retr, steps=60, eval_every=20, progress=False)
+    for w in range(n_worlds):
+        for j, run in enumerate(runs):
+            alone = logistic.unlearn([run], ws[w:w + 1], theta_ref[w:w + 1], theta_retr[w:w + 1], steps=60,
+                                     eval_every=20, progress=False)
+            for metric in logistic.EVAL_METRICS:
+                member = torch.tensor([row[w * len(runs) + j] for row in together.evals[metric]])
+                single = torch.tensor([row[0] for row in alone.evals[metric]])
+                torch.testing.assert_close(member, single, rtol=1e-9, atol=1e-12)
+
+
+def test_pretraining_is_cached_by_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path))
+    ws = worlds(2)
+    keys = [{"world": "test", "i": i} for i in range(2)]
+    first = logistic.pretrain_cached(ws, keys, 0.05, 200)
+    assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+    def fail(*args, **kwargs):
+        raise AssertionError("pretrain should not run on a cache hit")
+
+    monkeypatch.setattr(logistic, "pretrain", fail)
+    second = logistic.pretrain_cached(ws, keys, 0.05, 200)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    with pytest.raises(AssertionError, match="should not run"):
+        logistic.pretrain_cached(ws, keys, 0.05, 201)  # another step count is another entry
+
+
+def test_cache_ignores_entries_stored_under_another_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path))
+    cache.store("k", {"a": 1}, {"t": torch.ones(2)})
+    path = cache.entry_path("k", {"a": 1})
+    path.rename(cache.entry_path("k", {"a": 2}))  # a collision or a hand-copied file
+    assert cache.load("k", {"a": 2}) is None
+    built = cache.cached("k", {"a": 2}, lambda: {"t": torch.zeros(3)})
+    assert torch.equal(built["t"], torch.zeros(3)) and torch.equal(cache.load("k", {"a": 2})["t"], torch.zeros(3))

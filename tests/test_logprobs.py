@@ -1,0 +1,83 @@
+"""unlearn.logprobs: the one logits -> per-sequence statistics path."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from unlearn.logprobs import sequence_kl, sequence_logprobs
+
+
+def naive_logp(logits, labels, mask):
+    """Loop over every (sequence, position): the definition, with nothing vectorised."""
+    out = torch.zeros(logits.shape[0], dtype=torch.float64)
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1]):
+            if mask[b, t]:
+                out[b] += torch.log_softmax(logits[b, t].double(), -1)[labels[b, t]]
+    return out
+
+
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), T=st.integers(1, 7), V=st.integers(2, 9))
+def test_equals_naive_log_softmax_gather(seed, B, T, V):
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.rand(B, T, generator=g) < 0.6
+    out = sequence_logprobs(logits, labels, mask)
+    torch.testing.assert_close(out.logp, naive_logp(logits, labels, mask), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.n_tokens, mask.sum(-1).double())
+
+
+def test_prompt_and_padding_do_not_count():
+    """Changing logits or labels at masked positions (including label -100) leaves every statistic unchanged."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 8, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 8), generator=g)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, 2:6] = True
+    ref = torch.randn(3, 8, 11, generator=g)
+    before = sequence_logprobs(logits, labels, mask), sequence_kl(logits, ref, mask)
+    logits2, labels2, ref2 = logits.clone(), labels.clone(), ref.clone()
+    logits2[~mask] = 100 * torch.randn(int((~mask).sum()), 11, generator=g)
+    ref2[~mask] = -50.0
+    labels2[~mask] = -100
+    after = sequence_logprobs(logits2, labels2, mask), sequence_kl(logits2, ref2, mask)
+    assert torch.equal(before[0].logp, after[0].logp) and torch.equal(before[1], after[1])
+
+
+def test_shift_matches_pre_aligned_labels():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 7, (2, 6), generator=g)
+    logits = torch.randn(2, 6, 7, generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    shifted = sequence_logprobs(logits, ids, mask, shift=True)
+    aligned = sequence_logprobs(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+    assert torch.equal(shifted.logp, aligned.logp)
+
+
+def test_bf16_logits_give_float32_statistics():
+    """A bf16 model's logits are upcast before log-softmax: float32 outputs, close to the float64 value
+    of the same (bf16-rounded) logits."""
+    g = torch.Generator().manual_seed(2)
+    logits = (4 * torch.randn(4, 50, 128, generator=g)).to(torch.bfloat16)
+    labels = torch.randint(0, 128, (4, 50), generator=g)
+    mask = torch.ones(4, 50, dtype=torch.bool)
+    out = sequence_logprobs(logits, labels, mask)
+    assert out.logp.dtype == torch.float32
+    exact = sequence_logprobs(logits.double(), labels, mask).logp
+    torch.testing.assert_close(out.logp.double(), exact, rtol=1e-5, atol=1e-3)
+    assert sequence_kl(logits, logits, mask).dtype == torch.float32
+
+
+def test_kl_is_zero_against_itself_and_positive_otherwise():
+    g = torch.Generator().manual_seed(3)
+    logits, ref = torch.randn(2, 5, 6, generator=g), torch.randn(2, 5, 6, generator=g)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    assert torch.allclose(sequence_kl(logits, logits, mask), torch.zeros(2), atol=1e-6)
+    assert (sequence_kl(logits, ref, mask) > 0).all()
+
+
+def test_shape_mismatch_is_explained():
+    with pytest.raises(ValueError, match="must match"):
+        sequence_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4))

@@ -1,0 +1,136 @@
+"""unlearn.objectives: autograd through every term equals the theory's weight times grad logp, and the registry
+rejects what it cannot run."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from theory import objectives as T
+from unlearn.logprobs import sequence_kl, sequence_logprobs
+from unlearn.objectives import METHODS, MethodParams, SequenceStats, get_method, per_sequence_losses
+
+B, L, V = 4, 6, 5
+
+
+def tiny_batch(seed):
+    """Random logits (the 'model'), labels, a response mask with a prompt and right padding, and references."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, L, V, generator=g, dtype=torch.float64, requires_grad=True)
+    alt_logits = torch.randn(B, L, V, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, V, (B, L), generator=g)
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for b, (start, end) in enumerate([(1, 6), (2, 4), (0, 3), (3, 6)]):
+        mask[b, start:end] = True
+    ref_logits = torch.randn(B, L, V, generator=g, dtype=torch.float64)
+    return logits, alt_logits, labels, mask, ref_logits
+
+
+def stats_of(logits, alt_logits, labels, mask, ref_logits):
+    seq = sequence_logprobs(logits, labels, mask)
+    alt = sequence_logprobs(alt_logits, labels.flip(0), mask)
+    return SequenceStats(
+        logp=seq.logp, n_tokens=seq.n_tokens,
+        logp_ref=sequence_logprobs(ref_logits, labels, mask).logp.detach(),
+        alt_logp=alt.logp, alt_logp_ref=sequence_logprobs(ref_logits, labels.flip(0), mask).logp.detach(),
+        kl=sequence_kl(logits, ref_logits, mask),
+    )
+
+
+def theory_weights(name, s, p):
+    """(weight on logp, weight on alt_logp) from theory.objectives, as numpy arrays."""
+    logp, ref = s.logp.detach().numpy(), s.logp_ref.numpy()
+    alt, alt_ref = s.alt_logp.detach().numpy(), s.alt_logp_ref.numpy()
+    n, zero = s.n_tokens.numpy(), np.zeros(B)
+    if name == "GA":
+        return T.ga_weight(logp), zero
+    if name == "NPO":
+        return T.npo_weight(logp - ref, p.beta), zero
+    if name == "SimNPO":
+        return T.simnpo_weight(logp, n, p.beta, p.gamma), zero
+    if name == "DPO":
+        w_alt, w = T.dpo_weights(alt - alt_ref, logp - ref, p.beta)
+        return w, w_alt
+    if name == "IDK":
+        return zero, -np.ones(B)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["GA", "NPO", "SimNPO", "DPO", "IDK"])
+@given(seed=st.integers(0, 10_000), beta=st.floats(0.05, 5.0), gamma=st.floats(0.0, 3.0))
+def test_forget_term_gradient_equals_theory_weight(name, seed, beta, gamma):
+    """grad_theta sum_b L_b == sum_b W_b grad_theta logp_b (+ W_alt,b grad_theta alt_logp_b), exactly the
+    weights of theory.objectives, through the real logits -> logprobs path."""
+    logits, alt_logits, labels, mask, ref_logits = tiny_batch(seed)
+    p = MethodParams(beta=beta, gamma=gamma)
+    s = stats_of(logits, alt_logits, labels, mask, ref_logits)
+    term = METHODS["IDK+RT" if name == "IDK" else name].forget
+    got = torch.autograd.grad(term(s, p).sum(), (logits, alt_logits), allow_unused=True, materialize_grads=True)
+    w, w_alt = theory_weights(name, s, p)
+    s = stats_of(logits, alt_logits, labels, mask, ref_logits)
+    surrogate = (torch.from_numpy(w) * s.logp).sum() + (torch.from_numpy(w_alt) * s.alt_logp).sum()
+    want = torch.autograd.grad(surrogate, (logits, alt_logits), allow_unused=True, materialize_grads=True)
+    for g, h in zip(got, want, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["GA", "NPO", "SimNPO", "DPO"])
+def test_forget_term_values_equal_theory(name):
+    logits, alt_logits, labels, mask, ref_logits = tiny_batch(3)
+    p = MethodParams(beta=0.7, gamma=0.4)
+    s = stats_of(logits, alt_logits, labels, mask, ref_logits)
+    logp, ref = s.logp.detach().numpy(), s.logp_ref.numpy()
+    want = {
+        "GA": T.ga_loss(logp),
+        "NPO": T.npo_loss(logp - ref, p.beta),
+        "SimNPO": T.simnpo_loss(logp, s.n_tokens.numpy(), p.beta, p.gamma),
+        "DPO": T.dpo_loss(s.alt_logp.detach().numpy() - s.alt_logp_ref.numpy(), logp - ref, p.beta),
+    }[name]
+    np.testing.assert_allclose(METHODS[name].forget(s, p).detach().numpy(), want, rtol=1e-12)
+
+
+def test_retain_terms():
+    """RT = -lam logp; KL = lam * (token-mean KL), whose gradient per response token is
+    (softmax(logits) - softmax(ref_logits)) / n_tokens (derivative of sum_v p_ref (log p_ref - log q))."""
+    logits, alt_logits, labels, mask, ref_logits = tiny_batch(5)
+    p = MethodParams(lam=2.5)
+    s = stats_of(logits, alt_logits, labels, mask, ref_logits)
+    torch.testing.assert_close(METHODS["GA+RT"].retain(s, p), -2.5 * s.logp)
+    (grad,) = torch.autograd.grad(METHODS["GA+KL"].retain(s, p).sum(), logits)
+    per_token = (mask.double() / mask.sum(-1, keepdim=True)).unsqueeze(-1)
+    want = 2.5 * (logits.softmax(-1) - ref_logits.softmax(-1)) * per_token
+    torch.testing.assert_close(grad, want.detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_every_method_runs_and_reports_its_terms():
+    logits, alt_logits, labels, mask, ref_logits = tiny_batch(7)
+    s = stats_of(logits, alt_logits, labels, mask, ref_logits)
+    for name, method in METHODS.items():
+        losses = per_sequence_losses(method, MethodParams(), s, s)
+        assert set(losses) == ({"forget", "retain"} if method.retain else {"forget"}), name
+        assert all(v.shape == (B,) and torch.isfinite(v).all() for v in losses.values()), name
+
+
+def test_required_methods_are_registered():
+    required = {"GA", "GA+RT", "GA+KL", "IDK+RT", "DPO", "DPO+RT", "NPO", "NPO+RT", "NPO+KL",
+                "SimNPO", "SimNPO+RT", "SimNPO+KL"}
+    assert required <= set(METHODS)
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match="valid methods: GA, GA\\+RT"):
+        get_method("NOPE")
+
+
+def test_missing_statistics_are_named():
+    s = SequenceStats(logp=torch.zeros(2), n_tokens=torch.ones(2))
+    with pytest.raises(ValueError, match="logp_ref"):
+        METHODS["NPO"].forget(s, MethodParams())
+
+
+@pytest.mark.parametrize("kwargs, key", [({"beta": 0.0}, "beta"), ({"beta": -1.0}, "beta"),
+                                          ({"gamma": -0.1}, "gamma"), ({"lam": float("inf")}, "lam")])
+def test_impossible_hyperparameters_are_refused(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        MethodParams(**kwargs)

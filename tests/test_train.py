@@ -1,0 +1,157 @@
+"""unlearn.train: the loop's invariants (accumulation, determinism, masks, NaN stop, schedules, precision)."""
+
+import copy
+
+import pytest
+import torch
+
+from unlearn.logprobs import sequence_logprobs
+from unlearn.train import NonFiniteLossError, TrainConfig, lr_factor, resolve_device, train
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding + linear map: enough parameters to exercise AdamW state, masks and decay."""
+
+    def __init__(self, vocab=7, dim=5, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.nn.Parameter(torch.randn(vocab, dim, generator=g))
+        self.out = torch.nn.Parameter(torch.randn(dim, vocab, generator=g))
+
+    def forward(self, ids):
+        return self.emb[ids] @ self.out
+
+
+def make_data(n=8, T=6, vocab=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, T + 1), generator=g)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def nll(model, batch):
+    inputs, labels = batch
+    return {"nll": -sequence_logprobs(model(inputs), labels, torch.ones_like(labels)).logp}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_accumulating_8x1_equals_1x8(optimizer):
+    """Eight micro-batches of one sequence give the same trajectory as one batch of eight (float64)."""
+    inputs, labels = make_data()
+    cfg = TrainConfig(steps=5, lr=0.05, optimizer=optimizer, weight_decay=0.01, clip_norm=1.0, progress=False,
+                      precision="float64")
+    whole, split = TinyLM(), TinyLM()
+    h1 = train(whole, nll, lambda s: [(inputs, labels)], cfg)
+    h8 = train(split, nll, lambda s: [(inputs[i:i + 1], labels[i:i + 1]) for i in range(8)], cfg)
+    for a, b in zip(whole.parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(h1.loss), torch.tensor(h8.loss), rtol=1e-12, atol=1e-12)
+
+
+def test_same_seed_is_bitwise_identical():
+    inputs, labels = make_data()
+    cfg = TrainConfig(steps=10, lr=0.01, optimizer="adamw", progress=False, eval_every=3)
+    runs = []
+    for _ in range(2):
+        model = TinyLM(seed=3)
+        h = train(model, nll, lambda s: [(inputs, labels)], cfg,
+                  evaluate=lambda m, s: {"out_norm": m.out.norm()})
+        runs.append((h, [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0].loss == runs[1][0].loss and runs[0][0].evals == runs[1][0].evals
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_masked_weights_do_not_move(optimizer):
+    """Masked entries stay bitwise equal, weight decay included; unmasked entries move."""
+    inputs, labels = make_data()
+    model = TinyLM()
+    before = copy.deepcopy(model)
+    mask = torch.rand(model.out.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    train(model, nll, lambda s: [(inputs, labels)],
+          TrainConfig(steps=20, lr=0.1, optimizer=optimizer, weight_decay=0.1, progress=False),
+          masks={"out": mask})
+    assert torch.equal(model.out[~mask], before.out[~mask])
+    assert (model.out[mask] != before.out[mask]).all()
+    assert not torch.equal(model.emb, before.emb)
+
+
+def test_mask_errors_name_the_parameter():
+    model = TinyLM()
+    cfg = TrainConfig(steps=1, lr=0.1, progress=False)
+    with pytest.raises(ValueError, match="'missing'"):
+        train(model, nll, lambda s: [make_data()], cfg, masks={"missing": torch.ones(1)})
+    with pytest.raises(ValueError, match="'out' has shape"):
+        train(model, nll, lambda s: [make_data()], cfg, masks={"out": torch.ones(2, 2)})
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_history():
+    inputs, labels = make_data()
+    model = TinyLM()
+
+    def losses(m, batch):
+        out = nll(m, batch)
+        if losses.calls == 3:
+            out["forget"] = torch.full_like(out["nll"], float("nan"))
+        losses.calls += 1
+        return out
+
+    losses.calls = 0
+    with pytest.raises(NonFiniteLossError, match=r"step 3 of run 'NPO\+RT'.*forget") as info:
+        train(model, losses, lambda s: [(inputs, labels)],
+              TrainConfig(steps=10, lr=0.1, progress=False, eval_every=2, name="NPO+RT"),
+              evaluate=lambda m, s: {"x": 1.0})
+    err = info.value
+    assert err.step == 3 and err.terms == ["forget"] and len(err.history.loss) == 3
+    assert err.history.eval_steps == [0, 2]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_warmup_then_linear_decay():
+    cfg = TrainConfig(steps=10, lr=1.0, schedule="warmup_linear", warmup_steps=4)
+    factors = [lr_factor(s, cfg) for s in range(10)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_lr_scale_equals_that_learning_rate():
+    """SGD with lr 1 and lr_scale s moves a parameter exactly like lr s."""
+    inputs, labels = make_data()
+    a, b = TinyLM(), TinyLM()
+    train(a, nll, lambda s: [(inputs, labels)], TrainConfig(steps=5, lr=0.03, progress=False))
+    train(b, nll, lambda s: [(inputs, labels)], TrainConfig(steps=5, lr=1.0, progress=False),
+          lr_scale={"emb": torch.tensor(0.03), "out": torch.tensor(0.03)})
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_autocast_trains_on_cpu():
+    inputs, labels = make_data()
+    model = TinyLM()
+    h = train(model, nll, lambda s: [(inputs, labels)], TrainConfig(steps=30, lr=0.1, precision="bf16", progress=False))
+    assert model.out.dtype == torch.float32 and h.loss[-1] < h.loss[0]
+
+
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1e-3), ("steps", -1), ("optimizer", "lion"),
+                                          ("schedule", "cosine"), ("precision", "fp8"), ("weight_decay", -1.0)])
+def test_bad_train_config_is_refused(field, value):
+    kwargs = {"steps": 1, "lr": 0.1, field: value}
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        TrainConfig(**kwargs)
+
+
+def test_missing_gpu_is_reported():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    inputs, labels = make_data()
+    model = TinyLM().cuda()
+    h = train(model, nll, lambda s: [(inputs.cuda(), labels.cuda())],
+              TrainConfig(steps=30, lr=0.1, precision="bf16", device="cuda", progress=False))
+    assert h.loss[-1] < h.loss[0]

@@ -1,0 +1,84 @@
+"""Typed, frozen experiment configs with ``key=value`` overrides, and their JSON form.
+
+An override names a field of the config dataclass and gives a value parsed by that field's type:
+``seed=7``, ``lr=5e-4``, ``methods=GA,NPO``, ``betas=0.1,1``, ``betas=none`` (an empty list),
+``progress=false``, ``clip=none`` (optional fields). Unknown keys and unparsable values fail before any work,
+naming the key; range checks live in each config's ``__post_init__`` and fail the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _parse_scalar(kind: type, raw: str, key: str) -> Any:
+    raw = raw.strip()
+    if kind is bool:
+        if raw.lower() in TRUE | FALSE:
+            return raw.lower() in TRUE
+        raise ValueError(f"--set {key}={raw!r}: expected true or false")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"--set {key}={raw!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    if kind is str:
+        if not raw:
+            raise ValueError(f"--set {key}: empty value")
+        return raw
+    raise TypeError(f"config field {key!r} has unsupported type {kind!r}")
+
+
+def parse_value(annotation: Any, raw: str, key: str) -> Any:
+    """Parse ``raw`` as a value of the type ``annotation`` (int, float, str, bool, tuple[X, ...], X | None)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if raw.strip().lower() == "none" and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return parse_value(inner, raw, key)
+    if origin is tuple:
+        inner = args[0]
+        if raw.strip().lower() == "none":
+            return ()
+        parts = [part for part in raw.split(",") if part.strip()]
+        if not parts:
+            raise ValueError(f"--set {key}: empty list")
+        return tuple(_parse_scalar(inner, part, key) for part in parts)
+    return _parse_scalar(annotation, raw, key)
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
+    """A copy of the frozen dataclass ``cfg`` with ``key=value`` overrides applied and validated."""
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        if key not in names:
+            raise ValueError(f"--set {key}: unknown config key; valid keys: {', '.join(names)}")
+        changes[key] = parse_value(hints[key], raw, key)
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except ValueError as err:
+        raise ValueError(f"invalid config: {err}") from None
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as JSON-ready data (tuples become lists)."""
+    return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,89 @@
+"""The one place where logits become log-probabilities.
+
+Every model in the project (random-features logistic, toy transformer, Hugging Face causal LM) is reduced to
+per-sequence statistics here, and only here:
+
+    logp[b]     = sum_t mask[b,t] * log softmax(logits[b,t])[labels[b,t]]      (a per-sequence SUM)
+    n_tokens[b] = sum_t mask[b,t]                                               (|y|, response tokens only)
+    kl[b]       = (1/n_tokens[b]) sum_t mask[b,t] * KL(pi_ref(.|ctx_t) || pi_theta(.|ctx_t))
+
+Labels are aligned with logits: logits[b, t] is the distribution of labels[b, t]. Causal LMs build
+``labels = ids[:, 1:]`` from ``input_ids = ids[:, :-1]`` when batching (or pass ``shift=True``); a classifier
+is a sequence of length 1. The mask selects response tokens: prompt and padding positions never count, and
+their label values are never read (they may hold any id, including -100).
+
+Numerics: log-softmax runs in at least float32 (float64 stays float64), so a bf16 model gives float32
+statistics; this is where bf16's 8-bit mantissa would otherwise round a sum of hundreds of token log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SequenceLogprobs:
+    """Per-sequence log-probability sums and response lengths, each of shape (B,)."""
+
+    logp: torch.Tensor
+    n_tokens: torch.Tensor
+
+
+def _token_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return torch.log_softmax(logits.to(dtype), dim=-1)
+
+
+def _align(logits, labels, mask, shift):
+    if shift:
+        logits, labels, mask = logits[:, :-1], labels[:, 1:], mask[:, 1:]
+    if logits.shape[:2] != labels.shape or labels.shape != mask.shape:
+        raise ValueError(
+            f"logits (B, T, V) must match labels and mask (B, T): got {tuple(logits.shape)}, "
+            f"{tuple(labels.shape)}, {tuple(mask.shape)}"
+        )
+    return logits, labels, mask.bool()
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, shift: bool = False
+) -> SequenceLogprobs:
+    """Sum of response-token log-probs per sequence, and the response lengths.
+
+    Args:
+        logits: (B, T, V) model outputs, any float dtype.
+        labels: (B, T) target ids aligned with ``logits`` (see module docstring); ignored where mask is 0.
+        mask: (B, T) 1 on response tokens, 0 on prompt and padding.
+        shift: drop the last logit and the first label/mask column first (for unshifted ``input_ids``).
+
+    Returns:
+        SequenceLogprobs(logp, n_tokens), float32 or float64, shape (B,).
+    """
+    logits, labels, mask = _align(logits, labels, mask, shift)
+    outside = ~mask
+    logq = _token_log_softmax(logits)
+    token_logp = logq.gather(-1, labels.masked_fill(outside, 0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    token_logp = token_logp.masked_fill(outside, 0.0)
+    return SequenceLogprobs(logp=token_logp.sum(-1), n_tokens=mask.sum(-1).to(token_logp.dtype))
+
+
+def sequence_kl(
+    logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor, *, shift: bool = False
+) -> torch.Tensor:
+    """Forward KL(pi_ref || pi_theta), summed over the vocabulary, averaged over response tokens: (B,).
+
+    This is the retain-side KL of SCIENCE 1.2 (NPO paper's code direction, ``F.kl_div(logq, logp_ref,
+    log_target=True)``), restricted to response tokens: prompt and padding positions never enter the mean.
+    A sequence with no response token gets KL 0.
+    """
+    if logits.shape != ref_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ")
+    labels = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
+    logits, _, mask = _align(logits, labels, mask, shift)
+    ref_logits = ref_logits[:, :-1] if shift else ref_logits
+    logq = _token_log_softmax(logits)
+    logp = _token_log_softmax(ref_logits).to(logq.dtype)
+    token_kl = (logp.exp() * (logp - logq)).sum(-1).masked_fill(~mask, 0.0)  # (B, T)
+    return token_kl.sum(-1) / mask.sum(-1).clamp(min=1).to(token_kl.dtype)

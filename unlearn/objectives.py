@@ -1,0 +1,179 @@
+"""Unlearning objectives as pure functions of per-sequence statistics, and the METHODS registry.
+
+A method is a forget term plus an optional retain term. Each term maps a ``SequenceStats`` record (made by
+``unlearn.logprobs``) to one loss per sequence; the training loop takes the batch mean of each term once.
+Formulas, papers and other codebases' parameter names: docs/methods.md. Closed-form values, weights, bounds
+and limits of the same formulas: ``theory.objectives`` (tests check that autograd through these terms equals
+those weights).
+
+softplus(z) is written -log sigma(-z): torch's F.softplus switches to the identity above z = 20, which would
+make NPO's weight exactly 2 there instead of 2 sigma(z).
+
+Normalisation: every log-prob is a per-sequence SUM over response tokens (SCIENCE 0). NPO's code uses sums
+too; TOFU-style GA uses a token mean, which differs from ours by a factor |y| per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SequenceStats:
+    """Per-sequence statistics of one batch; every tensor has shape (B,).
+
+    logp:         log pi_theta(y|x), summed over response tokens
+    n_tokens:     |y|, the number of response tokens
+    logp_ref:     log pi_ref(y|x) (cached before training, or from a frozen reference)
+    alt_logp:     log pi_theta(y_alt|x) of an alternative response to the same prompt (IDK, DPO's winner)
+    alt_logp_ref: log pi_ref(y_alt|x)
+    kl:           KL(pi_ref || pi_theta) per response token, averaged over the sequence's response tokens
+    """
+
+    logp: torch.Tensor
+    n_tokens: torch.Tensor
+    logp_ref: torch.Tensor | None = None
+    alt_logp: torch.Tensor | None = None
+    alt_logp_ref: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """Hyperparameters shared by the objectives, with the papers' names.
+
+    beta:  inverse temperature of NPO, SimNPO and DPO (> 0)
+    gamma: SimNPO margin in the paper's convention (>= 0; the released code's delta/gamma is gamma/beta)
+    lam:   weight of the retain term (>= 0)
+    """
+
+    beta: float = 0.1
+    gamma: float = 0.0
+    lam: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if not (math.isfinite(self.gamma) and self.gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
+
+
+# ------------------------------------------------------------------ terms: (SequenceStats, params) -> (B,)
+
+
+def ga(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """GA: L = logp (NPO paper Sec. 2). Weight dL/dlogp = 1; unbounded below."""
+    return s.logp
+
+
+def npo(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """NPO: L = (2/beta) softplus(beta r), r = logp - logp_ref (NPO paper Eq. 3). Weight 2 sigma(beta r)."""
+    return -(2.0 / p.beta) * F.logsigmoid(-p.beta * (s.logp - s.logp_ref))
+
+
+def simnpo(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """SimNPO: L = (2/beta) softplus(beta logp/|y| + gamma) (SimNPO paper Eq. 4). Weight (2/|y|) sigma(.)."""
+    return -(2.0 / p.beta) * F.logsigmoid(-(p.beta * s.logp / s.n_tokens + p.gamma))
+
+
+def dpo(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """DPO with the forget response as loser: L = -(2/beta) log sigma(beta (r_alt - r)) (DPO; NPO Eq. 2)."""
+    margin = (s.alt_logp - s.alt_logp_ref) - (s.logp - s.logp_ref)
+    return -(2.0 / p.beta) * F.logsigmoid(p.beta * margin)
+
+
+def idk(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """IDK: L = -log pi_theta(y_alt|x), NLL toward an uninformed response (NPO paper Eq. 17, c_FG)."""
+    return -s.alt_logp
+
+
+def nll(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """RT: L = -lam logp on retain data (NPO paper Eq. 17, c_RT)."""
+    return -p.lam * s.logp
+
+
+def kl(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """KL: L = lam KL(pi_ref || pi_theta) per response token on retain data (SCIENCE 1.2)."""
+    return p.lam * s.kl
+
+
+@dataclass(frozen=True)
+class Term:
+    """A per-sequence loss and the optional ``SequenceStats`` fields it reads."""
+
+    fn: Callable[[SequenceStats, MethodParams], torch.Tensor]
+    needs: tuple[str, ...] = ()
+
+    def __call__(self, stats: SequenceStats, params: MethodParams) -> torch.Tensor:
+        missing = [name for name in self.needs if getattr(stats, name) is None]
+        if missing:
+            raise ValueError(f"term {self.fn.__name__!r} needs statistics {missing} that were not computed")
+        return self.fn(stats, params)
+
+
+GA, NPO, SIMNPO = Term(ga), Term(npo, ("logp_ref",)), Term(simnpo)
+DPO, IDK = Term(dpo, ("logp_ref", "alt_logp", "alt_logp_ref")), Term(idk, ("alt_logp",))
+RT, KL = Term(nll), Term(kl, ("kl",))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A forget term, an optional retain term, and where the combination comes from."""
+
+    forget: Term
+    retain: Term | None
+    paper: str
+
+    @property
+    def needs(self) -> dict[str, tuple[str, ...]]:
+        """Optional statistics to compute per split, e.g. {"forget": ("logp_ref",), "retain": ("kl",)}."""
+        return {"forget": self.forget.needs, "retain": self.retain.needs if self.retain else ()}
+
+
+NPO_PAPER = "Zhang et al. 2024, Negative Preference Optimization, Eq. 3 and Table 2"
+SIMNPO_PAPER = "Fan et al. 2024, Simplicity Prevails (SimNPO), Eq. 4"
+METHODS: dict[str, Method] = {
+    "GA": Method(GA, None, "Jang et al. 2023; NPO paper Table 2"),
+    "GA+RT": Method(GA, RT, "Maini et al. 2024 (TOFU grad_diff); NPO paper Table 2"),
+    "GA+KL": Method(GA, KL, "Maini et al. 2024 (TOFU KL); NPO paper Table 2"),
+    "IDK+RT": Method(IDK, RT, "Maini et al. 2024 (TOFU idk); NPO paper Table 2"),
+    "DPO": Method(DPO, None, "Rafailov et al. 2023; NPO paper Eq. 2"),
+    "DPO+RT": Method(DPO, RT, "NPO paper Sec. 4"),
+    "DPO+KL": Method(DPO, KL, "NPO paper Sec. 5"),
+    "NPO": Method(NPO, None, NPO_PAPER),
+    "NPO+RT": Method(NPO, RT, NPO_PAPER),
+    "NPO+KL": Method(NPO, KL, NPO_PAPER),
+    "SimNPO": Method(SIMNPO, None, SIMNPO_PAPER),
+    "SimNPO+RT": Method(SIMNPO, RT, SIMNPO_PAPER + " and Eq. 6"),
+    "SimNPO+KL": Method(SIMNPO, KL, SIMNPO_PAPER),
+}
+
+
+def get_method(name: str) -> Method:
+    """METHODS[name], or an error that lists the valid names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+def per_sequence_losses(
+    method: Method, params: MethodParams, forget: SequenceStats, retain: SequenceStats | None
+) -> dict[str, torch.Tensor]:
+    """{"forget": (B_f,), "retain": (B_r,)} losses; the loop reduces each by its mean over the batch."""
+    losses = {"forget": method.forget(forget, params)}
+    if method.retain is not None:
+        if retain is None:
+            raise ValueError("this method has a retain term but no retain statistics were given")
+        losses["retain"] = method.retain(retain, params)
+    return losses
+
+
+STAT_FIELDS = tuple(f.name for f in fields(SequenceStats))

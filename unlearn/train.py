@@ -1,0 +1,258 @@
+"""One explicit training loop for every model in the project: full-batch toys and mini-batch LLMs alike.
+
+    for step in range(steps):
+        evaluate every ``eval_every`` steps (before the update), and once more after the last one
+        for micro in micro_batches(step):                       # gradient accumulation
+            loss = sum_k sum_members mean_b losses_fn(model, micro)[k] / len(micro_batches)
+            loss.backward()                                     # under bf16 autocast if asked
+        stop with NonFiniteLossError if the loss is NaN or inf   # before the update: the model stays finite
+        grad *= mask;  clip;  p *= 1 - lr*wd*mask;  optimizer.step();  scheduler.step()
+
+The reduction is the only one in the project: ``losses_fn`` returns per-sequence losses by term (the
+``unlearn.objectives`` contract), each term is averaged over its batch (last axis), summed over any leading
+ensemble-member axes, and terms are added. Accumulating n equal micro-batches therefore equals one batch n
+times larger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "warmup_linear")
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run.
+
+    optimizer: "sgd" (plain ``p -= lr * grad``) or "adamw" (betas ``adam_betas``, eps 1e-8).
+    weight_decay: decoupled (AdamW-style, ``p *= 1 - lr*wd``) for both optimizers, multiplied by the gradient
+        mask when there is one, so a masked weight never moves, not even by decay.
+    schedule: "constant", or "warmup_linear" (linear warm-up over ``warmup_steps``, then linear decay to 0).
+    clip_norm: global gradient-norm clipping threshold; 0 disables it.
+    eval_every: call ``evaluate`` every this many steps (0: only before the first and after the last step).
+    precision: "float64" or "float32" cast the model; "bf16" runs forward passes under bf16 autocast and keeps
+        the parameters (and log-probs, see ``unlearn.logprobs``) in float32.
+    progress: show a tqdm bar; None shows it only on a terminal.
+    """
+
+    steps: int
+    lr: float
+    optimizer: str = "sgd"
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_norm: float = 0.0
+    eval_every: int = 0
+    precision: str = "float32"
+    device: str = "cpu"
+    progress: bool | None = None
+    name: str = "run"
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.weight_decay < 0 or self.clip_norm < 0 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise ValueError("weight_decay, clip_norm, warmup_steps and eval_every must be >= 0")
+
+
+@dataclass
+class History:
+    """What a run recorded: the loss of every step, and evaluations at ``eval_steps``."""
+
+    loss: list[float] = field(default_factory=list)
+    terms: dict[str, list[float]] = field(default_factory=dict)
+    eval_steps: list[int] = field(default_factory=list)
+    evals: dict[str, list[float]] = field(default_factory=dict)
+
+    def record_eval(self, step: int, values: Mapping[str, Any]) -> None:
+        """Append one evaluation; a value is a number, or a vector (one entry per ensemble member)."""
+        self.eval_steps.append(step)
+        for key, value in values.items():
+            value = torch.as_tensor(value).detach().cpu().double()
+            self.evals.setdefault(key, []).append(value.item() if value.ndim == 0 else value.tolist())
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; ``terms`` names the offending loss terms and ``history`` holds everything
+    recorded before that step (the model itself is left as it was before the step)."""
+
+    def __init__(self, step: int, name: str, terms: list[str], history: History):
+        super().__init__(
+            f"non-finite loss at step {step} of run {name!r} in term(s) {', '.join(terms)}; the run stopped "
+            f"before updating the model ({len(history.loss)} steps and {len(history.eval_steps)} evaluations kept)"
+        )
+        self.step, self.name, self.terms, self.history = step, name, terms, history
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device(name), refusing a CUDA device that is not there with a message saying so."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was requested but no CUDA GPU is visible to torch")
+    return device
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at ``step`` (0-based) for the configured schedule."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    return max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps))
+
+
+class PlainSGD:
+    """p -= lr * scale * grad, nothing else: the paper's full-batch gradient descent, without torch.optim's
+    per-call bookkeeping (which costs more than the update itself on the toy models). ``scales`` maps a
+    parameter to a tensor broadcastable to it: per-member learning rates of an ensemble."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, scales: dict[int, torch.Tensor]):
+        self.params, self.scales, self.param_groups = params, scales, [{"lr": lr}]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self.param_groups[0]["lr"]
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if id(p) in self.scales:
+                p.addcmul_(p.grad, self.scales[id(p)], value=-lr)
+            else:
+                p.add_(p.grad, alpha=-lr)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, scales: dict[int, torch.Tensor]):
+    if cfg.optimizer == "sgd":
+        return PlainSGD(params, cfg.lr, scales)
+    if scales:
+        raise ValueError("per-parameter lr_scale is supported with optimizer='sgd' only")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=1e-8, weight_decay=0.0)
+
+
+def check_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validate {parameter name: bool mask} against the model; a mismatch names the offending parameter."""
+    params = dict(model.named_parameters())
+    checked = {}
+    for name, mask in masks.items():
+        if name not in params:
+            raise ValueError(f"mask for {name!r}, which is not a parameter of this model")
+        if mask.shape != params[name].shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter {tuple(params[name].shape)}")
+        checked[name] = mask.to(device=params[name].device, dtype=params[name].dtype)
+    return checked
+
+
+LossesFn = Callable[[torch.nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+def train(
+    model: torch.nn.Module,
+    losses_fn: LossesFn,
+    micro_batches: Callable[[int], Sequence[Any]],
+    cfg: TrainConfig,
+    *,
+    evaluate: Callable[[torch.nn.Module, int], Mapping[str, float]] | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    lr_scale: Mapping[str, torch.Tensor] | None = None,
+) -> History:
+    """Train ``model`` in place and return its History.
+
+    Args:
+        model: any module; it must already live on ``cfg.device`` (this function casts it for float64/32).
+        losses_fn: (model, micro_batch) -> {term: per-sequence losses (B,)}; each term is averaged over the
+            batch here. A term shaped (M, B) belongs to M independent ensemble members: its batch means are
+            summed, so each member's gradient is that of its own mean loss.
+        micro_batches: step -> the micro-batches of that step (one for full batch; n for n-fold accumulation).
+        cfg: optimisation settings.
+        evaluate: (model, step) -> {name: value}, run without gradients every ``cfg.eval_every`` steps.
+        masks: {parameter name: bool tensor}; only True entries may change (see TrainConfig.weight_decay).
+        lr_scale: {parameter name: tensor broadcastable to it} multiplying ``cfg.lr`` (SGD only), e.g. one
+            learning rate per ensemble member: lr_scale (M, 1) for a parameter (M, p).
+    """
+    device = resolve_device(cfg.device)
+    if cfg.precision != "bf16":
+        model.to(PRECISIONS[cfg.precision])
+    params = [p for p in model.parameters() if p.requires_grad]
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    masks = check_masks(model, masks or {})
+    mask_of = {id(named[name]): m for name, m in masks.items() if name in named}
+    for name in lr_scale or {}:
+        if name not in named:
+            raise ValueError(f"lr_scale for {name!r}, which is not a trainable parameter of this model")
+    scales = {id(named[name]): torch.as_tensor(scale, dtype=named[name].dtype, device=named[name].device)
+              for name, scale in (lr_scale or {}).items()}
+    optimizer = make_optimizer(params, cfg, scales)
+    history = History()
+
+    def run_eval(step):
+        if evaluate is None:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            history.record_eval(step, evaluate(model, step))
+        model.train(was_training)
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    bar = tqdm(range(cfg.steps), desc=cfg.name, disable=not cfg.progress if cfg.progress is not None else None,
+               leave=False, dynamic_ncols=True)
+    for step in bar:
+        if cfg.eval_every and step % cfg.eval_every == 0 or step == 0:
+            run_eval(step)
+        for p in params:
+            p.grad = None
+        micro = micro_batches(step)
+        step_loss, step_terms = 0.0, {}
+        for batch in micro:
+            with autocast:
+                means = {key: t.mean(-1).sum() for key, t in losses_fn(model, batch).items()}
+            loss = sum(means.values())
+            (loss / len(micro) if len(micro) > 1 else loss).backward()
+            step_loss += loss.item() / len(micro)
+            for key, value in means.items():
+                step_terms[key] = step_terms.get(key, 0.0) + value.item() / len(micro)
+        if not math.isfinite(step_loss):
+            bar.close()
+            bad = [key for key, value in step_terms.items() if not math.isfinite(value)]
+            raise NonFiniteLossError(step, cfg.name, bad, history)
+        history.loss.append(step_loss)
+        for key, value in step_terms.items():
+            history.terms.setdefault(key, []).append(value)
+
+        lr = cfg.lr * lr_factor(step, cfg)
+        for p in params:
+            if p.grad is not None and id(p) in mask_of:
+                p.grad.mul_(mask_of[id(p)])
+        if cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+        if cfg.weight_decay:
+            with torch.no_grad():
+                for p in params:
+                    decay = lr * cfg.weight_decay
+                    p.mul_(1 - decay * mask_of[id(p)] if id(p) in mask_of else 1 - decay)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        if cfg.progress is not False and step % 50 == 0:
+            bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
+    bar.close()
+    run_eval(cfg.steps)
+    return history
