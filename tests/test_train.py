@@ -106,6 +106,15 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_history():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_evaluation_schedule():
+    """Every eval_every steps, at the extra eval_at steps, and once after the last update."""
+    inputs, labels = make_data()
+    h = train(TinyLM(), nll, lambda s: [(inputs, labels)],
+              TrainConfig(steps=20, lr=0.01, progress=False, eval_every=8, eval_at=(1, 3, 8, 20)),
+              evaluate=lambda m, s: {"step": float(s)})
+    assert h.eval_steps == [0, 1, 3, 8, 16, 20] and h.evals["step"] == [0.0, 1.0, 3.0, 8.0, 16.0, 20.0]
+
+
 def test_warmup_then_linear_decay():
     cfg = TrainConfig(steps=10, lr=1.0, schedule="warmup_linear", warmup_steps=4)
     factors = [lr_factor(s, cfg) for s in range(10)]

@@ -39,6 +39,8 @@ class TrainConfig:
     schedule: "constant", or "warmup_linear" (linear warm-up over ``warmup_steps``, then linear decay to 0).
     clip_norm: global gradient-norm clipping threshold; 0 disables it.
     eval_every: call ``evaluate`` every this many steps (0: only before the first and after the last step).
+    eval_at: further steps at which to call ``evaluate`` (e.g. a log-spaced grid); the state evaluated at
+        step s is the one after s updates.
     precision: "float64" or "float32" cast the model; "bf16" runs forward passes under bf16 autocast and keeps
         the parameters (and log-probs, see ``unlearn.logprobs``) in float32.
     progress: show a tqdm bar; None shows it only on a terminal.
@@ -53,6 +55,7 @@ class TrainConfig:
     warmup_steps: int = 0
     clip_norm: float = 0.0
     eval_every: int = 0
+    eval_at: tuple[int, ...] = ()
     precision: str = "float32"
     device: str = "cpu"
     progress: bool | None = None
@@ -155,7 +158,8 @@ def check_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> di
         if name not in params:
             raise ValueError(f"mask for {name!r}, which is not a parameter of this model")
         if mask.shape != params[name].shape:
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter {tuple(params[name].shape)}")
+            shape = tuple(params[name].shape)
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter {shape}")
         checked[name] = mask.to(device=params[name].device, dtype=params[name].dtype)
     return checked
 
@@ -190,8 +194,8 @@ def train(
     device = resolve_device(cfg.device)
     if cfg.precision != "bf16":
         model.to(PRECISIONS[cfg.precision])
-    params = [p for p in model.parameters() if p.requires_grad]
     named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     masks = check_masks(model, masks or {})
     mask_of = {id(named[name]): m for name, m in masks.items() if name in named}
     for name in lr_scale or {}:
@@ -212,10 +216,11 @@ def train(
         model.train(was_training)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    bar = tqdm(range(cfg.steps), desc=cfg.name, disable=not cfg.progress if cfg.progress is not None else None,
-               leave=False, dynamic_ncols=True)
+    hide = None if cfg.progress is None else not cfg.progress  # tqdm: None = only on a terminal
+    bar = tqdm(range(cfg.steps), desc=cfg.name, disable=hide, leave=False, dynamic_ncols=True)
+    eval_at = set(cfg.eval_at)
     for step in bar:
-        if cfg.eval_every and step % cfg.eval_every == 0 or step == 0:
+        if step == 0 or step in eval_at or (cfg.eval_every and step % cfg.eval_every == 0):
             run_eval(step)
         for p in params:
             p.grad = None
