@@ -1,10 +1,11 @@
 """Every experiment, by name: the one list that the CLI, the notebooks and the tests read."""
 
 from sims.experiment import Experiment
-from sims.experiments import npo_synthetic
+from sims.experiments import logistic_rates, npo_synthetic
 
 EXPERIMENTS: dict[str, Experiment] = {
     "npo-synthetic": npo_synthetic.EXPERIMENT,
+    "logistic-rates": logistic_rates.EXPERIMENT,
 }
 
 

@@ -117,16 +117,28 @@ PRESETS = {
 }
 
 
-def _worlds(cfg: Config, device: torch.device) -> list[tuple[float, int, logistic.LogisticData]]:
+def draw_worlds(cfg: Config, device: torch.device) -> list[tuple[float, int, logistic.LogisticData]]:
     """One independent draw of data and features per (alpha, replicate), featurized, on ``device``."""
-    worlds = []
+    draws = []
     for alpha in cfg.alphas:
         for replicate in range(cfg.seeds):
             g = generator(cfg.seed, "npo-synthetic", alpha, replicate)
             W = random_feature_matrix(cfg.d, cfg.n_features, g)
             raw = logistic.sample_data(alpha, cfg.d, cfg.n_forget, cfg.n_retain, cfg.n_eval, g)
-            worlds.append((alpha, replicate, raw.featurize(W).to(device)))
-    return worlds
+            draws.append((alpha, replicate, raw.featurize(W).to(device)))
+    return draws
+
+
+def pretrained_worlds(cfg: Config, device: torch.device):
+    """``draw_worlds`` with their pi_ref and pi_retr through the shared model cache, keyed by the config that drew
+    them: (draws, theta_ref, theta_retr, ref_grad_norm, retr_grad_norm), parameters stacked over draws."""
+    draws = draw_worlds(cfg, device)
+    data_keys = ("seed", "d", "n_features", "n_forget", "n_retain", "n_eval")
+    keys = [{"world": "npo-synthetic", "alpha": a, "replicate": r, **{k: getattr(cfg, k) for k in data_keys}}
+            for a, r, _ in draws]
+    trained = logistic.pretrain_cached([w for _, _, w in draws], keys, cfg.pretrain_lr, cfg.pretrain_steps,
+                                       cfg.progress)
+    return (draws, *trained)
 
 
 def _unlearn(cfg: Config, runs: list[logistic.Run], worlds, theta_ref, theta_retr, steps: int, name: str):
@@ -169,12 +181,7 @@ def late_increment_ratio(steps, curve, total: int) -> float:
 
 def run(cfg: Config) -> Result:
     device = resolve_device(cfg.device)
-    draws = _worlds(cfg, device)
-    data_keys = ("seed", "d", "n_features", "n_forget", "n_retain", "n_eval")
-    keys = [{"world": "npo-synthetic", "alpha": a, "replicate": r, **{k: getattr(cfg, k) for k in data_keys}}
-            for a, r, _ in draws]
-    theta_ref, theta_retr, norm_ref, norm_retr = logistic.pretrain_cached(
-        [w for _, _, w in draws], keys, cfg.pretrain_lr, cfg.pretrain_steps, cfg.progress)
+    draws, theta_ref, theta_retr, norm_ref, norm_retr = pretrained_worlds(cfg, device)
     metrics: dict[str, float | None] = {}
     series: dict = {}
 
