@@ -76,11 +76,6 @@ def test_same_seed_same_metrics_and_another_seed_differs():
     assert c.metrics["alpha1.forget_dist.start"] != a.metrics["alpha1.forget_dist.start"]
 
 
-def test_retain_at_forget_level_interpolates():
-    assert npo_synthetic.retain_at_forget_level([1.0, 0.5, 0.1], [0.0, 0.2, 0.6], 0.3) == pytest.approx(0.4)
-    assert npo_synthetic.retain_at_forget_level([1.0, 0.5], [0.0, 0.2], 0.3) is None
-
-
 def test_late_increment_ratio_of_linear_and_log_curves():
     import numpy as np
 

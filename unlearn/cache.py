@@ -4,7 +4,8 @@ Pretrained reference and retrained models are expensive and deterministic functi
 experiment that needs them asks ``cached(kind, key, build)``: the first call builds and stores them, later
 calls (other experiments, notebooks, a rerun with different unlearning settings) load them. The file name is a
 hash of the key, and the key is stored inside and compared on load, so a changed config never reads a stale
-entry. Writes are atomic (temporary file, then rename): an interrupted build leaves no half-written entry.
+entry. Writes are atomic (temporary file, then rename): an interrupted build leaves no half-written entry, and
+an entry that cannot be read anyway (a full disk, a copy gone wrong) is rebuilt with a warning naming it.
 
 Location: $UNLEARN_CACHE, else ~/.cache/unlearn-mechanics. Delete the folder to rebuild everything.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,22 +36,38 @@ def entry_path(kind: str, key: dict[str, Any]) -> Path:
 
 
 def load(kind: str, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The stored tensors for ``key``, or None when absent, unreadable or stored under another key."""
+    """The stored tensors for ``key``, or None: silently when the entry is absent or was stored under another
+    key (a hash collision or a copied file), with a warning naming the file when it is unreadable (truncated,
+    corrupt, not a cache entry), so that ``cached`` rebuilds and overwrites it."""
     path = entry_path(kind, key)
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError):
+        stored = json.loads(entry["key"])
+        tensors = entry["tensors"]
+        if not (isinstance(tensors, dict) and all(isinstance(t, torch.Tensor) for t in tensors.values())):
+            raise TypeError("the entry's 'tensors' is not a dict of tensors")
+    except FileNotFoundError:
         return None
-    stored = json.loads(entry.get("key", "null")) if isinstance(entry, dict) else None
-    return entry["tensors"] if stored == key else None
+    except Exception as err:  # any unreadable entry is rebuilt: there is nothing in it worth keeping
+        warnings.warn(f"unreadable model cache entry {path} ({type(err).__name__}: {err}); rebuilding it",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    return tensors if stored == key else None
 
 
 def store(kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write the entry atomically: into a temporary file in the same folder, flushed to disk, then renamed over
+    the entry; an interruption at any point leaves the old entry (or none) and no partial file."""
     path = entry_path(kind, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    entry = {"key": json.dumps(key, sort_keys=True), "tensors": {k: v.detach().cpu() for k, v in tensors.items()}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique per writer
+    tmp = Path(tmp)
     try:
-        torch.save({"key": json.dumps(key, sort_keys=True), "tensors": {k: v.cpu() for k, v in tensors.items()}}, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

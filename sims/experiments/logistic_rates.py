@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sims import logistic
+from sims.curves import fit_r2, rate_fits
 from sims.experiment import Experiment, Result
 from sims.experiments import npo_synthetic
 from sims.plotting import METHOD_COLORS, beta_colors, panel_label
@@ -119,21 +120,10 @@ def distance_evaluator(features: torch.Tensor, theta0: torch.Tensor):
     return evaluate
 
 
-def fit_r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(R^2, slope) of the least-squares line y = a + slope x."""
-    design = np.stack([np.ones_like(x), x], axis=1)
-    coef = np.linalg.lstsq(design, y, rcond=None)[0]
-    residual = y - design @ coef
-    return float(1.0 - residual @ residual / np.sum((y - y.mean()) ** 2)), float(coef[1])
-
-
-def rate_fits(t: np.ndarray, distance: np.ndarray) -> dict[str, float]:
-    """Linear-in-t and linear-in-log-t fits over the last 90% of the grid: R^2 and slopes."""
+def rate_fits_after(t: np.ndarray, distance: np.ndarray) -> dict[str, float]:
+    """``sims.curves.rate_fits`` over the last 90% of the grid: R^2 and slopes against t and log t."""
     start = int(np.ceil(FIT_FROM * len(t)))
-    tt, dd = t[start:].astype(float), np.asarray(distance, float)[start:]
-    linear_r2, linear_slope = fit_r2(tt, dd)
-    log_r2, log_slope = fit_r2(np.log(tt), dd)
-    return {"linear_r2": linear_r2, "log_r2": log_r2, "linear_slope": linear_slope, "log_slope": log_slope}
+    return rate_fits(t[start:], np.asarray(distance, float)[start:])
 
 
 def _simulate(runs, world, theta0, steps, grid, cfg: Config, name: str):
@@ -185,7 +175,7 @@ def theorem_row(cfg: Config, device: torch.device) -> tuple[dict, dict]:
         lower, upper = theory.envelope(grid, constants, n_f, eta)
         ode = theory.ode_distance(grid, labelled, eta, method, beta)
         exact = np.linalg.norm(theory.reduced_recursion(X, y, th, eta, cfg.steps, method, beta, grid), axis=1)
-        fits = rate_fits(grid, dist)
+        fits = rate_fits_after(grid, dist)
         key = "ga" if method == "GA" else f"npo.beta={beta:g}"
         inside = (dist >= lower * (1 - 1e-9)) & (dist <= upper * (1 + 1e-9))
         metrics[f"{key}.linear_r2"], metrics[f"{key}.log_r2"] = fits["linear_r2"], fits["log_r2"]
@@ -223,7 +213,7 @@ def rf_row(cfg: Config, device: torch.device) -> tuple[dict, dict]:
               "labels": [r.label for r in runs], "distance": {}, "fits": {}}
     for j, run in enumerate(runs):
         series["distance"][run.label] = distance[:, j].tolist()
-        series["fits"][run.label] = rate_fits(grid, distance[:, j])
+        series["fits"][run.label] = rate_fits_after(grid, distance[:, j])
     npo_label = f"NPO beta={RF_NPO_BETA:g}" if RF_NPO_BETA in cfg.betas else runs[1].label
     metrics = {"rf.ga.linear_r2": series["fits"]["GA"]["linear_r2"],
                "rf.npo.log_r2": series["fits"][npo_label]["log_r2"]}

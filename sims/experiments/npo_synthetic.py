@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sims import logistic
+from sims.curves import value_at_crossing
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, band, beta_colors, panel_label, path
 from unlearn.models.logistic import random_feature_matrix
@@ -160,19 +161,6 @@ def _at(steps, curve, step) -> float:
     return float(np.interp(step, steps, curve["mean"]))
 
 
-def retain_at_forget_level(forget: list[float], retain: list[float], level: float) -> float | None:
-    """Retain distance where the path first reaches forget distance ``level``, linearly interpolated."""
-    f, r = np.asarray(forget, float), np.asarray(retain, float)
-    below = np.flatnonzero(f <= level)
-    if below.size == 0:
-        return None
-    i = below[0]
-    if i == 0:
-        return float(r[0])
-    w = (f[i - 1] - level) / (f[i - 1] - f[i])
-    return float(r[i - 1] + w * (r[i] - r[i - 1]))
-
-
 def late_increment_ratio(steps, curve, total: int) -> float:
     """(c(T) - c(3T/4)) / (c(3T/4) - c(T/2)): 1 for linear growth, log(4/3)/log(3/2) = 0.71 for c = log t."""
     a, b, c = (_at(steps, curve, s) for s in (total // 2, 3 * total // 4, total))
@@ -219,7 +207,7 @@ def run(cfg: Config) -> Result:
         steps, per_run = _unlearn(cfg, runs, worlds, ref, retr, cfg.sweep_steps, "beta sweep")
         series["beta_sweep"] = {"steps": steps, "betas": list(cfg.sweep_betas), **per_run}
         for label, curves in per_run.items():
-            metrics[f"beta_sweep.retain_dist_at_forget_{SWEEP_FORGET_LEVEL}.{label}"] = retain_at_forget_level(
+            metrics[f"beta_sweep.retain_dist_at_forget_{SWEEP_FORGET_LEVEL}.{label}"] = value_at_crossing(
                 curves["forget_dist"]["mean"], curves["retain_dist"]["mean"], SWEEP_FORGET_LEVEL)
     paper = {k: v for k, v in PAPER.items() if k in metrics}
     return Result(metrics=metrics, series=series, paper=paper)

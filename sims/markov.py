@@ -1,0 +1,509 @@
+"""The mixture-of-Markov-chains world of the SimNPO paper (Fan et al. 2024, Sec. 5 and App. H).
+
+Data (notes/simnpo.md 2.1; exact chains and closed forms in ``theory.markov``): 10 states, three chains with
+designated subsets retain {0,1,2}, forget1 {3,4,5}, forget2 {6,7,8} and leakage 0.2. Each chain emits iid
+sequences of its own length; each component is split train/test (80/20 by default).
+
+Tokenisation: a sequence s_0 .. s_{L-1} gives input_ids = s[:-1] and labels = s[1:] (the first state is never
+predicted, so |y| = L - 1), right-padded to the world's common width (longest length - 1: 19 for length 20)
+with input 0, label -100 and mask 0. The mask is ``unlearn.logprobs``' response mask, so padding never counts
+in a log-prob, a KL or an entropy. Every split keeps the true next-state row at each position,
+target_probs[b, t] = T_c[input_ids[b, t]], and the generating chain c of each sequence.
+
+Model and training (notes/simnpo.md 2.2-2.4): the post-LN causal transformer of
+``unlearn.models.transformer``, pretrained by AdamW on the token-mean cross-entropy (lr 5e-4, batch 128,
+5 epochs) on all training data ("all"), on retain + forget1 ("without_forget2", experiment b) or on retain only
+(the retrained model, "retain"); then unlearned for 50 steps of batch 4 (AdamW, lr 5e-4) on forget1 + forget2
+train. Everything trains through ``unlearn.train.train``; pretrained models are cached on disk
+(``unlearn.cache``) under their configs.
+
+Metric (notes/simnpo.md 2.5): per-token KL(T_c(s_t, .) || p_model(. | s_<=t)) averaged over the non-pad
+positions of a split: "forget quality" on a forget test split (higher = more forgotten), "retain distance" on
+the retain test split (lower = better). A retain-only Bayes model scores ``theory.markov.retrained_kl``:
+0.4263 on forget1 (length 20) and 0.4470 on forget2 (length 5).
+
+Differences from the released code: AdamW eps is 1e-8 (``unlearn.train``) where transformers.AdamW used 1e-6;
+the train/test split and every shuffle come from explicit generators (``unlearn.rng``) instead of
+``random_state=42``; the reference model's forget log-probs are cached before unlearning (so NPO never runs a
+second model) and *+KL methods read cached reference logits on the retain split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from theory.markov import N_STATES, SUBSETS, Chain, chain
+from unlearn import cache
+from unlearn.config import config_dict
+from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
+from unlearn.models.transformer import Transformer, TransformerConfig
+from unlearn.objectives import MethodParams, SequenceStats, Term, get_method, per_sequence_losses
+from unlearn.rng import generator as make_generator
+from unlearn.train import PRECISIONS, History, TrainConfig, resolve_device, train
+
+CHAINS = tuple(SUBSETS)  # ("retain", "forget1", "forget2"); Split.chain indexes this tuple
+PRETRAIN_DATA = {"all": ("retain", "forget1", "forget2"), "without_forget2": ("retain", "forget1"),
+                 "retain": ("retain",)}
+EVAL_SPLITS = {"retain_kl": "retain_test", "forget1_kl": "forget1_test", "forget2_kl": "forget2_test"}
+LABEL_PAD = -100  # never read (the mask is 0 there); -100 makes an accidental use fail loudly in F.cross_entropy
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def sample_sequences(c: Chain, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """n iid state sequences of ``length`` from chain ``c``: s_0 ~ initial, s_t ~ transition[s_{t-1}].
+    Returns a LongTensor (n, length), drawn on the CPU from ``generator``."""
+    if n < 0 or length < 1:
+        raise ValueError(f"need n >= 0 and length >= 1, got n={n}, length={length}")
+    transition = torch.tensor(c.transition, dtype=torch.float64)
+    initial = torch.tensor(c.initial, dtype=torch.float64)
+    seqs = torch.empty(n, length, dtype=torch.long)
+    if n == 0:
+        return seqs
+    seqs[:, 0] = torch.multinomial(initial, n, replacement=True, generator=generator)
+    for t in range(1, length):
+        seqs[:, t] = torch.multinomial(transition[seqs[:, t - 1]], 1, generator=generator).squeeze(1)
+    return seqs
+
+
+@dataclass(frozen=True)
+class Split:
+    """Tokenised sequences of one or more chains, all padded to the same width T.
+
+    input_ids (n, T) long, 0 on padding;  labels (n, T) long, -100 on padding;  mask (n, T) bool, 0 on padding;
+    target_probs (n, T, V) float32, the true next-state row T_c[input_ids] (0 on padding);
+    chain (n,) long, index of the generating chain in ``CHAINS``.
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    target_probs: torch.Tensor
+    chain: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def n_tokens(self) -> torch.Tensor:
+        """|y| of every sequence: its length - 1."""
+        return self.mask.sum(-1)
+
+    @property
+    def chain_names(self) -> tuple[str, ...]:
+        return tuple(CHAINS[i] for i in self.chain.tolist())
+
+    def take(self, index: torch.Tensor | slice) -> Split:
+        """The sequences at ``index`` (a slice, or an index tensor on any device)."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.input_ids.device)
+        return Split(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def trim(self) -> Split:
+        """The same sequences without the trailing columns that are padding in every row: the forward pass gets
+        cheaper (a batch of length-5 sequences runs on 4 columns, not 19) and, with causal attention, the logits
+        at real positions do not change."""
+        columns = self.mask.any(0).nonzero()
+        width = int(columns.max()) + 1 if len(columns) else 1
+        if width == self.mask.shape[1]:
+            return self
+        return Split(self.input_ids[:, :width], self.labels[:, :width], self.mask[:, :width],
+                     self.target_probs[:, :width], self.chain)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @staticmethod
+    def concat(splits: Sequence[Split]) -> Split:
+        """The sequences of every split, in order (they must share the width)."""
+        return Split(**{f.name: torch.cat([getattr(s, f.name) for s in splits]) for f in fields(Split)})
+
+
+def tokenize(seqs: torch.Tensor, c: Chain, width: int) -> Split:
+    """input_ids = seqs[:, :-1], labels = seqs[:, 1:], right-padded to ``width`` (module docstring)."""
+    n, length = seqs.shape
+    if not 1 <= length - 1 <= width:
+        raise ValueError(f"sequences of length {length} do not fit a width of {width} (need 2 <= length <= width+1)")
+    pad = width - (length - 1)
+    input_ids = F.pad(seqs[:, :-1], (0, pad), value=0)
+    labels = F.pad(seqs[:, 1:], (0, pad), value=LABEL_PAD)
+    mask = torch.zeros(n, width, dtype=torch.bool)
+    mask[:, : length - 1] = True
+    transition = torch.tensor(c.transition, dtype=torch.float32)
+    target_probs = transition[input_ids] * mask.unsqueeze(-1)
+    return Split(input_ids, labels, mask, target_probs, torch.full((n,), CHAINS.index(c.name), dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class MarkovWorldConfig:
+    """One draw of the SimNPO Markov data set; defaults are experiment (a) of the paper's Fig. 5."""
+
+    seed: int = 0
+    n_retain: int = 10000
+    n_forget1: int = 5000
+    n_forget2: int = 5000
+    len_retain: int = 20
+    len_forget1: int = 20
+    len_forget2: int = 5
+    leakage: float = 0.2
+    test_frac: float = 0.2
+
+    def __post_init__(self):
+        for name in CHAINS:
+            if getattr(self, f"n_{name}") < 2:
+                raise ValueError(f"n_{name} must be >= 2 (one train and one test sequence at least)")
+            if getattr(self, f"len_{name}") < 2:
+                raise ValueError(f"len_{name} must be >= 2 (the first state is never predicted)")
+        if not 0.0 < self.leakage < 1.0:
+            raise ValueError(f"leakage must lie in (0, 1), got {self.leakage}")
+        if not 0.0 < self.test_frac < 1.0:
+            raise ValueError(f"test_frac must lie in (0, 1), got {self.test_frac}")
+
+    @property
+    def width(self) -> int:
+        """Padded input width: the longest sequence minus its first state."""
+        return max(getattr(self, f"len_{name}") for name in CHAINS) - 1
+
+
+@dataclass(frozen=True)
+class MarkovWorld:
+    """The chains and the tokenised splits "<chain>_train" / "<chain>_test" for chain in ``CHAINS``."""
+
+    cfg: MarkovWorldConfig
+    chains: dict[str, Chain]
+    splits: dict[str, Split]
+
+    def __getitem__(self, name: str) -> Split:
+        try:
+            return self.splits[name]
+        except KeyError:
+            raise KeyError(f"no split {name!r}; valid: {', '.join(self.splits)}") from None
+
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    def train_set(self, data: str) -> Split:
+        """The training sequences of the chains named by ``PRETRAIN_DATA[data]``, concatenated."""
+        if data not in PRETRAIN_DATA:
+            raise ValueError(f"unknown pretraining data {data!r}; valid: {', '.join(PRETRAIN_DATA)}")
+        return Split.concat([self[f"{name}_train"] for name in PRETRAIN_DATA[data]])
+
+    def forget_set(self) -> Split:
+        """forget1_train + forget2_train: the set every unlearning run forgets (both experiments)."""
+        return Split.concat([self["forget1_train"], self["forget2_train"]])
+
+
+def make_world(cfg: MarkovWorldConfig) -> MarkovWorld:
+    """Sample and tokenise every chain's sequences; the last round(n * test_frac) of each are its test split.
+    (The sequences are iid, so a fixed cut is as random as a shuffled one.) Each chain has its own stream."""
+    chains, splits = {}, {}
+    for name in CHAINS:
+        c = chains[name] = chain(name, N_STATES, cfg.leakage)
+        n, length = getattr(cfg, f"n_{name}"), getattr(cfg, f"len_{name}")
+        split = tokenize(sample_sequences(c, n, length, make_generator(cfg.seed, "markov-data", name)), c, cfg.width)
+        n_test = min(n - 1, max(1, round(n * cfg.test_frac)))
+        splits[f"{name}_train"] = split.take(slice(0, n - n_test))
+        splits[f"{name}_test"] = split.take(slice(n - n_test, n))
+    return MarkovWorld(cfg, chains, splits)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model lives (its first parameter or buffer; the CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _batches(model: torch.nn.Module, split: Split, batch_size: int) -> Iterator[tuple[Split, torch.Tensor]]:
+    """(batch on the model's device, its logits) for consecutive batches of ``split``, trailing padding trimmed."""
+    device = _device(model)
+    for start in range(0, len(split), batch_size):
+        batch = split.take(slice(start, start + batch_size)).to(device).trim()
+        yield batch, model(batch.input_ids, attention_mask=batch.mask).logits
+
+
+@torch.no_grad()
+def _token_mean(model, split: Split, batch_size: int, per_token: Callable[[torch.Tensor, Split], torch.Tensor]):
+    """sum_b n_b * m_b / sum_b n_b: the mean over all non-pad positions of a per-sequence token mean m_b."""
+    total = count = 0
+    for batch, logits in _batches(model, split, batch_size):
+        n = batch.mask.sum(-1)
+        total = total + (per_token(logits, batch).double() * n).sum()
+        count = count + n.sum()
+    return float(total / count)
+
+
+def token_kl(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float:
+    """Mean over non-pad positions of KL(T_c(s_t, .) || p_model(. | s_<=t)), summed over the next state.
+
+    The SimNPO paper's forget quality / retain distance (``F.kl_div(log_probs, true_probs)`` per position,
+    App. H). It goes through ``unlearn.logprobs.sequence_kl`` with the true rows as reference logits (a
+    log-probability row is a valid logit row), so the log-softmax stays in one place.
+    """
+    return _token_mean(model, split, batch_size,
+                       lambda logits, batch: sequence_kl(logits, batch.target_probs.log(), batch.mask))
+
+
+def mean_entropy(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float:
+    """Mean over non-pad positions of the entropy (nats) of the model's next-state distribution q.
+
+    H(q) = log V - KL(q || uniform), with the KL from ``unlearn.logprobs.sequence_kl`` (uniform = zero logits).
+    log 10 = 2.303 is the maximum; a collapsed (degenerate) model scores near 0.
+    """
+
+    def entropy(logits, batch):
+        return math.log(logits.shape[-1]) - sequence_kl(torch.zeros_like(logits), logits, batch.mask)
+
+    return _token_mean(model, split, batch_size, entropy)
+
+
+@torch.no_grad()
+def per_sequence_stats(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> SequenceLogprobs:
+    """log p(y|x) summed over each sequence's labels, and |y|, for every sequence of ``split`` (on its device)."""
+    out = [sequence_logprobs(logits, batch.labels, batch.mask) for batch, logits in _batches(model, split, batch_size)]
+    return SequenceLogprobs(torch.cat([o.logp for o in out]), torch.cat([o.n_tokens for o in out]))
+
+
+@torch.no_grad()
+def sample_from_model(model: torch.nn.Module, first_states: torch.Tensor, length: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Autoregressive samples s_t ~ p_model(. | s_<t) from the given first states: LongTensor (n, length).
+
+    Draws happen on the CPU from ``generator`` whatever the model's device, so samples are reproducible
+    across devices up to the model's own numerics. ``length`` - 1 must not exceed the model's max_len.
+    """
+    device = _device(model)
+    seqs = first_states.reshape(-1, 1).long().cpu()
+    for _ in range(length - 1):
+        logits = model(seqs.to(device)).logits[:, -1]
+        probs = torch.softmax(logits.double(), dim=-1).cpu()
+        seqs = torch.cat([seqs, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return seqs
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining of the original and retrained models (SimNPO synthetic code; notes/simnpo.md 2.3).
+
+    AdamW with betas (0.9, 0.999) and eps 1e-8 (``unlearn.train``; the released code's transformers.AdamW had
+    eps 1e-6), no weight decay, constant lr; each epoch is a fresh shuffle, the last batch of an epoch smaller
+    when batch_size does not divide the data.
+    """
+
+    n_layer: int = 4
+    d_model: int = 128
+    lr: float = 5e-4
+    batch_size: int = 128
+    epochs: int = 5
+    weight_decay: float = 0.0
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.epochs < 0:
+            raise ValueError(f"need batch_size >= 1 and epochs >= 0, got {self.batch_size}, {self.epochs}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
+def model_config(world_cfg: MarkovWorldConfig, cfg: PretrainConfig) -> TransformerConfig:
+    """One token per state, as many positions as the world's padded width."""
+    return TransformerConfig(vocab_size=N_STATES, max_len=world_cfg.width, n_layer=cfg.n_layer, d_model=cfg.d_model)
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int, *keys: object) -> tuple[Callable[[int], list], int]:
+    """(step -> [index tensor], steps per epoch): epoch e visits a fresh permutation of range(n), drawn from
+    the stream (seed, *keys, e), in batches of ``batch_size`` (the last one smaller when it does not divide n).
+    A step's batch depends only on the step, so the schedule is reproducible and can be entered anywhere."""
+    per_epoch = math.ceil(n / batch_size)
+    current: dict[int, torch.Tensor] = {}
+
+    def micro_batches(step: int) -> list:
+        epoch, i = divmod(step, per_epoch)
+        if epoch not in current:
+            current.clear()
+            current[epoch] = torch.randperm(n, generator=make_generator(seed, *keys, epoch))
+        return [current[epoch][i * batch_size: (i + 1) * batch_size]]
+
+    return micro_batches, per_epoch
+
+
+def token_mean_nll(data: Split) -> Callable:
+    """losses_fn for ``unlearn.train``: the token-mean cross-entropy of a batch, as in the released code.
+
+    The loop averages per-sequence losses over the batch, so sequence b gets L_b = -logp_b * B / N with
+    N = sum_b |y_b| the batch's token count: mean_b L_b = -(1/N) sum_b logp_b, the mean NLL per token
+    (nn.CrossEntropyLoss over non-pad positions). N is data, not a function of the parameters. A per-sequence
+    mean -logp_b / |y_b| would instead give a length-5 sequence the weight of a length-20 one.
+    """
+
+    def losses_fn(model, index):
+        batch = data.take(index)
+        logits = model(batch.input_ids, attention_mask=batch.mask).logits
+        stats = sequence_logprobs(logits, batch.labels, batch.mask)
+        return {"nll": -stats.logp * (len(batch) / stats.n_tokens.sum())}
+
+    return losses_fn
+
+
+def pretrain(world: MarkovWorld, cfg: PretrainConfig, data: str, device: str | torch.device = "cpu",
+             progress: bool | None = None) -> Transformer:
+    """Train a fresh transformer on ``world.train_set(data)`` (no cache). Initialisation and shuffles come from
+    the streams (world seed, "markov-pretrain", data, ...), so the result is a function of the configs."""
+    device = resolve_device(str(device))
+    seed = world.cfg.seed
+    model = Transformer(model_config(world.cfg, cfg), make_generator(seed, "markov-pretrain", data, "init"))
+    model.to(device)
+    train_set = world.train_set(data).to(device)
+    micro_batches, per_epoch = shuffled_batches(len(train_set), cfg.batch_size, seed, "markov-pretrain", data,
+                                                "shuffle")
+    train_cfg = TrainConfig(steps=cfg.epochs * per_epoch, lr=cfg.lr, optimizer="adamw", weight_decay=cfg.weight_decay,
+                            precision=cfg.precision, device=str(device), progress=progress,
+                            name=f"pretrain markov ({data})")
+    train(model, token_mean_nll(train_set), micro_batches, train_cfg)
+    return model.eval()
+
+
+def pretrained_model(world_cfg: MarkovWorldConfig, cfg: PretrainConfig, data: str,
+                     device: str | torch.device = "cpu", world: MarkovWorld | None = None,
+                     progress: bool | None = None) -> Transformer:
+    """The pretrained model for (world_cfg, cfg, data), from the on-disk cache or trained (``pretrain``) and stored.
+
+    ``data``: "all" (original model of experiment a), "without_forget2" (original model of experiment b) or
+    "retain" (the retrained model). The cache key holds both configs, the data and the device type (CUDA and
+    CPU kernels round differently, and the project promises bitwise-equal reruns on one machine); ``world``
+    saves regenerating the data when the caller has it. Returned in eval mode on ``device``.
+    """
+    if data not in PRETRAIN_DATA:
+        raise ValueError(f"unknown pretraining data {data!r}; valid: {', '.join(PRETRAIN_DATA)}")
+    if world is not None and world.cfg != world_cfg:
+        raise ValueError("world was made from another MarkovWorldConfig than world_cfg")
+    device = resolve_device(str(device))
+    key = {"world": config_dict(world_cfg), "pretrain": config_dict(cfg), "data": data, "device": device.type}
+
+    def build():
+        return pretrain(world or make_world(world_cfg), cfg, data, device, progress).state_dict()
+
+    model = Transformer(model_config(world_cfg, cfg))
+    if cfg.precision != "bf16":
+        model.to(PRECISIONS[cfg.precision])
+    model.load_state_dict(cache.cached("markov-pretrain", key, build))
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------- unlearning
+
+
+def forget_weights(term: Term, params: MethodParams, stats: SequenceStats) -> torch.Tensor:
+    """W_b = dL_b/dlogp_b of a forget term, by autograd through the objective itself (so these are exactly the
+    weights that drive training): NPO 2 sigma(beta (logp - logp_ref)), SimNPO (2/|y|) sigma(beta logp/|y| + gamma),
+    GA 1 (theory.objectives.npo_weight / simnpo_weight give the same in closed form)."""
+    logp = stats.logp.detach().double().requires_grad_(True)
+    cast = {k: v.detach().double() for k in ("n_tokens", "logp_ref") if (v := getattr(stats, k)) is not None}
+    with torch.enable_grad():
+        loss = term(replace(stats, logp=logp, **cast), params)
+        (weights,) = torch.autograd.grad(loss.sum(), logp)
+    return weights
+
+
+def sample_weights(model: torch.nn.Module, split: Split, method: str, params: MethodParams,
+                   ref_logp: torch.Tensor | None = None, batch_size: int = 1024) -> torch.Tensor:
+    """The per-sequence weight of ``method``'s forget term on every sequence of ``split`` at the model's current
+    parameters (float64, (n,)), for the weight-allocation experiment (SimNPO paper Figs 3-4; ``forget_weights``).
+    ``ref_logp``: the reference model's per-sequence log-probs on ``split`` (NPO-type methods only)."""
+    stats = per_sequence_stats(model, split, batch_size)
+    ref = None if ref_logp is None else ref_logp.to(stats.logp.device)
+    return forget_weights(get_method(method).forget, params, SequenceStats(stats.logp, stats.n_tokens, logp_ref=ref))
+
+
+def unlearning_losses(method: str, params: MethodParams, forget: Split, retain: Split, ref_logp: torch.Tensor,
+                      ref_retain_logits: torch.Tensor | None = None) -> Callable:
+    """losses_fn for ``unlearn.train``: batch (forget index, retain index) -> per-sequence losses by term.
+
+    Statistics come from the model's logits through ``unlearn.logprobs`` (logp, |y|); logp_ref is read from
+    ``ref_logp`` (n_forget,), the reference model's log-probs cached before training, so no reference model
+    runs; *+KL methods read the reference's logits on the retain split from ``ref_retain_logits``
+    (n_retain, T, V). Splits and caches must live on the model's device.
+    """
+    m = get_method(method)
+    if m.needs["forget"] not in ((), ("logp_ref",)):
+        raise ValueError(f"method {method!r} needs alternative responses, which the Markov world does not have")
+    with_kl = "kl" in m.needs["retain"]
+    if with_kl and ref_retain_logits is None:
+        raise ValueError(f"method {method!r} needs the reference's retain logits (ref_retain_logits)")
+
+    def stats_of(model, split, index):
+        batch = split.take(index)
+        logits = model(batch.input_ids, attention_mask=batch.mask).logits
+        return batch, logits, sequence_logprobs(logits, batch.labels, batch.mask)
+
+    def losses_fn(model, batch):
+        forget_index, retain_index = batch
+        _, _, f = stats_of(model, forget, forget_index)
+        forget_stats = SequenceStats(f.logp, f.n_tokens, logp_ref=ref_logp[forget_index])
+        retain_stats = None
+        if m.retain is not None:
+            r_batch, r_logits, r = stats_of(model, retain, retain_index)
+            kl = sequence_kl(r_logits, ref_retain_logits[retain_index], r_batch.mask) if with_kl else None
+            retain_stats = SequenceStats(r.logp, r.n_tokens, kl=kl)
+        return per_sequence_losses(m, params, forget_stats, retain_stats)
+
+    return losses_fn
+
+
+def evaluator(world: MarkovWorld, device: str | torch.device, batch_size: int = 1024) -> Callable:
+    """(model, step) -> {"retain_kl", "forget1_kl", "forget2_kl"}: ``token_kl`` on the three test splits."""
+    splits = {key: world[name].to(device) for key, name in EVAL_SPLITS.items()}
+    return lambda model, step: {key: token_kl(model, split, batch_size) for key, split in splits.items()}
+
+
+@torch.no_grad()
+def _reference_logits(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
+    return torch.cat([logits.float() for _, logits in _batches(model, split, batch_size)])
+
+
+def unlearn_run(model: torch.nn.Module, method: str, params: MethodParams, world: MarkovWorld, *, steps: int = 50,
+                batch_size: int = 4, lr: float = 5e-4, generator: torch.Generator | None = None,
+                evaluate_every: int = 1, evaluate: Callable | None = None, precision: str = "float32",
+                progress: bool | None = None) -> History:
+    """Unlearn ``world.forget_set()`` from ``model`` (in place; it is the reference) and return the History.
+
+    One epoch over a random permutation of the forget set in batches of ``batch_size``, capped at ``steps``
+    (SimNPO synthetic code: 50 steps of 4, AdamW lr 5e-4, no weight decay); a method with a retain term also
+    draws retain batches of the same size from a permutation of retain_train. Both permutations come from
+    ``generator`` (default: the stream (world seed, "markov-unlearn", method)). Evaluation (default
+    ``evaluator``: token KL on the three test splits) runs before step 0, every ``evaluate_every`` steps and
+    after the last; History.evals holds its values.
+    """
+    device = _device(model)
+    if precision != "bf16":
+        model.to(PRECISIONS[precision])  # before the reference pass, so that logp = logp_ref exactly at step 0
+    forget, retain = world.forget_set().to(device), world["retain_train"].to(device)
+    m = get_method(method)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        ref_logp = per_sequence_stats(model, forget).logp
+        ref_retain_logits = _reference_logits(model, retain) if "kl" in m.needs["retain"] else None
+    g = generator if generator is not None else make_generator(world.cfg.seed, "markov-unlearn", method)
+    forget_order, retain_order = torch.randperm(len(forget), generator=g), torch.randperm(len(retain), generator=g)
+    steps = min(steps, math.ceil(len(forget) / batch_size))
+
+    def micro_batches(step):
+        window = torch.arange(step * batch_size, (step + 1) * batch_size)
+        return [(forget_order[window[window < len(forget)]], retain_order[window % len(retain)])]
+
+    cfg = TrainConfig(steps=steps, lr=lr, optimizer="adamw", eval_every=evaluate_every, precision=precision,
+                      device=str(device), progress=progress, name=f"unlearn markov ({method})")
+    return train(model, unlearning_losses(method, params, forget, retain, ref_logp, ref_retain_logits),
+                 micro_batches, cfg, evaluate=evaluate or evaluator(world, device))
