@@ -6,12 +6,19 @@
             loss = sum_k sum_members mean_b losses_fn(model, micro)[k] / len(micro_batches)
             loss.backward()                                     # under bf16 autocast if asked
         stop with NonFiniteLossError if the loss is NaN or inf   # before the update: the model stays finite
-        grad *= mask;  clip;  p *= 1 - lr*wd*mask;  optimizer.step();  scheduler.step()
+        grad *= mask;  clip;  p *= 1 - lr*scale*wd*mask;  optimizer.step();  scheduler.step()
 
 The reduction is the only one in the project: ``losses_fn`` returns per-sequence losses by term (the
 ``unlearn.objectives`` contract), each term is averaged over its batch (last axis), summed over any leading
 ensemble-member axes, and terms are added. Accumulating n equal micro-batches therefore equals one batch n
 times larger.
+
+Ensembles (``members`` = M > 0, e.g. an ``unlearn.ensemble.Ensemble``): every trainable parameter holds M
+independent members along its leading axes, member m owning ``p.reshape(M, -1)[m]``. Summing member losses
+gives each member the gradient of its own loss; clipping takes one norm per member; ``lr_scale`` gives each
+member its own learning rate (and with it its own decay, lr*scale*wd); SGD and AdamW are elementwise. So each
+member follows the trajectory it would follow alone, optimizer state and schedule included
+(tests/test_ensemble.py: 1e-9 relative in float64, 1e-4 in float32).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ class TrainConfig:
     weight_decay: decoupled (AdamW-style, ``p *= 1 - lr*wd``) for both optimizers, multiplied by the gradient
         mask when there is one, so a masked weight never moves, not even by decay.
     schedule: "constant", or "warmup_linear" (linear warm-up over ``warmup_steps``, then linear decay to 0).
-    clip_norm: global gradient-norm clipping threshold; 0 disables it.
+    clip_norm: gradient-norm clipping threshold, on the global norm of one model or on each ensemble member's
+        own norm (``train(members=...)``); 0 disables it.
     eval_every: call ``evaluate`` every this many steps (0: only before the first and after the last step).
     eval_at: further steps at which to call ``evaluate`` (e.g. a log-spaced grid); the state evaluated at
         step s is the one after s updates.
@@ -142,12 +150,82 @@ class PlainSGD:
                 p.add_(p.grad, alpha=-lr)
 
 
+class AdamW:
+    """Adam's update with per-parameter lr ``scales`` (per-member learning rates of an ensemble), in a handful
+    of foreach calls instead of ~10 tensor ops per parameter. Decoupled weight decay is the loop's job.
+
+        t += 1;  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+        p -= lr * scale / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Without scales this is torch.optim.AdamW's arithmetic op for op (bitwise equal on the CPU, checked in
+    tests/test_train.py); t counts the steps in which the parameter had a gradient, as in torch.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], eps: float,
+                 scales: dict[int, torch.Tensor]):
+        self.params, self.betas, self.eps, self.scales = params, betas, eps, scales
+        self.param_groups = [{"lr": lr}]
+        self.state: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}  # id(p) -> ([t], m, v)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr, (beta1, beta2) = self.param_groups[0]["lr"], self.betas
+        live = [p for p in self.params if p.grad is not None]
+        if not live:
+            return
+        for p in live:
+            if id(p) not in self.state:
+                self.state[id(p)] = ([0], torch.zeros_like(p), torch.zeros_like(p))
+        states = [self.state[id(p)] for p in live]
+        for t, _, _ in states:
+            t[0] += 1
+        grads, m, v = [p.grad for p in live], [s[1] for s in states], [s[2] for s in states]
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [(1 - beta2 ** t[0]) ** 0.5 for t, _, _ in states])
+        torch._foreach_add_(denom, self.eps)
+        for p, d in zip(live, denom, strict=True):
+            if id(p) in self.scales:
+                d.div_(self.scales[id(p)])  # p -= step * m / (d / scale) = step * scale * m / d
+        torch._foreach_addcdiv_(live, m, denom, [(lr / (1 - beta1 ** t[0])) * -1 for t, _, _ in states])
+
+
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, scales: dict[int, torch.Tensor]):
     if cfg.optimizer == "sgd":
         return PlainSGD(params, cfg.lr, scales)
-    if scales:
-        raise ValueError("per-parameter lr_scale is supported with optimizer='sgd' only")
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=1e-8, weight_decay=0.0)
+    return AdamW(params, cfg.lr, cfg.adam_betas, 1e-8, scales)
+
+
+def member_shape(p: torch.Tensor, members: int, name: str = "parameter") -> tuple[int, ...]:
+    """Shape that broadcasts one value per member over ``p``: the shortest prefix of p.shape whose product is
+    ``members``, then ones; e.g. (M, 1, 1) for an Ensemble's (M, d, d) weight and (W, K, 1) for a
+    LogisticHead's theta (W, K, p) with M = W*K. An error names the parameter when there is no such prefix."""
+    size = 1
+    for k, n in enumerate(p.shape):
+        size *= n
+        if size == members:
+            return (*p.shape[: k + 1], *[1] * (p.ndim - k - 1))
+    raise ValueError(f"{name} of shape {tuple(p.shape)} has no leading axes holding {members} ensemble members")
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, members: int = 0) -> torch.Tensor:
+    """Scale gradients by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_'s rule) and return
+    the norm. members = 0: one global norm over every gradient. members = M: member m's norm is taken over its
+    own slices ``g.reshape(M, -1)[m]`` of every gradient and scales only those, so clipping never couples
+    members; the result has shape (M,)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(max(members, 1))
+    rows = max(members, 1)
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(rows, -1), dim=1) for g in grads])  # (P, rows)
+    total = torch.linalg.vector_norm(norms, dim=0)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(member_shape(g, members)) if members else coef[0])
+    return total if members else total[0]
 
 
 def check_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,6 +242,28 @@ def check_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> di
     return checked
 
 
+def _lr_scales(named: Mapping[str, torch.nn.Parameter], lr_scale, members: int,
+               shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """``train``'s lr_scale as {parameter name: tensor on that parameter's device and dtype}."""
+    if lr_scale is None:
+        return {}
+    if not isinstance(lr_scale, Mapping):
+        values = torch.as_tensor(lr_scale, dtype=torch.float64)
+        if not members or values.shape != (members,):
+            raise ValueError(f"lr_scale as a vector needs one value per ensemble member (members={members}), "
+                             f"got shape {tuple(values.shape)}")
+        lr_scale = {name: values.view(shapes[name]) for name in named}
+    for name in lr_scale:
+        if name not in named:
+            raise ValueError(f"lr_scale for {name!r}, which is not a trainable parameter of this model")
+    out = {name: torch.as_tensor(scale, dtype=named[name].dtype, device=named[name].device)
+           for name, scale in lr_scale.items()}
+    for name, scale in out.items():
+        if not (torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError(f"lr_scale for {name!r} must be finite and > 0")
+    return out
+
+
 LossesFn = Callable[[torch.nn.Module, Any], Mapping[str, torch.Tensor]]
 
 
@@ -175,7 +275,8 @@ def train(
     *,
     evaluate: Callable[[torch.nn.Module, int], Mapping[str, float]] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
-    lr_scale: Mapping[str, torch.Tensor] | None = None,
+    lr_scale: Mapping[str, torch.Tensor] | torch.Tensor | Sequence[float] | None = None,
+    members: int | None = None,
 ) -> History:
     """Train ``model`` in place and return its History.
 
@@ -188,8 +289,12 @@ def train(
         cfg: optimisation settings.
         evaluate: (model, step) -> {name: value}, run without gradients every ``cfg.eval_every`` steps.
         masks: {parameter name: bool tensor}; only True entries may change (see TrainConfig.weight_decay).
-        lr_scale: {parameter name: tensor broadcastable to it} multiplying ``cfg.lr`` (SGD only), e.g. one
-            learning rate per ensemble member: lr_scale (M, 1) for a parameter (M, p).
+        lr_scale: multiplies ``cfg.lr`` (and with it the decay lr*wd): {parameter name: tensor broadcastable
+            to it}, or, for an ensemble, one value per member (M,) applied to every parameter; with cfg.lr = 1
+            the values are the members' own learning rates, and the schedule multiplies them all.
+        members: M > 0 trains M independent ensemble members (module docstring): clipping per member, and a
+            check that every trainable parameter has leading axes holding M members. None takes
+            ``model.members`` when the model defines it (``unlearn.ensemble.Ensemble`` does), else 0.
     """
     device = resolve_device(cfg.device)
     if cfg.precision != "bf16":
@@ -198,11 +303,11 @@ def train(
     params = list(named.values())
     masks = check_masks(model, masks or {})
     mask_of = {id(named[name]): m for name, m in masks.items() if name in named}
-    for name in lr_scale or {}:
-        if name not in named:
-            raise ValueError(f"lr_scale for {name!r}, which is not a trainable parameter of this model")
-    scales = {id(named[name]): torch.as_tensor(scale, dtype=named[name].dtype, device=named[name].device)
-              for name, scale in (lr_scale or {}).items()}
+    members = getattr(model, "members", 0) if members is None else members
+    if not (isinstance(members, int) and members >= 0):
+        raise ValueError(f"members must be an integer >= 0, got {members!r}")
+    shapes = {name: member_shape(p, members, f"parameter {name!r}") for name, p in named.items()} if members else {}
+    scales = {id(named[name]): scale for name, scale in _lr_scales(named, lr_scale, members, shapes).items()}
     optimizer = make_optimizer(params, cfg, scales)
     history = History()
 
@@ -247,11 +352,12 @@ def train(
             if p.grad is not None and id(p) in mask_of:
                 p.grad.mul_(mask_of[id(p)])
         if cfg.clip_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            clip_grad_norm_(params, cfg.clip_norm, members)
         if cfg.weight_decay:
             with torch.no_grad():
                 for p in params:
                     decay = lr * cfg.weight_decay
+                    decay = decay * scales[id(p)] if id(p) in scales else decay
                     p.mul_(1 - decay * mask_of[id(p)] if id(p) in mask_of else 1 - decay)
         for group in optimizer.param_groups:
             group["lr"] = lr
