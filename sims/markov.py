@@ -376,6 +376,15 @@ def pretrain(world: MarkovWorld, cfg: PretrainConfig, data: str, device: str | t
     return model.eval()
 
 
+def data_key(world_cfg: MarkovWorldConfig, data: str) -> dict:
+    """The fields of ``world_cfg`` that a model pretrained on ``data`` depends on: the seed, leakage, split and
+    padded width, and the size and length of only the chains it reads (each chain is sampled from its own
+    stream). So the retrained model of experiment (a) (forget2 length 5) and of (b) (length 20) is one model."""
+    chains = [f"{k}_{name}" for name in PRETRAIN_DATA[data] for k in ("n", "len")]
+    fields_read = ["seed", "leakage", "test_frac", *chains]
+    return {**{k: getattr(world_cfg, k) for k in fields_read}, "width": world_cfg.width}
+
+
 def pretrained_model(world_cfg: MarkovWorldConfig, cfg: PretrainConfig, data: str,
                      device: str | torch.device = "cpu", world: MarkovWorld | None = None,
                      progress: bool | None = None) -> Transformer:
@@ -383,7 +392,8 @@ def pretrained_model(world_cfg: MarkovWorldConfig, cfg: PretrainConfig, data: st
 
     ``data``: "all" (original model of experiment a), "without_forget2" (original model of experiment b) or
     "retain" (the retrained model). The cache key holds both configs, the data and the device type (CUDA and
-    CPU kernels round differently, and the project promises bitwise-equal reruns on one machine); ``world``
+    CPU kernels round differently, and the project promises bitwise-equal reruns on one machine), with only
+    the world fields the data depends on (``data_key``); ``world``
     saves regenerating the data when the caller has it. Returned in eval mode on ``device``.
     """
     if data not in PRETRAIN_DATA:
@@ -391,7 +401,7 @@ def pretrained_model(world_cfg: MarkovWorldConfig, cfg: PretrainConfig, data: st
     if world is not None and world.cfg != world_cfg:
         raise ValueError("world was made from another MarkovWorldConfig than world_cfg")
     device = resolve_device(str(device))
-    key = {"world": config_dict(world_cfg), "pretrain": config_dict(cfg), "data": data, "device": device.type}
+    key = {"world": data_key(world_cfg, data), "pretrain": config_dict(cfg), "data": data, "device": device.type}
 
     def build():
         return pretrain(world or make_world(world_cfg), cfg, data, device, progress).state_dict()
@@ -463,9 +473,13 @@ def unlearning_losses(method: str, params: MethodParams, forget: Split, retain: 
     return losses_fn
 
 
-def evaluator(world: MarkovWorld, device: str | torch.device, batch_size: int = 1024) -> Callable:
-    """(model, step) -> {"retain_kl", "forget1_kl", "forget2_kl"}: ``token_kl`` on the three test splits."""
-    splits = {key: world[name].to(device) for key, name in EVAL_SPLITS.items()}
+def evaluator(world: MarkovWorld, device: str | torch.device, batch_size: int = 1024,
+              limit: int | None = None) -> Callable:
+    """(model, step) -> {"retain_kl", "forget1_kl", "forget2_kl"}: ``token_kl`` on the three test splits, or on
+    the first ``limit`` sequences of each (the same ones at every call, so a curve stays smooth)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 sequences (or None for whole splits), got {limit}")
+    splits = {key: world[name].take(slice(0, limit)).to(device) for key, name in EVAL_SPLITS.items()}
     return lambda model, step: {key: token_kl(model, split, batch_size) for key, split in splits.items()}
 
 

@@ -221,6 +221,16 @@ def test_pretraining_is_deterministic_and_cached(tiny_world, monkeypatch):
                                  (TINY_WORLD, TINY_PRETRAIN, "without_forget2")]:
         with pytest.raises(AssertionError, match="should not run"):  # a changed config is another entry
             mk.pretrained_model(world_cfg, cfg, data)
+    # A world change the data never reads (forget2's length, for a model that never saw forget2) is a cache hit:
+    # the retrained model is shared by experiments (a) and (b).
+    monkeypatch.undo()
+    retrained = mk.pretrained_model(TINY_WORLD, TINY_PRETRAIN, "retain", progress=False)
+    monkeypatch.setattr(mk, "pretrain", fail)
+    other_f2 = replace(TINY_WORLD, len_forget2=TINY_WORLD.len_forget2 + 1, n_forget2=TINY_WORLD.n_forget2 + 7)
+    assert other_f2.width == TINY_WORLD.width
+    assert torch.equal(mk.pretrained_model(other_f2, TINY_PRETRAIN, "retain").head.weight, retrained.head.weight)
+    with pytest.raises(AssertionError, match="should not run"):  # ... but not for a model that read forget2
+        mk.pretrained_model(other_f2, TINY_PRETRAIN, "all")
 
 
 def test_retrained_transformer_reaches_the_retrain_level():

@@ -1,6 +1,8 @@
-"""Closed-form theory of LLM unlearning objectives, float64 NumPy/SciPy, no training loops.
+"""Closed-form theory of LLM unlearning objectives, float64 NumPy/SciPy, no training loops. Symbols: NOTATION.md.
 
-Modules: ``objectives`` (GA, NPO, SimNPO, DPO values, weights, bounds, limits). Symbols: NOTATION.md.
-``allocation`` (SimNPO Sec. 4, App. G: NPO/SimNPO weights against |y| and likelihood, speed heuristic, exact flows).
-``markov`` (SimNPO App. H Markov mixture: distributions, log-probs, per-token KL, retrained KL, Bayes predictors).
+Modules:
+``objectives``  GA, NPO, SimNPO, DPO values, weights, bounds and limits (NPO paper Sec. 2-3, SimNPO eq. 4).
+``logistic``    NPO paper Theorem 2: the exact reduced recursion, ODE predictions, explicit envelopes, assumptions.
+``allocation``  SimNPO Sec. 4, App. G: NPO/SimNPO weights against |y| and likelihood, speed heuristic, exact flows.
+``markov``      SimNPO App. H Markov mixture: distributions, log-probs, per-token KL, retrained KL, Bayes predictors.
 """
