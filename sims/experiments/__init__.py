@@ -1,13 +1,15 @@
 """Every experiment, by name: the one list that the CLI, the notebooks and the tests read."""
 
 from sims.experiment import Experiment
-from sims.experiments import logistic_rates, markov_tradeoff, npo_synthetic
+from sims.experiments import collapse, logistic_rates, markov_tradeoff, npo_synthetic, weight_allocation
 
 EXPERIMENTS: dict[str, Experiment] = {
     "npo-synthetic": npo_synthetic.EXPERIMENT,
     "logistic-rates": logistic_rates.EXPERIMENT,
     "markov-length": markov_tradeoff.EXPERIMENT_LENGTH,
     "markov-memorization": markov_tradeoff.EXPERIMENT_MEMORIZATION,
+    "weight-allocation": weight_allocation.EXPERIMENT,
+    "collapse": collapse.EXPERIMENT,
 }
 
 

@@ -51,22 +51,9 @@ FORGETS = {"f1": "forget1_kl", "f2": "forget2_kl"}
 
 
 @dataclass(frozen=True)
-class Config:
-    """Settings shared by both experiments; each preset fixes the world (lengths, pretraining data) and betas."""
+class Config(markov.Setup):
+    """Unlearning settings on top of the shared world and pretraining (``sims.markov.Setup``)."""
 
-    seed: int = 0
-    # world (sims.markov.MarkovWorldConfig)
-    n_retain: int = 10000
-    n_forget1: int = 5000
-    n_forget2: int = 5000
-    len_forget2: int = 5
-    pretrain_data: str = "all"  # "all" (a) or "without_forget2" (b)
-    # pretraining (sims.markov.PretrainConfig)
-    n_layer: int = 4
-    d_model: int = 128
-    pretrain_lr: float = 5e-4
-    pretrain_epochs: int = 5
-    # unlearning
     npo_beta: float = 0.2
     simnpo_beta: float = 4.0
     steps: int = 50
@@ -81,28 +68,17 @@ class Config:
     progress: bool = True
 
     def __post_init__(self):
-        if self.pretrain_data not in ("all", "without_forget2"):
-            raise ValueError(f"pretrain_data must be 'all' or 'without_forget2', got {self.pretrain_data!r}")
+        super().__post_init__()
         for key in ("steps", "batch_size", "seeds", "sweep_eval_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("npo_beta", "simnpo_beta", "lr", "pretrain_lr"):
+        for key in ("npo_beta", "simnpo_beta", "lr"):
             if not (np.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
         for key in ("sweep_npo_betas", "sweep_simnpo_betas"):
             for beta in getattr(self, key):
                 if not (np.isfinite(beta) and beta > 0):
                     raise ValueError(f"{key}: every beta must be a finite number > 0, got {beta!r}")
-        self.world_config()  # validates sizes and lengths, naming the field
-        self.pretrain_config()
-
-    def world_config(self) -> markov.MarkovWorldConfig:
-        return markov.MarkovWorldConfig(seed=self.seed, n_retain=self.n_retain, n_forget1=self.n_forget1,
-                                        n_forget2=self.n_forget2, len_forget2=self.len_forget2)
-
-    def pretrain_config(self) -> markov.PretrainConfig:
-        return markov.PretrainConfig(n_layer=self.n_layer, d_model=self.d_model, lr=self.pretrain_lr,
-                                     epochs=self.pretrain_epochs)
 
     def beta(self, method: str) -> float:
         return {"NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method]
@@ -114,10 +90,8 @@ class Config:
 LENGTH = Config()
 MEMORIZATION = Config(len_forget2=20, pretrain_data="without_forget2", npo_beta=1.0,
                       sweep_npo_betas=(0.2, 0.5, 2.0), sweep_simnpo_betas=(1.0, 2.0, 8.0))
-# fast: a smaller world and model (pretrained in seconds, retrained KL still within ~0.03 of the theory), one
-# unlearning seed, a two-beta sweep, and 400-sequence evaluation splits.
-_FAST = dict(n_retain=4000, n_forget1=2000, n_forget2=2000, n_layer=2, d_model=64, pretrain_lr=1e-3,
-             pretrain_epochs=3, seeds=1, sweep_eval_every=5, eval_limit=400)
+# fast: the small setup (sims.markov.FAST_SETUP), one unlearning seed, a one-beta sweep, 400-sequence test splits.
+_FAST = dict(**markov.FAST_SETUP, seeds=1, sweep_eval_every=5, eval_limit=400)
 LENGTH_PRESETS = {"full": LENGTH, "fast": Config(**{**_FAST, "sweep_npo_betas": (1.0,), "sweep_simnpo_betas": (1.0,)})}
 MEMORIZATION_PRESETS = {
     "full": MEMORIZATION,
@@ -181,10 +155,8 @@ def _runner(paper: dict[str, float]):
         """Pretrain (or load) the original and retrained models, run NPO and SimNPO (``seeds`` replicates each)
         and the beta sweep, and measure the Fig. 5 trade-off."""
         device = resolve_device(cfg.device)
-        world_cfg, pre_cfg = cfg.world_config(), cfg.pretrain_config()
-        world = markov.make_world(world_cfg)
-        original = markov.pretrained_model(world_cfg, pre_cfg, cfg.pretrain_data, device, world, cfg.progress)
-        retrained = markov.pretrained_model(world_cfg, pre_cfg, "retain", device, world, cfg.progress)
+        world, original, retrained = cfg.models(device, cfg.progress)
+        world_cfg = world.cfg
         evaluate = markov.evaluator(world, device, limit=cfg.eval_limit)
         measured = {"original": evaluate(original, 0), "retrained": evaluate(retrained, 0)}
         exact = {f"forget{k}_kl": theory.retrained_kl(f"forget{k}", getattr(world_cfg, f"len_forget{k}"))

@@ -1,0 +1,195 @@
+"""collapse: GA, NPO and SimNPO run long on the Markov transformer (NPO paper Sec. 5 and Theorem 2; SimNPO
+paper Sec. 4), the rates of the theory seen on a transformer.
+
+Claim. Unlearning the markov-length forget set for 2000 steps (one epoch of batch 4, AdamW lr 5e-4, the
+paper's unlearning optimiser): GA's forget NLL grows without bound at a steady (here even accelerating) rate,
+NPO's only logarithmically in the step (its weight 2 sigma(beta (logp - logp_ref)) vanishes as the forget
+likelihood falls: Theorem 2's mechanism), SimNPO's logarithmically too. None of them has a retain term, and
+all three take the retain distribution and the output entropy with them: GA within ~100 steps and without
+bound, NPO soon after (its weight shrinks, but Adam rescales the small gradient), SimNPO slowest; by the end
+each samples a single repeated state.
+
+Measured every ``eval_every`` steps on the first ``eval_limit`` sequences of each test split: the forget NLL
+(mean per-token -log p on Forget1 + Forget2 test), the retain KL (per-token KL to the true transitions, as in
+markov-length) and the mean entropy of the next-state distribution on retain test (log 10 = 2.30 at most).
+Fits (``sims.curves.rate_fits``) of the forget NLL against t and against log t over steps >= ``fit_from``;
+X.forget_nll_growth_exponent is the slope of log(NLL_t - NLL_0) against log t there (1 = linear, 2 =
+quadratic, near 0 = logarithmic).
+
+Under AdamW every parameter moves ~lr per step whatever the gradient's scale, so GA's logits grow like a
+product of linearly growing weights: its NLL is super-linear (exponent ~1.5-2), steadier than NPO's but not the
+single-layer straight line of Theorem 2. Plain SGD makes the point more sharply and is not a usable baseline:
+GA's loss reaches inf within 15-60 steps at lr 0.005-0.05 on this model (positive feedback through the layers).
+The SimNPO paper gives no numbers for this study, so ``paper`` is empty.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import NullFormatter
+
+from sims import markov
+from sims.curves import fit_r2, rate_fits
+from sims.experiment import Experiment, Result
+from sims.plotting import METHOD_COLORS, panel_label
+from unlearn.objectives import MethodParams
+from unlearn.rng import generator
+from unlearn.train import resolve_device
+
+METHODS = ("GA", "NPO", "SimNPO")
+N_SAMPLES = 6  # generated sequences shown per model
+
+
+@dataclass(frozen=True)
+class Config(markov.Setup):
+    """Long unlearning runs on the shared Markov setup (``sims.markov.Setup``; default: markov-length's)."""
+
+    npo_beta: float = 0.2
+    simnpo_beta: float = 4.0
+    steps: int = 2000  # capped at one epoch over the forget set (8000 sequences / batch 4 = 2000)
+    batch_size: int = 4
+    lr: float = 5e-4
+    eval_every: int = 40
+    eval_limit: int | None = 500
+    fit_from: int = 100
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("steps", "batch_size", "eval_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("npo_beta", "simnpo_beta", "lr"):
+            if not (np.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        if not 0 <= self.fit_from < self.steps:
+            raise ValueError(f"fit_from must lie in [0, steps), got {self.fit_from}")
+
+    def params(self, method: str) -> MethodParams:
+        return MethodParams(beta={"GA": 1.0, "NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
+
+
+PRESETS = {
+    "full": Config(),
+    # fast: the small setup; 800 steps is one epoch over its 3200 forget sequences.
+    "fast": Config(**markov.FAST_SETUP, steps=800, eval_every=40, eval_limit=300, fit_from=80),
+}
+
+
+def collapse_evaluator(world: markov.MarkovWorld, device, limit: int | None):
+    """(model, step) -> {"forget_nll", "retain_kl", "entropy"} (module docstring)."""
+    forget = markov.Split.concat([world[f"forget{k}_test"].take(slice(0, limit)) for k in (1, 2)]).to(device)
+    retain = world["retain_test"].take(slice(0, limit)).to(device)
+
+    def evaluate(model, step):
+        stats = markov.per_sequence_stats(model, forget)
+        return {"forget_nll": float(-stats.logp.sum() / stats.n_tokens.sum()),
+                "retain_kl": markov.token_kl(model, retain), "entropy": markov.mean_entropy(model, retain)}
+
+    return evaluate
+
+
+def growth_fits(steps, nll, fit_from: int) -> dict[str, float]:
+    """linear_r2, log_r2 of NLL against t and log t, and the exponent of NLL_t - NLL_0 against t, for t >= fit_from."""
+    t, y = np.asarray(steps, float), np.asarray(nll, float)
+    keep = (t >= max(fit_from, 1)) & (y > y[0])
+    fits = rate_fits(t[keep], y[keep])
+    exponent = fit_r2(np.log(t[keep]), np.log(y[keep] - y[0]))[1] if keep.sum() >= 3 else float("nan")
+    return {"linear_r2": fits["linear_r2"], "log_r2": fits["log_r2"], "growth_exponent": exponent}
+
+
+def samples(model, world: markov.MarkovWorld, n: int, seed: int, name: str) -> list[list[int]]:
+    """n sequences generated from the first states of retain test sequences (the same starts for every model)."""
+    starts = world["retain_test"].input_ids[:n, 0]
+    length = world.cfg.len_retain
+    return markov.sample_from_model(model, starts, length, generator(seed, "collapse-samples", name)).tolist()
+
+
+def run(cfg: Config) -> Result:
+    """Unlearn with each method for ``steps`` steps from the cached original model; record the curves."""
+    device = resolve_device(cfg.device)
+    world, original, _ = cfg.models(device, cfg.progress)
+    evaluate = collapse_evaluator(world, device, cfg.eval_limit)
+    start = evaluate(original, 0)
+    metrics: dict[str, float | None] = {f"original.{k}": v for k, v in start.items()}
+    series = {"methods": {}, "original": {"samples": samples(original, world, N_SAMPLES, cfg.seed, "original"),
+                                          **start}}
+    for method in METHODS:
+        model = copy.deepcopy(original)
+        history = markov.unlearn_run(model, method, cfg.params(method), world, steps=cfg.steps,
+                                     batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.eval_every,
+                                     evaluate=evaluate, progress=cfg.progress)
+        x = method.lower()
+        fits = growth_fits(history.eval_steps, history.evals["forget_nll"], cfg.fit_from)
+        metrics.update({f"{x}.forget_nll_{k}": v for k, v in fits.items()})
+        metrics.update({f"{x}.{k}.final": history.evals[k][-1] for k in ("forget_nll", "retain_kl", "entropy")})
+        series["methods"][method] = {"beta": cfg.params(method).beta, "steps": history.eval_steps,
+                                     **{k: history.evals[k] for k in ("forget_nll", "retain_kl", "entropy")},
+                                     "samples": samples(model, world, N_SAMPLES, cfg.seed, method)}
+    series["fit_from"] = cfg.fit_from
+    return Result(metrics, series, {})
+
+
+def _label(method: str, m: dict) -> str:
+    return f"{method} (beta={m['beta']:g})" if method != "GA" else method
+
+
+def plot(result: Result):
+    s, metrics = result.series, result.metrics
+    fig = plt.figure(figsize=(17, 8), constrained_layout=True)
+    grid = fig.add_gridspec(2, 4, height_ratios=[2.2, 1])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(4)]
+    ax_text = fig.add_subplot(grid[1, :])
+    for method, m in s["methods"].items():
+        color, steps = METHOD_COLORS[method], np.asarray(m["steps"], float)
+        x = method.lower()
+        fits = (f"R^2 lin {metrics[f'{x}.forget_nll_linear_r2']:.3f}, log {metrics[f'{x}.forget_nll_log_r2']:.3f}, "
+                f"exp {metrics[f'{x}.forget_nll_growth_exponent']:.2f}")
+        axes[0].plot(steps, m["forget_nll"], color=color, label=f"{_label(method, m)}: {fits}")
+        if method != "GA":  # GA's scale would flatten the others; it is in (a)
+            axes[1].plot(steps[1:], m["forget_nll"][1:], color=color, label=_label(method, m))
+        axes[2].plot(steps, m["retain_kl"], color=color, label=_label(method, m))
+        axes[3].plot(steps, m["entropy"], color=color, label=_label(method, m))
+    for ax in axes[:2]:
+        ax.axvline(s["fit_from"], color="0.6", lw=0.7, ls=":")
+    axes[0].set_yscale("log")
+    axes[1].set_xscale("log")
+    axes[1].xaxis.set_minor_formatter(NullFormatter())
+    axes[2].set_yscale("log")
+    axes[3].axhline(np.log(10), color="0.5", ls=":", lw=0.8, label="uniform (log 10)")
+    axes[3].axhline(s["original"]["entropy"], color="k", ls="--", lw=0.8, label="original model")
+    for ax, ylabel in zip(axes, ("forget NLL per token (log scale)", "forget NLL per token",
+                                 "retain KL (log scale)", "mean next-state entropy (nats)"), strict=True):
+        ax.set_xlabel("unlearning step" + (" (log scale)" if ax is axes[1] else ""))
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    panel_label(axes[0], "(a) forget NLL vs step; fits after the dotted line")
+    panel_label(axes[1], f"(b) against log step (log-fit R^2: NPO {metrics['npo.forget_nll_log_r2']:.3f}, "
+                         f"SimNPO {metrics['simnpo.forget_nll_log_r2']:.3f})")
+    panel_label(axes[2], "(c) retain KL")
+    panel_label(axes[3], "(d) output entropy on retain prompts")
+    models = [("original model", s["original"]), *((_label(k, m), m) for k, m in s["methods"].items())]
+    for i, (name, m) in enumerate(models):
+        text = "\n".join([name, ""] + [" ".join(str(v) for v in seq) for seq in m["samples"]])
+        ax_text.text(i / len(models), 0.9, text, family="monospace", fontsize=8, va="top", transform=ax_text.transAxes)
+    ax_text.text(0.0, 1.0, "generated from the same first states (the retain chain favours states 0-2, Forget1 "
+                 "3-5, Forget2 6-8; a healthy model mixes them)", fontsize=9, va="top", transform=ax_text.transAxes)
+    ax_text.axis("off")
+    panel_label(ax_text, "(e) samples at the end of each run")
+    fig.suptitle("Long unlearning on the Markov transformer (no retain term): GA's forget NLL grows without bound, "
+                 "NPO's and SimNPO's close to logarithmically; every method ends collapsed", fontsize=12)
+    return fig
+
+
+EXPERIMENT = Experiment(
+    name="collapse",
+    claim="Unlearning the Markov transformer for 2000 steps without a retain term: GA's forget NLL grows without "
+          "bound (linear fit beats log fit), NPO's and SimNPO's logarithmically; all three end with degenerate "
+          "outputs, GA first and furthest.",
+    presets=PRESETS, run=run, plot=plot,
+)
