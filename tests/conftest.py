@@ -17,3 +17,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.enviro
 # Tests never read or fill the user's model cache; one private cache is shared by the whole session
 # (including notebook kernels, which inherit the environment).
 os.environ["UNLEARN_CACHE"] = tempfile.mkdtemp(prefix="unlearn-test-cache-")
+
+
+def fast_figures(tmp_path_factory, *names: str) -> dict:
+    """Run ``unlearn figures NAMES --preset fast`` into a fresh folder: {name: its JSON document, "out": folder}."""
+    import json
+
+    from unlearn.cli import main
+
+    out = tmp_path_factory.mktemp("figures")
+    assert main(["figures", *names, "--preset", "fast", "--out", str(out), "--set", "progress=false"]) == 0
+    return {name: json.loads((out / f"{name}.json").read_text()) for name in names} | {"out": out}

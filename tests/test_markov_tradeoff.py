@@ -1,13 +1,11 @@
 """markov-length and markov-memorization on the fast preset through the CLI: the metric contract, the
 retrained transformer against the exact theory, and the SimNPO paper's Fig. 5 claims."""
 
-import json
-
 import pytest
+from conftest import fast_figures
 
 from sims.experiments import markov_tradeoff as mt
 from theory import markov as theory
-from unlearn.cli import main
 
 NAMES = ("markov-length", "markov-memorization")
 CONTRACT = {"theory.retrained_forget1_kl", "theory.retrained_forget2_kl", "retrained.forget1_kl",
@@ -18,9 +16,7 @@ CONTRACT |= {f"{x}.{k}" for x in ("npo", "simnpo")
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures")
-    assert main(["figures", *NAMES, "--preset", "fast", "--out", str(out), "--set", "progress=false"]) == 0
-    return {name: json.loads((out / f"{name}.json").read_text()) for name in NAMES} | {"out": out}
+    return fast_figures(tmp_path_factory, *NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

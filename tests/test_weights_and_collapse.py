@@ -1,16 +1,15 @@
 """weight-allocation and collapse on the fast preset through the CLI (metric contracts and claims), and the
 weights of sims.markov.sample_weights against hand-derived values."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import fast_figures
 
 from sims import markov
 from sims.experiments import collapse, weight_allocation
-from unlearn.cli import main
 from unlearn.models.transformer import Transformer, TransformerConfig
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
@@ -20,9 +19,7 @@ NAMES = ("weight-allocation", "collapse")
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures")
-    assert main(["figures", *NAMES, "--preset", "fast", "--out", str(out), "--set", "progress=false"]) == 0
-    return {name: json.loads((out / f"{name}.json").read_text()) for name in NAMES} | {"out": out}
+    return fast_figures(tmp_path_factory, *NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

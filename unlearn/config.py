@@ -9,6 +9,7 @@ naming the key; range checks live in each config's ``__post_init__`` and fail th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -82,3 +83,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def require_at_least_one(cfg: Any, *keys: str) -> None:
+    """Each named integer field of ``cfg`` must be >= 1; the error names the first that is not."""
+    for key in keys:
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+
+
+def require_positive(cfg: Any, *keys: str) -> None:
+    """Each named number field of ``cfg`` must be finite and > 0 (a beta, a learning rate); the error names it."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{key} must be a finite number > 0, got {value!r}")

@@ -36,6 +36,7 @@ from sims import markov
 from sims.curves import fit_r2, rate_fits
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, panel_label
+from unlearn.config import require_at_least_one, require_positive
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -61,12 +62,8 @@ class Config(markov.Setup):
 
     def __post_init__(self):
         super().__post_init__()
-        for key in ("steps", "batch_size", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("npo_beta", "simnpo_beta", "lr"):
-            if not (np.isfinite(getattr(self, key)) and getattr(self, key) > 0):
-                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        require_at_least_one(self, "steps", "batch_size", "eval_every")
+        require_positive(self, "npo_beta", "simnpo_beta", "lr")
         if not 0 <= self.fit_from < self.steps:
             raise ValueError(f"fit_from must lie in [0, steps), got {self.fit_from}")
 

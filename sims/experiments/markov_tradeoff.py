@@ -41,6 +41,7 @@ from sims.curves import value_at_crossing
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, beta_colors, panel_label
 from theory import markov as theory
+from unlearn.config import require_at_least_one, require_positive
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -69,12 +70,8 @@ class Config(markov.Setup):
 
     def __post_init__(self):
         super().__post_init__()
-        for key in ("steps", "batch_size", "seeds", "sweep_eval_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("npo_beta", "simnpo_beta", "lr"):
-            if not (np.isfinite(getattr(self, key)) and getattr(self, key) > 0):
-                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        require_at_least_one(self, "steps", "batch_size", "seeds", "sweep_eval_every")
+        require_positive(self, "npo_beta", "simnpo_beta", "lr")
         for key in ("sweep_npo_betas", "sweep_simnpo_betas"):
             for beta in getattr(self, key):
                 if not (np.isfinite(beta) and beta > 0):

@@ -35,6 +35,7 @@ from sims import markov
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, panel_label
 from theory import allocation
+from unlearn.config import require_at_least_one, require_positive
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -58,12 +59,8 @@ class Config(markov.Setup):
 
     def __post_init__(self):
         super().__post_init__()
-        for key in ("steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("npo_beta", "simnpo_beta", "lr"):
-            if not (np.isfinite(getattr(self, key)) and getattr(self, key) > 0):
-                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        require_at_least_one(self, "steps", "batch_size")
+        require_positive(self, "npo_beta", "simnpo_beta", "lr")
         if not self.stages or self.stages[0] != 0 or list(self.stages) != sorted(set(self.stages)) \
                 or self.stages[-1] > self.steps:
             raise ValueError(f"stages must rise strictly from 0 to at most steps={self.steps}, got {self.stages}")
