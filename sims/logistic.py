@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from unlearn import cache
+from unlearn.ensemble import member_losses
 from unlearn.logprobs import sequence_kl, sequence_logprobs
 from unlearn.models.logistic import LogisticHead, random_relu_features
-from unlearn.objectives import MethodParams, SequenceStats, get_method, per_sequence_losses
+from unlearn.objectives import MethodParams, SequenceStats, get_method
 from unlearn.train import History, TrainConfig, train
 
 EVAL_METRICS = ("forget_dist", "retain_dist", "forget_kl")
@@ -162,38 +163,37 @@ def _head(theta: torch.Tensor, members_per_world: int) -> LogisticHead:
 
 
 def unlearning_losses(runs: list[Run], data: LogisticData, ref: LogisticHead):
-    """losses_fn for ``unlearn.train``: per-sequence forget and retain losses of every run on every world,
-    keyed "w<world>/<label>/<term>".
+    """losses_fn for ``unlearn.train``: per-sequence forget and retain losses of every run on every world.
 
-    ``data`` is stacked per world and ``ref`` has one member per run and world, all at that world's pi_ref.
-    Statistics are computed for all members at once and only when some run's method reads them
-    (``Method.needs``); pi_ref enters through cached log-probs and cached retain logits.
+    ``data`` is stacked per world and ``ref`` has one member per run and world, all at that world's pi_ref;
+    member m = world * len(runs) + run. Statistics are computed for all members at once and only when some
+    run's method reads them (``Method.needs``); pi_ref enters through cached log-probs and cached retain
+    logits. ``unlearn.ensemble.member_losses`` evaluates each method's terms once for all of its members,
+    each with its own hyperparameters, so the cost per step does not grow with a Python loop over members.
     """
     methods = [get_method(run.method) for run in runs]
     with_alt = any("alt_logp" in m.needs["forget"] for m in methods)
     with_retain = any(m.retain is not None for m in methods)
     with_kl = any("kl" in m.needs["retain"] for m in methods)
+    worlds = data.x_forget.shape[0]
+    names, params = [run.method for run in runs] * worlds, [run.params for run in runs] * worlds
     with torch.no_grad():
         ref_logits_f, ref_logits_r = ref(data.x_forget), ref(data.x_retain)
         ref_logp, ref_alt_logp = member_logp(ref_logits_f, data.y_forget), member_logp(ref_logits_f, data.y_alt)
-    ones_f, ones_r = torch.ones_like(ref_logp[0]), torch.ones_like(data.y_retain[0], dtype=ref_logp.dtype)
+    ones_f = torch.ones_like(ref_logp)
+    ones_r = torch.ones(ref_logp.shape[0], data.y_retain.shape[-1], dtype=ref_logp.dtype, device=ref_logp.device)
 
     def losses_fn(model, _batch):
         logits_f = model(data.x_forget)
         logp_f = member_logp(logits_f, data.y_forget)
         alt_f = member_logp(logits_f, data.y_alt) if with_alt else None
+        forget = SequenceStats(logp_f, ones_f, ref_logp, alt_f, ref_alt_logp if with_alt else None)
+        retain = None
         if with_retain:
             logits_r = model(data.x_retain)
-            logp_r = member_logp(logits_r, data.y_retain)
             kl_r = member_kl(logits_r, ref_logits_r) if with_kl else None
-        terms = {}
-        for m in range(logp_f.shape[0]):
-            run, method = runs[m % len(runs)], methods[m % len(runs)]
-            forget = SequenceStats(logp_f[m], ones_f, ref_logp[m], alt_f[m] if with_alt else None, ref_alt_logp[m])
-            retain = SequenceStats(logp_r[m], ones_r, kl=kl_r[m] if with_kl else None) if method.retain else None
-            for key, loss in per_sequence_losses(method, run.params, forget, retain).items():
-                terms[f"w{m // len(runs)}/{run.label}/{key}"] = loss
-        return terms
+            retain = SequenceStats(member_logp(logits_r, data.y_retain), ones_r, kl=kl_r)
+        return member_losses(names, params, forget, retain)
 
     return losses_fn
 

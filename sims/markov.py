@@ -17,6 +17,10 @@ Model and training (notes/simnpo.md 2.2-2.4): the post-LN causal transformer of
 train. Everything trains through ``unlearn.train.train``; pretrained models are cached on disk
 (``unlearn.cache``) under their configs.
 
+Unlearning: ``unlearn_run`` trains one model in place; ``unlearn_runs`` trains M runs (methods, betas, batch
+orders, weight masks of ``unlearn.attribution``) side by side as one ``unlearn.ensemble.Ensemble``, each member
+on the trajectory it would follow alone. Both go through ``unlearn.losses`` with a cached reference.
+
 Metric (notes/simnpo.md 2.5): per-token KL(T_c(s_t, .) || p_model(. | s_<=t)) averaged over the non-pad
 positions of a split: "forget quality" on a forget test split (higher = more forgotten), "retain distance" on
 the retain test split (lower = better). A retain-only Bayes model scores ``theory.markov.retrained_kl``:
@@ -30,6 +34,7 @@ second model) and *+KL methods read cached reference logits on the retain split.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
@@ -38,13 +43,15 @@ import torch
 import torch.nn.functional as F
 
 from theory.markov import N_STATES, SUBSETS, Chain, chain
-from unlearn import cache
+from unlearn import attribution, cache, losses
 from unlearn.config import config_dict
+from unlearn.ensemble import Ensemble, member_kl, member_logprobs
 from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
 from unlearn.models.transformer import Transformer, TransformerConfig
-from unlearn.objectives import MethodParams, SequenceStats, Term, get_method, per_sequence_losses
+from unlearn.objectives import GA_MISMATCH, MethodParams, SequenceStats, Term, get_method
+from unlearn.reference import Cached
 from unlearn.rng import generator as make_generator
-from unlearn.train import PRECISIONS, History, TrainConfig, resolve_device, train
+from unlearn.train import PRECISIONS, History, TrainConfig, resolve_device, shuffled_batches, train
 
 CHAINS = tuple(SUBSETS)  # ("retain", "forget1", "forget2"); Split.chain indexes this tuple
 PRETRAIN_DATA = {"all": ("retain", "forget1", "forget2"), "without_forget2": ("retain", "forget1"),
@@ -96,6 +103,11 @@ class Split:
         return self.mask.sum(-1)
 
     @property
+    def attention_mask(self) -> torch.Tensor:
+        """The real input positions: here the same as the label mask (the only prompt is the first state)."""
+        return self.mask
+
+    @property
     def chain_names(self) -> tuple[str, ...]:
         return tuple(CHAINS[i] for i in self.chain.tolist())
 
@@ -109,12 +121,12 @@ class Split:
         """The same sequences without the trailing columns that are padding in every row: the forward pass gets
         cheaper (a batch of length-5 sequences runs on 4 columns, not 19) and, with causal attention, the logits
         at real positions do not change."""
-        columns = self.mask.any(0).nonzero()
+        columns = self.mask.flatten(0, -2).any(0).nonzero()  # a batch (n, T) or per-member batches (M, n, T)
         width = int(columns.max()) + 1 if len(columns) else 1
-        if width == self.mask.shape[1]:
+        if width == self.mask.shape[-1]:
             return self
-        return Split(self.input_ids[:, :width], self.labels[:, :width], self.mask[:, :width],
-                     self.target_probs[:, :width], self.chain)
+        return Split(self.input_ids[..., :width], self.labels[..., :width], self.mask[..., :width],
+                     self.target_probs[..., :width, :], self.chain)
 
     def to(self, device: torch.device | str) -> Split:
         return Split(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -214,6 +226,18 @@ def make_world(cfg: MarkovWorldConfig) -> MarkovWorld:
     return MarkovWorld(cfg, chains, splits)
 
 
+def token_set(split: Split, eos_id: int = N_STATES, pad_id: int = N_STATES + 1):
+    """The sequences of ``split`` for a causal LM (``unlearn.data.TokenSet``): state s is token s, the prompt is
+    the first state and the response the rest followed by ``eos_id`` (the ``markov`` built-in task)."""
+    from unlearn.data import TokenSet
+
+    sequences = []
+    for ids, labels, mask in zip(split.input_ids.tolist(), split.labels.tolist(), split.mask.tolist(), strict=True):
+        response = [y for y, m in zip(labels, mask, strict=True) if m]
+        sequences.append(([ids[0]], [*response, eos_id]))
+    return TokenSet.from_ids(sequences, pad_id)
+
+
 # --------------------------------------------------------------------------------------------- metrics
 
 
@@ -225,53 +249,70 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def _batches(model: torch.nn.Module, split: Split, batch_size: int) -> Iterator[tuple[Split, torch.Tensor]]:
-    """(batch on the model's device, its logits) for consecutive batches of ``split``, trailing padding trimmed."""
+    """(batch on the model's device, its logits) for consecutive batches of ``split``, trailing padding trimmed.
+    An ensemble of M members (``unlearn.ensemble``) gives logits (M, B, T, V) and reads batch_size // M
+    sequences at a time, so its activations take the memory of one model's."""
     device = _device(model)
-    for start in range(0, len(split), batch_size):
-        batch = split.take(slice(start, start + batch_size)).to(device).trim()
+    step = max(1, batch_size // max(1, getattr(model, "members", 0)))
+    for start in range(0, len(split), step):
+        batch = split.take(slice(start, start + step)).to(device).trim()
         yield batch, model(batch.input_ids, attention_mask=batch.mask).logits
+
+
+def _kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence KL(ref || model) of one model (logits (B, T, V) -> (B,)) or of an ensemble's members
+    (logits (M, B, T, V) -> (M, B)), through ``unlearn.logprobs.sequence_kl``."""
+    return (member_kl if logits.ndim == 4 else sequence_kl)(logits, ref_logits, mask)
 
 
 @torch.no_grad()
 def _token_mean(model, split: Split, batch_size: int, per_token: Callable[[torch.Tensor, Split], torch.Tensor]):
-    """sum_b n_b * m_b / sum_b n_b: the mean over all non-pad positions of a per-sequence token mean m_b."""
+    """sum_b n_b * m_b / sum_b n_b: the mean over all non-pad positions of a per-sequence token mean m_b; a
+    float, or one float per member of an ensemble (``per_token`` then returns (M, B))."""
     total = count = 0
     for batch, logits in _batches(model, split, batch_size):
         n = batch.mask.sum(-1)
-        total = total + (per_token(logits, batch).double() * n).sum()
+        total = total + (per_token(logits, batch).double() * n).sum(-1)
         count = count + n.sum()
-    return float(total / count)
+    return (total / count).tolist()
 
 
-def token_kl(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float:
+def token_kl(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float | list[float]:
     """Mean over non-pad positions of KL(T_c(s_t, .) || p_model(. | s_<=t)), summed over the next state.
 
     The SimNPO paper's forget quality / retain distance (``F.kl_div(log_probs, true_probs)`` per position,
     App. H). It goes through ``unlearn.logprobs.sequence_kl`` with the true rows as reference logits (a
-    log-probability row is a valid logit row), so the log-softmax stays in one place.
+    log-probability row is a valid logit row), so the log-softmax stays in one place. An ensemble gives one
+    value per member.
     """
     return _token_mean(model, split, batch_size,
-                       lambda logits, batch: sequence_kl(logits, batch.target_probs.log(), batch.mask))
+                       lambda logits, batch: _kl(logits, batch.target_probs.log(), batch.mask))
 
 
-def mean_entropy(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float:
+def mean_entropy(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float | list[float]:
     """Mean over non-pad positions of the entropy (nats) of the model's next-state distribution q.
 
     H(q) = log V - KL(q || uniform), with the KL from ``unlearn.logprobs.sequence_kl`` (uniform = zero logits).
-    log 10 = 2.303 is the maximum; a collapsed (degenerate) model scores near 0.
+    log 10 = 2.303 is the maximum; a collapsed (degenerate) model scores near 0. An ensemble gives one value per
+    member.
     """
 
     def entropy(logits, batch):
-        return math.log(logits.shape[-1]) - sequence_kl(torch.zeros_like(logits), logits, batch.mask)
+        return math.log(logits.shape[-1]) - _kl(torch.zeros_like(logits), logits, batch.mask)
 
-    return max(0.0, _token_mean(model, split, batch_size, entropy))  # float32 rounding can give -1e-7
+    value = _token_mean(model, split, batch_size, entropy)  # float32 rounding can give -1e-7: clamp at 0
+    return [max(0.0, v) for v in value] if isinstance(value, list) else max(0.0, value)
 
 
 @torch.no_grad()
 def per_sequence_stats(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> SequenceLogprobs:
-    """log p(y|x) summed over each sequence's labels, and |y|, for every sequence of ``split`` (on its device)."""
-    out = [sequence_logprobs(logits, batch.labels, batch.mask) for batch, logits in _batches(model, split, batch_size)]
-    return SequenceLogprobs(torch.cat([o.logp for o in out]), torch.cat([o.n_tokens for o in out]))
+    """log p(y|x) summed over each sequence's labels, and |y|, for every sequence of ``split`` (on its device):
+    shaped (n,), or (M, n) for an ensemble of M members."""
+    out = []
+    for batch, logits in _batches(model, split, batch_size):
+        logprobs = member_logprobs if logits.ndim == 4 else sequence_logprobs
+        out.append(logprobs(logits, batch.labels, batch.mask))
+    return SequenceLogprobs(torch.cat([o.logp for o in out], -1), torch.cat([o.n_tokens for o in out], -1))
 
 
 @torch.no_grad()
@@ -321,23 +362,6 @@ class PretrainConfig:
 def model_config(world_cfg: MarkovWorldConfig, cfg: PretrainConfig) -> TransformerConfig:
     """One token per state, as many positions as the world's padded width."""
     return TransformerConfig(vocab_size=N_STATES, max_len=world_cfg.width, n_layer=cfg.n_layer, d_model=cfg.d_model)
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int, *keys: object) -> tuple[Callable[[int], list], int]:
-    """(step -> [index tensor], steps per epoch): epoch e visits a fresh permutation of range(n), drawn from
-    the stream (seed, *keys, e), in batches of ``batch_size`` (the last one smaller when it does not divide n).
-    A step's batch depends only on the step, so the schedule is reproducible and can be entered anywhere."""
-    per_epoch = math.ceil(n / batch_size)
-    current: dict[int, torch.Tensor] = {}
-
-    def micro_batches(step: int) -> list:
-        epoch, i = divmod(step, per_epoch)
-        if epoch not in current:
-            current.clear()
-            current[epoch] = torch.randperm(n, generator=make_generator(seed, *keys, epoch))
-        return [current[epoch][i * batch_size: (i + 1) * batch_size]]
-
-    return micro_batches, per_epoch
 
 
 def token_mean_nll(data: Split) -> Callable:
@@ -482,49 +506,104 @@ def sample_weights(model: torch.nn.Module, split: Split, method: str, params: Me
     return forget_weights(get_method(method).forget, params, SequenceStats(stats.logp, stats.n_tokens, logp_ref=ref))
 
 
-def unlearning_losses(method: str, params: MethodParams, forget: Split, retain: Split, ref_logp: torch.Tensor,
-                      ref_retain_logits: torch.Tensor | None = None) -> Callable:
-    """losses_fn for ``unlearn.train``: batch (forget index, retain index) -> per-sequence losses by term.
-
-    Statistics come from the model's logits through ``unlearn.logprobs`` (logp, |y|); logp_ref is read from
-    ``ref_logp`` (n_forget,), the reference model's log-probs cached before training, so no reference model
-    runs; *+KL methods read the reference's logits on the retain split from ``ref_retain_logits``
-    (n_retain, T, V). Splits and caches must live on the model's device.
-    """
+def _check_method(method: str, ref_retain_logits: torch.Tensor | None):
+    """The Method, refusing what the Markov world cannot feed it."""
     m = get_method(method)
     if m.needs["forget"] not in ((), ("logp_ref",)):
         raise ValueError(f"method {method!r} needs alternative responses, which the Markov world does not have")
-    with_kl = "kl" in m.needs["retain"]
-    if with_kl and ref_retain_logits is None:
+    if "kl" in m.needs["retain"] and ref_retain_logits is None:
         raise ValueError(f"method {method!r} needs the reference's retain logits (ref_retain_logits)")
+    return m
 
-    def stats_of(model, split, index):
-        batch = split.take(index)
-        logits = model(batch.input_ids, attention_mask=batch.mask).logits
-        return batch, logits, sequence_logprobs(logits, batch.labels, batch.mask)
 
-    def losses_fn(model, batch):
-        forget_index, retain_index = batch
-        _, _, f = stats_of(model, forget, forget_index)
-        forget_stats = SequenceStats(f.logp, f.n_tokens, logp_ref=ref_logp[forget_index])
-        retain_stats = None
-        if m.retain is not None:
-            r_batch, r_logits, r = stats_of(model, retain, retain_index)
-            kl = sequence_kl(r_logits, ref_retain_logits[retain_index], r_batch.mask) if with_kl else None
-            retain_stats = SequenceStats(r.logp, r.n_tokens, kl=kl)
-        return per_sequence_losses(m, params, forget_stats, retain_stats)
+def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequence[MethodParams], forget: Split,
+                      retain: Split, ref_logp: torch.Tensor, ref_retain_logits: torch.Tensor | None = None) -> Callable:
+    """losses_fn for ``unlearn.train`` on the Markov world (``unlearn.losses.unlearning_losses``): batch =
+    (forget index, retain index, mismatch index), one method on a model or one per member of an ensemble.
 
-    return losses_fn
+    The reference is cached (``unlearn.reference.Cached``): ``ref_logp`` (n_forget,), the reference model's
+    log-probs taken before training, so no reference model runs, and, for *+KL methods, its logits on the
+    retain split ``ref_retain_logits`` (n_retain, T, V). GA+Mismatch+KL reads the log-probs of random retain
+    continuations of the forget prompts (``mismatched``), one retain sequence per forget sequence at the
+    batch's third index. Splits and caches must live on the model's device.
+    """
+    for name in [method] if isinstance(method, str) else method:
+        m = get_method(name)
+        if m.needs["forget"] not in ((), ("logp_ref",)) and m.forget is not GA_MISMATCH:
+            raise ValueError(f"method {name!r} needs alternative responses, which the Markov world does not have")
+        if "kl" in m.needs["retain"] and ref_retain_logits is None:
+            raise ValueError(f"method {name!r} needs the reference's retain logits (ref_retain_logits)")
+    return losses.unlearning_losses(method, params, forget, retain, Cached(ref_logp, ref_retain_logits),
+                                    alternative=lambda f, r: mismatched(forget, retain, f, r))
+
+
+def mismatched(forget: Split, retain: Split, forget_index: torch.Tensor, retain_index: torch.Tensor) -> Split:
+    """Yao et al.'s random mismatch responses on the Markov world: forget sequence f's prompt (its first state)
+    followed by retain sequence r's continuation, i.e. input ids [f_0, r_1, ..., r_{L-2}] and labels
+    [r_1, ..., r_{L-1}] (target_probs are the retain rows: these sequences are not evaluated)."""
+    alt = retain.take(retain_index)
+    input_ids = alt.input_ids.clone()
+    input_ids[..., 0] = forget.input_ids[forget_index.to(input_ids.device), 0]
+    return replace(alt, input_ids=input_ids)
 
 
 def evaluator(world: MarkovWorld, device: str | torch.device, batch_size: int = 1024,
               limit: int | None = None) -> Callable:
     """(model, step) -> {"retain_kl", "forget1_kl", "forget2_kl"}: ``token_kl`` on the three test splits, or on
-    the first ``limit`` sequences of each (the same ones at every call, so a curve stays smooth)."""
+    the first ``limit`` sequences of each (the same ones at every call, so a curve stays smooth); one value per
+    member for an ensemble."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 sequences (or None for whole splits), got {limit}")
     splits = {key: world[name].take(slice(0, limit)).to(device) for key, name in EVAL_SPLITS.items()}
     return lambda model, step: {key: token_kl(model, split, batch_size) for key, split in splits.items()}
+
+
+def summary_evaluator(world: MarkovWorld, device: str | torch.device, limit: int | None = None,
+                      batch_size: int = 1024) -> Callable:
+    """(model, step) -> {"forget_kl", "retain_kl", "entropy"}: ``token_kl`` on Forget1 + Forget2 test together
+    (every non-pad forget position counts once), ``token_kl`` and ``mean_entropy`` on retain test; on the first
+    ``limit`` sequences of each test split. One value per member for an ensemble."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 sequences (or None for whole splits), got {limit}")
+    forget = Split.concat([world[f"forget{k}_test"].take(slice(0, limit)) for k in (1, 2)]).to(device)
+    retain = world["retain_test"].take(slice(0, limit)).to(device)
+    return lambda model, step: {"forget_kl": token_kl(model, forget, batch_size),
+                                "retain_kl": token_kl(model, retain, batch_size),
+                                "entropy": mean_entropy(model, retain, batch_size)}
+
+
+def nll_gradient(model: torch.nn.Module, split: Split, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """sum over ``split`` of grad(-log p(y|x)) for every trainable parameter, in float32
+    (``unlearn.attribution.summed_gradients``)."""
+    def loss(m, start):
+        batch = split.take(slice(start, start + batch_size)).trim()
+        logits = m(batch.input_ids, attention_mask=batch.mask).logits
+        return -sequence_logprobs(logits, batch.labels, batch.mask).logp.sum()
+
+    return attribution.summed_gradients(model, loss, range(0, len(split), batch_size))
+
+
+def attribution_scores(kind: str, model: torch.nn.Module, world: MarkovWorld, mu: float = 1e-6,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """``unlearn.attribution.scores`` on the Markov world: WAGLE's gradients are the forget NLL summed over
+    forget train and the retain NLL summed over as many retain train sequences (a random pick from the stream
+    (seed, "wagle-retain")); random scores come from the stream (seed, "mask-random")."""
+    device = _device(model)
+
+    def gradients():
+        forget = world.forget_set().to(device)
+        pick = torch.randperm(len(world["retain_train"]), generator=make_generator(seed, "wagle-retain"))
+        retain = world["retain_train"].take(pick[:len(forget)]).to(device)
+        return nll_gradient(model, forget), nll_gradient(model, retain)
+
+    return attribution.scores(kind, model, gradients=gradients, mu=mu, generator=make_generator(seed, "mask-random"))
+
+
+def masks(spec: str, model: torch.nn.Module, world: MarkovWorld, mu: float = 1e-6,
+          seed: int = 0) -> dict[str, torch.Tensor]:
+    """The masks of a ``--mask`` spec (``unlearn.attribution.parse_mask_spec``) for a Markov model."""
+    return attribution.masks_for(spec, model, lambda kind: attribution_scores(kind, model, world, mu, seed),
+                                 make_generator(seed, "mask-threshold"))
 
 
 @torch.no_grad()
@@ -532,10 +611,48 @@ def _reference_logits(model: torch.nn.Module, split: Split, batch_size: int = 10
     return torch.cat([logits.float() for _, logits in _batches(model, split, batch_size)])
 
 
+@dataclass(frozen=True)
+class _Unlearning:
+    """What every unlearning run on a world shares: the splits on the model's device, the reference's cached
+    statistics (taken from the model before it moves, in the run's precision), and the step count."""
+
+    forget: Split
+    retain: Split
+    ref_logp: torch.Tensor
+    ref_retain_logits: torch.Tensor | None
+    steps: int
+
+    @staticmethod
+    def prepare(model, methods: Sequence[str], world: MarkovWorld, steps: int, batch_size: int,
+                precision: str) -> _Unlearning:
+        device = _device(model)
+        if precision != "bf16":
+            model.to(PRECISIONS[precision])  # before the reference pass, so that logp = logp_ref exactly at step 0
+        forget, retain = world.forget_set().to(device), world["retain_train"].to(device)
+        with_kl = any("kl" in get_method(name).needs["retain"] for name in methods)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            ref_logp = per_sequence_stats(model, forget).logp
+            ref_retain_logits = _reference_logits(model, retain) if with_kl else None
+        return _Unlearning(forget, retain, ref_logp, ref_retain_logits,
+                           min(steps, math.ceil(len(forget) / batch_size)))
+
+    def orders(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A run's forget and retain permutations and, for each forget position, the retain sequence that gives
+        its mismatch response (GA+Mismatch+KL), drawn in that order from its generator."""
+        forget, retain = torch.randperm(len(self.forget), generator=g), torch.randperm(len(self.retain), generator=g)
+        return forget, retain, torch.randint(len(self.retain), (len(self.forget),), generator=g)
+
+    def windows(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions in the permutations read at ``step``: forget (the epoch's last batch may be smaller) and
+        retain (wrapping around)."""
+        window = torch.arange(step * batch_size, (step + 1) * batch_size)
+        return window[window < len(self.forget)], window % len(self.retain)
+
+
 def unlearn_run(model: torch.nn.Module, method: str, params: MethodParams, world: MarkovWorld, *, steps: int = 50,
                 batch_size: int = 4, lr: float = 5e-4, generator: torch.Generator | None = None,
                 evaluate_every: int = 1, evaluate: Callable | None = None, precision: str = "float32",
-                progress: bool | None = None) -> History:
+                masks: dict[str, torch.Tensor] | None = None, progress: bool | None = None) -> History:
     """Unlearn ``world.forget_set()`` from ``model`` (in place; it is the reference) and return the History.
 
     One epoch over a random permutation of the forget set in batches of ``batch_size``, capped at ``steps``
@@ -543,25 +660,62 @@ def unlearn_run(model: torch.nn.Module, method: str, params: MethodParams, world
     draws retain batches of the same size from a permutation of retain_train. Both permutations come from
     ``generator`` (default: the stream (world seed, "markov-unlearn", method)). Evaluation (default
     ``evaluator``: token KL on the three test splits) runs before step 0, every ``evaluate_every`` steps and
-    after the last; History.evals holds its values.
+    after the last; History.evals holds its values. ``masks``: {parameter name: bool tensor} of the weights
+    that may move (``unlearn.attribution``; the others stay bitwise unchanged).
     """
-    device = _device(model)
-    if precision != "bf16":
-        model.to(PRECISIONS[precision])  # before the reference pass, so that logp = logp_ref exactly at step 0
-    forget, retain = world.forget_set().to(device), world["retain_train"].to(device)
-    m = get_method(method)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        ref_logp = per_sequence_stats(model, forget).logp
-        ref_retain_logits = _reference_logits(model, retain) if "kl" in m.needs["retain"] else None
+    run = _Unlearning.prepare(model, [method], world, steps, batch_size, precision)
     g = generator if generator is not None else make_generator(world.cfg.seed, "markov-unlearn", method)
-    forget_order, retain_order = torch.randperm(len(forget), generator=g), torch.randperm(len(retain), generator=g)
-    steps = min(steps, math.ceil(len(forget) / batch_size))
+    forget_order, retain_order, mismatch_order = run.orders(g)
 
     def micro_batches(step):
-        window = torch.arange(step * batch_size, (step + 1) * batch_size)
-        return [(forget_order[window[window < len(forget)]], retain_order[window % len(retain)])]
+        f, r = run.windows(step, batch_size)
+        return [(forget_order[f], retain_order[r], mismatch_order[f])]
 
-    cfg = TrainConfig(steps=steps, lr=lr, optimizer="adamw", eval_every=evaluate_every, precision=precision,
+    device = _device(model)
+    cfg = TrainConfig(steps=run.steps, lr=lr, optimizer="adamw", eval_every=evaluate_every, precision=precision,
                       device=str(device), progress=progress, name=f"unlearn markov ({method})")
-    return train(model, unlearning_losses(method, params, forget, retain, ref_logp, ref_retain_logits),
-                 micro_batches, cfg, evaluate=evaluate or evaluator(world, device))
+    losses = unlearning_losses(method, params, run.forget, run.retain, run.ref_logp, run.ref_retain_logits)
+    return train(model, losses, micro_batches, cfg, evaluate=evaluate or evaluator(world, device), masks=masks)
+
+
+def unlearn_runs(model: torch.nn.Module, methods: Sequence[str], params: Sequence[MethodParams], world: MarkovWorld,
+                 generators: Sequence[torch.Generator], *, steps: int = 50, batch_size: int = 4, lr: float = 5e-4,
+                 evaluate_every: int = 1, evaluate: Callable | None = None, precision: str = "float32",
+                 masks: Sequence[dict[str, torch.Tensor] | None] | None = None,
+                 progress: bool | None = None) -> tuple[History, Ensemble]:
+    """M = len(methods) unlearning runs from ``model`` (left unchanged) trained side by side as one ensemble.
+
+    Run m is ``unlearn_run(copy of model, methods[m], params[m], world, generator=generators[m], ...)``: the
+    same reference statistics, batches and AdamW trajectory (tests/test_markov.py checks it to float32
+    rounding), but all M runs take one batched forward and backward per step. History.evals hold one value
+    per run at each evaluated step; the returned ensemble holds the unlearned models (``.member(m)``).
+    ``masks[m]``: {parameter name of the model: bool tensor} of the weights run m may move
+    (``unlearn.attribution``), or None for a dense run.
+    """
+    M = len(methods)
+    if not (M == len(params) == len(generators) and M > 0):
+        raise ValueError(f"need one method, params and generator per run, got {M}, {len(params)}, {len(generators)}")
+    device = _device(model)
+    model = copy.deepcopy(model)
+    run = _Unlearning.prepare(model, methods, world, steps, batch_size, precision)
+    forget_orders, retain_orders, mismatch_orders = (torch.stack(o) for o in zip(*(run.orders(g) for g in generators),
+                                                                                  strict=True))
+    ensemble = Ensemble.replicate(model, M)
+
+    def micro_batches(step):
+        f, r = run.windows(step, batch_size)
+        return [(forget_orders[:, f], retain_orders[:, r], mismatch_orders[:, f])]
+
+    cfg = TrainConfig(steps=run.steps, lr=lr, optimizer="adamw", eval_every=evaluate_every, precision=precision,
+                      device=str(device), progress=progress, name=f"unlearn markov ({M} runs)")
+    losses = unlearning_losses(methods, params, run.forget, run.retain, run.ref_logp, run.ref_retain_logits)
+    stacked = None
+    if masks is not None and any(m is not None for m in masks):
+        if len(masks) != M:
+            raise ValueError(f"need one mask (or None) per run, got {len(masks)} for {M} runs")
+        stacked = {f"module.{name}": torch.stack([m[name] if m is not None and name in m
+                                                  else torch.ones_like(p, dtype=torch.bool) for m in masks])
+                   for name, p in model.named_parameters() if any(m is not None and name in m for m in masks)}
+    history = train(ensemble, losses, micro_batches, cfg, evaluate=evaluate or evaluator(world, device),
+                    masks=stacked)
+    return history, ensemble

@@ -9,7 +9,7 @@ METHOD_COLORS = {
     "GA": "#d62728", "GA+RT": "#ff7f0e", "GA+KL": "#8c564b", "IDK+RT": "#7f7f7f",
     "DPO": "#9467bd", "DPO+RT": "#9467bd", "DPO+KL": "#c5b0d5",
     "NPO": "#1f77b4", "NPO+RT": "#2ca02c", "NPO+KL": "#17becf",
-    "SimNPO": "#e377c2", "SimNPO+RT": "#bcbd22", "SimNPO+KL": "#f7b6d2",
+    "SimNPO": "#e377c2", "SimNPO+RT": "#bcbd22", "SimNPO+KL": "#f7b6d2", "GA+Mismatch+KL": "#393b79",
 }
 
 

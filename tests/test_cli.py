@@ -79,3 +79,28 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_seeds_sets_the_replicates_of_experiments_that_have_them(capsys, tmp_path):
+    assert main(["figures", "markov-length", "--preset", "fast", "--seeds", "4", "--show-config"]) == 0
+    assert '"seeds": 4' in capsys.readouterr().out
+    assert main(["figures", "collapse", "--seeds", "2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds: collapse has no replicates" in err and "npo-synthetic" in err and "markov-length" in err
+    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "figures", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "--seeds" in out and "--timing" in out and "20 minutes" in out
+
+
+def test_seeds_and_timing_run_end_to_end(tmp_path, capsys):
+    """--seeds 2 gives two replicate curves per method with their mean and std; --timing prints the table."""
+    argv = ["figures", "markov-length", "--preset", "fast", "--seeds", "2", "--timing", "--out", str(tmp_path),
+            "--set", "progress=false", "--set", "sweep_npo_betas=none", "--set", "sweep_simnpo_betas=none"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "experiment" in out and "wall s" in out and "total" in out and "budget" in out
+    doc = json.loads((tmp_path / "markov-length.json").read_text())
+    assert doc["config"]["seeds"] == 2 and doc["series"]["seeds"] == 2 and doc["wall_s"] > 0
+    run = doc["series"]["runs"]["NPO"]["forget1_kl"]
+    assert len(run["seeds"]) == 2 and run["seeds"][0] != run["seeds"][1]  # replicates differ in batch order
+    assert max(run["std"]) > 0

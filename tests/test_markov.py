@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sims import markov as mk
 from theory import markov as theory
 from theory.objectives import simnpo_weight
+from unlearn.ensemble import Ensemble
 from unlearn.models.transformer import CausalLMOutput, Transformer, TransformerConfig
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
@@ -281,3 +282,79 @@ def test_a_short_unlearning_run_lowers_the_forget_likelihood(tiny_world, tiny_or
 def test_unlearning_refuses_methods_without_a_markov_meaning(tiny_world, tiny_original):
     with pytest.raises(ValueError, match="alternative responses"):
         mk.unlearn_run(copy.deepcopy(tiny_original), "IDK+RT", MethodParams(), tiny_world, steps=1)
+
+
+def test_unlearn_runs_side_by_side_equal_each_run_alone(tiny_world, tiny_original):
+    """An ensemble of runs mixing methods, betas and batch orders: every member's losses, evaluations and final
+    parameters equal those of ``unlearn_run`` on a copy of the model with that member's settings (float32:
+    1e-4 relative), and the original model is left unchanged."""
+    runs = [("NPO", 0.2, 0), ("SimNPO", 4.0, 1), ("NPO+KL", 1.0, 2), ("GA+RT", 1.0, 3)]
+    methods = [m for m, _, _ in runs]
+    params = [MethodParams(beta=b) for _, b, _ in runs]
+    before = {k: v.clone() for k, v in tiny_original.state_dict().items()}
+    history, ensemble = mk.unlearn_runs(tiny_original, methods, params, tiny_world,
+                                        [generator(5, "order", r) for _, _, r in runs], steps=4, lr=5e-3,
+                                        evaluate_every=2, progress=False)
+    assert all(torch.equal(v, tiny_original.state_dict()[k]) for k, v in before.items())
+    assert history.eval_steps == [0, 2, 4]
+    for m, (method, beta, r) in enumerate(runs):
+        alone = copy.deepcopy(tiny_original)
+        expected = mk.unlearn_run(alone, method, MethodParams(beta=beta), tiny_world, steps=4, lr=5e-3,
+                                  generator=generator(5, "order", r), evaluate_every=2, progress=False)
+        for key, values in expected.evals.items():
+            np.testing.assert_allclose(np.array(history.evals[key])[:, m], values, rtol=1e-4, atol=1e-6)
+        for name, value in ensemble.member(m).state_dict().items():
+            torch.testing.assert_close(value, alone.state_dict()[name], rtol=1e-4, atol=1e-5)
+
+
+def test_member_metrics_equal_each_member_alone(tiny_world, tiny_original):
+    ensemble = Ensemble([tiny_original, mk.pretrained_model(TINY_WORLD, TINY_PRETRAIN, "retain", world=tiny_world,
+                                                            progress=False)])
+    split = tiny_world["forget1_test"]
+    for metric in (mk.token_kl, mk.mean_entropy):
+        together = metric(ensemble, split, batch_size=64)
+        alone = [metric(ensemble.member(m), split) for m in range(2)]
+        np.testing.assert_allclose(together, alone, rtol=1e-5)
+
+
+def test_mismatch_responses_keep_the_forget_prompt_and_a_retain_continuation(tiny_world):
+    forget, retain = tiny_world.forget_set(), tiny_world["retain_train"]
+    f, r = torch.tensor([0, 5, 150]), torch.tensor([3, 3, 9])
+    alt = mk.mismatched(forget, retain, f, r)
+    assert torch.equal(alt.input_ids[:, 0], forget.input_ids[f, 0])
+    assert torch.equal(alt.input_ids[:, 1:], retain.input_ids[r, 1:])
+    assert torch.equal(alt.labels, retain.labels[r]) and torch.equal(alt.mask, retain.mask[r])
+
+
+def test_the_mismatch_draws_are_reproducible_and_each_run_s_own(tiny_world, tiny_original):
+    """GA+Mismatch+KL runs with the same generator follow the same path; another generator draws other
+    mismatch responses (and batches), so the paths differ."""
+    def path(seed):
+        model = copy.deepcopy(tiny_original)
+        mk.unlearn_run(model, "GA+Mismatch+KL", MethodParams(mismatch=2.0), tiny_world, steps=3, lr=5e-3,
+                       generator=generator(seed, "m"), evaluate=lambda m, s: {}, progress=False)
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    first = path(1)
+    assert torch.equal(first, path(1)) and not torch.equal(first, path(2))
+
+
+def test_unlearn_runs_with_masks_freeze_each_member_s_masked_weights(tiny_world, tiny_original):
+    from unlearn import attribution
+
+    masks = [None, mk.masks("magnitude:0.3", tiny_original, tiny_world), mk.masks("wagle:0.6", tiny_original,
+                                                                                 tiny_world, mu=1e-3)]
+    _, ensemble = mk.unlearn_runs(tiny_original, ["NPO"] * 3, [MethodParams(beta=0.2)] * 3, tiny_world,
+                                  [generator(0, "masks")] * 3, steps=3, lr=5e-3, evaluate=lambda m, s: {},
+                                  masks=masks, progress=False)
+    start = tiny_original.state_dict()
+    for m, mask in enumerate(masks):
+        state = ensemble.member(m).state_dict()
+        if mask is None:
+            assert all(not torch.equal(state[k], start[k]) for k in ("head.weight", "tok_emb.weight"))
+            continue
+        assert abs(sum(int(v.sum()) for v in mask.values()) / sum(v.numel() for v in mask.values())
+                   - (0.3, 0.6)[m - 1]) < 1e-3
+        for name, keep in mask.items():
+            assert torch.equal(state[name][~keep], start[name][~keep]), name
+    assert attribution.KINDS == ("wagle", "magnitude", "random")

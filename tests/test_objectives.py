@@ -54,18 +54,21 @@ def theory_weights(name, s, p):
         return w, w_alt
     if name == "IDK":
         return zero, -np.ones(B)
+    if name == "Mismatch":  # Yao et al.: GA on the forget response, NLL on the random response
+        return T.ga_weight(logp), -p.mismatch * np.ones(B)
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("name", ["GA", "NPO", "SimNPO", "DPO", "IDK"])
-@given(seed=st.integers(0, 10_000), beta=st.floats(0.05, 5.0), gamma=st.floats(0.0, 3.0))
-def test_forget_term_gradient_equals_theory_weight(name, seed, beta, gamma):
+@pytest.mark.parametrize("name", ["GA", "NPO", "SimNPO", "DPO", "IDK", "Mismatch"])
+@given(seed=st.integers(0, 10_000), beta=st.floats(0.05, 5.0), gamma=st.floats(0.0, 3.0),
+       mismatch=st.floats(0.0, 4.0))
+def test_forget_term_gradient_equals_theory_weight(name, seed, beta, gamma, mismatch):
     """grad_theta sum_b L_b == sum_b W_b grad_theta logp_b (+ W_alt,b grad_theta alt_logp_b), exactly the
     weights of theory.objectives, through the real logits -> logprobs path."""
     logits, alt_logits, labels, mask, ref_logits = tiny_batch(seed)
-    p = MethodParams(beta=beta, gamma=gamma)
+    p = MethodParams(beta=beta, gamma=gamma, mismatch=mismatch)
     s = stats_of(logits, alt_logits, labels, mask, ref_logits)
-    term = METHODS["IDK+RT" if name == "IDK" else name].forget
+    term = METHODS[{"IDK": "IDK+RT", "Mismatch": "GA+Mismatch+KL"}.get(name, name)].forget
     got = torch.autograd.grad(term(s, p).sum(), (logits, alt_logits), allow_unused=True, materialize_grads=True)
     w, w_alt = theory_weights(name, s, p)
     s = stats_of(logits, alt_logits, labels, mask, ref_logits)
@@ -130,7 +133,8 @@ def test_missing_statistics_are_named():
 
 
 @pytest.mark.parametrize("kwargs, key", [({"beta": 0.0}, "beta"), ({"beta": -1.0}, "beta"),
-                                          ({"gamma": -0.1}, "gamma"), ({"lam": float("inf")}, "lam")])
+                                          ({"gamma": -0.1}, "gamma"), ({"lam": float("inf")}, "lam"),
+                                          ({"mismatch": -1.0}, "mismatch")])
 def test_impossible_hyperparameters_are_refused(kwargs, key):
     with pytest.raises(ValueError, match=key):
         MethodParams(**kwargs)

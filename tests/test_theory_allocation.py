@@ -352,4 +352,4 @@ def test_time_ratio_tends_to_one_for_deep_targets(beta, length, depth):
     x = beta * length * depth
     assert exact / heur - 1 == pytest.approx(x / math.expm1(x), rel=1e-7)
     deeper = A.time_to_forget_exact("NPO", length, beta, -2 * depth) / A.time_to_forget("NPO", length, beta, -2 * depth)
-    assert deeper - 1 <= exact / heur - 1
+    assert deeper - 1 <= exact / heur - 1 + 1e-12  # both round to 0 once x is large

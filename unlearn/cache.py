@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 FORMAT = 1  # bump when the meaning of a cached entry changes
+EVENTS: Counter[str] = Counter()  # "loaded" / "stored" entries in this process (``unlearn figures --timing``)
 
 
 def cache_dir() -> Path:
@@ -52,7 +54,10 @@ def load(kind: str, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         warnings.warn(f"unreadable model cache entry {path} ({type(err).__name__}: {err}); rebuilding it",
                       RuntimeWarning, stacklevel=2)
         return None
-    return tensors if stored == key else None
+    if stored != key:
+        return None
+    EVENTS["loaded"] += 1
+    return tensors
 
 
 def store(kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
@@ -71,6 +76,7 @@ def store(kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> P
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    EVENTS["stored"] += 1
     return path
 
 

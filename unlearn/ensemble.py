@@ -177,6 +177,7 @@ class MemberParams:
     beta: torch.Tensor
     gamma: torch.Tensor
     lam: torch.Tensor
+    mismatch: torch.Tensor
 
     @staticmethod
     def stack(params: Sequence, like: torch.Tensor) -> MemberParams:
@@ -184,7 +185,7 @@ class MemberParams:
         def column(key):
             return torch.tensor([[getattr(p, key)] for p in params], dtype=like.dtype, device=like.device)
 
-        return MemberParams(column("beta"), column("gamma"), column("lam"))
+        return MemberParams(**{f.name: column(f.name) for f in dataclasses.fields(MemberParams)})
 
 
 def _rows(stats: SequenceStats | None, index: torch.Tensor | None, M: int) -> SequenceStats | None:

@@ -49,20 +49,24 @@ class MethodParams:
 
     beta:  inverse temperature of NPO, SimNPO and DPO (> 0)
     gamma: SimNPO margin in the paper's convention (>= 0; the released code's delta/gamma is gamma/beta)
-    lam:   weight of the retain term (>= 0)
+    lam:   weight of the retain term (>= 0); eps3 / eps1 of Yao et al.
+    mismatch: weight of the random-mismatch NLL in GA+Mismatch+KL (>= 0); eps2 / eps1 of Yao et al.
     """
 
     beta: float = 0.1
     gamma: float = 0.0
     lam: float = 1.0
+    mismatch: float = 1.0
 
     def __post_init__(self):
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
+        for key in ("lam", "mismatch"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
 
 
 # ------------------------------------------------------------------ terms: (SequenceStats, params) -> (B,)
@@ -94,6 +98,13 @@ def idk(s: SequenceStats, p: MethodParams) -> torch.Tensor:
     return -s.alt_logp
 
 
+def ga_mismatch(s: SequenceStats, p: MethodParams) -> torch.Tensor:
+    """GA+Mismatch: L = logp - mismatch * log pi_theta(y_rdn|x) (Yao et al. 2024, Eqs. 2-5, with eps1 = 1 and
+    eps2 = mismatch): ascent on the forget response plus the NLL of a random normal-data response y_rdn given
+    the forget prompt (``alt_logp``). The second term is bounded below by 0, the first is not."""
+    return s.logp - p.mismatch * s.alt_logp
+
+
 def nll(s: SequenceStats, p: MethodParams) -> torch.Tensor:
     """RT: L = -lam logp on retain data (NPO paper Eq. 17, c_RT)."""
     return -p.lam * s.logp
@@ -121,6 +132,7 @@ class Term:
 GA, NPO, SIMNPO = Term(ga), Term(npo, ("logp_ref",)), Term(simnpo)
 DPO, IDK = Term(dpo, ("logp_ref", "alt_logp", "alt_logp_ref")), Term(idk, ("alt_logp",))
 RT, KL = Term(nll), Term(kl, ("kl",))
+GA_MISMATCH = Term(ga_mismatch, ("alt_logp",))
 
 
 @dataclass(frozen=True)
@@ -153,6 +165,7 @@ METHODS: dict[str, Method] = {
     "SimNPO": Method(SIMNPO, None, SIMNPO_PAPER),
     "SimNPO+RT": Method(SIMNPO, RT, SIMNPO_PAPER + " and Eq. 6"),
     "SimNPO+KL": Method(SIMNPO, KL, SIMNPO_PAPER),
+    "GA+Mismatch+KL": Method(GA_MISMATCH, KL, "Yao et al. 2024, Large Language Model Unlearning, Eqs. 2-6"),
 }
 
 

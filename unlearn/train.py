@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from unlearn.rng import generator
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "warmup_linear")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "bf16": torch.bfloat16}
@@ -157,8 +159,11 @@ class AdamW:
         t += 1;  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
         p -= lr * scale / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
-    Without scales this is torch.optim.AdamW's arithmetic op for op (bitwise equal on the CPU, checked in
-    tests/test_train.py); t counts the steps in which the parameter had a gradient, as in torch.
+    Without scales this is torch.optim.AdamW's arithmetic (bitwise equal on the CPU, checked in
+    tests/test_train.py); t counts the steps in which the parameter had a gradient, as in torch. One change that
+    cannot show in the result: v is floored at the dtype's smallest normal number before the square root, since
+    sqrt of zero or subnormal entries takes a slow path on x86 CPUs (about 10x per element; it dominated
+    ensemble steps), and sqrt(tiny) / sqrt(1 - beta2^t) is below half an ulp of eps = 1e-8 in float32 and float64.
     """
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], eps: float,
@@ -183,7 +188,8 @@ class AdamW:
         torch._foreach_lerp_(m, grads, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
-        denom = torch._foreach_sqrt(v)
+        denom = torch._foreach_clamp_min(v, torch.finfo(v[0].dtype).tiny)  # see the class docstring
+        torch._foreach_sqrt_(denom)
         torch._foreach_div_(denom, [(1 - beta2 ** t[0]) ** 0.5 for t, _, _ in states])
         torch._foreach_add_(denom, self.eps)
         for p, d in zip(live, denom, strict=True):
@@ -367,3 +373,20 @@ def train(
     bar.close()
     run_eval(cfg.steps)
     return history
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int, *keys: object) -> tuple[Callable[[int], list], int]:
+    """(step -> [index tensor], steps per epoch): epoch e visits a fresh permutation of range(n), drawn from
+    the stream (seed, *keys, e), in batches of ``batch_size`` (the last one smaller when it does not divide n).
+    A step's batch depends only on the step, so the schedule is reproducible and can be entered anywhere."""
+    per_epoch = math.ceil(n / batch_size)
+    current: dict[int, torch.Tensor] = {}
+
+    def micro_batches(step: int) -> list:
+        epoch, i = divmod(step, per_epoch)
+        if epoch not in current:
+            current.clear()
+            current[epoch] = torch.randperm(n, generator=generator(seed, *keys, epoch))
+        return [current[epoch][i * batch_size: (i + 1) * batch_size]]
+
+    return micro_batches, per_epoch

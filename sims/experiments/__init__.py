@@ -1,7 +1,16 @@
 """Every experiment, by name: the one list that the CLI, the notebooks and the tests read."""
 
 from sims.experiment import Experiment
-from sims.experiments import collapse, logistic_rates, markov_tradeoff, npo_synthetic, weight_allocation
+from sims.experiments import (
+    attribution,
+    collapse,
+    logistic_rates,
+    markov_tradeoff,
+    npo_synthetic,
+    relearn,
+    weight_allocation,
+    yao,
+)
 
 EXPERIMENTS: dict[str, Experiment] = {
     "npo-synthetic": npo_synthetic.EXPERIMENT,
@@ -10,6 +19,9 @@ EXPERIMENTS: dict[str, Experiment] = {
     "markov-memorization": markov_tradeoff.EXPERIMENT_MEMORIZATION,
     "weight-allocation": weight_allocation.EXPERIMENT,
     "collapse": collapse.EXPERIMENT,
+    "yao": yao.EXPERIMENT,
+    "relearn": relearn.EXPERIMENT,
+    "attribution": attribution.EXPERIMENT,
 }
 
 

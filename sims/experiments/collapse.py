@@ -14,7 +14,8 @@ Measured every ``eval_every`` steps on the first ``eval_limit`` sequences of eac
 markov-length) and the mean entropy of the next-state distribution on retain test (log 10 = 2.30 at most).
 Fits (``sims.curves.rate_fits``) of the forget NLL against t and against log t over steps >= ``fit_from``;
 X.forget_nll_growth_exponent is the slope of log(NLL_t - NLL_0) against log t there (1 = linear, 2 =
-quadratic, near 0 = logarithmic).
+quadratic, near 0 = logarithmic). The three runs train side by side as one ensemble (``sims.markov.unlearn_runs``),
+each on its own batch order.
 
 Under AdamW every parameter moves ~lr per step whatever the gradient's scale, so GA's logits grow like a
 product of linearly growing weights: its NLL is super-linear (exponent ~1.5-2), steadier than NPO's but not the
@@ -25,7 +26,6 @@ The SimNPO paper gives no numbers for this study, so ``paper`` is empty.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -85,7 +85,7 @@ def collapse_evaluator(world: markov.MarkovWorld, device, limit: int | None):
 
     def evaluate(model, step):
         stats = markov.per_sequence_stats(model, forget)
-        return {"forget_nll": float(-stats.logp.sum() / stats.n_tokens.sum()),
+        return {"forget_nll": (-stats.logp.sum(-1) / stats.n_tokens.sum(-1)).tolist(),
                 "retain_kl": markov.token_kl(model, retain), "entropy": markov.mean_entropy(model, retain)}
 
     return evaluate
@@ -116,18 +116,18 @@ def run(cfg: Config) -> Result:
     metrics: dict[str, float | None] = {f"original.{k}": v for k, v in start.items()}
     series = {"methods": {}, "original": {"samples": samples(original, world, N_SAMPLES, cfg.seed, "original"),
                                           **start}}
-    for method in METHODS:
-        model = copy.deepcopy(original)
-        history = markov.unlearn_run(model, method, cfg.params(method), world, steps=cfg.steps,
-                                     batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.eval_every,
-                                     evaluate=evaluate, progress=cfg.progress)
+    history, unlearned = markov.unlearn_runs(
+        original, METHODS, [cfg.params(m) for m in METHODS], world,
+        [generator(cfg.seed, "markov-unlearn", m) for m in METHODS], steps=cfg.steps, batch_size=cfg.batch_size,
+        lr=cfg.lr, evaluate_every=cfg.eval_every, evaluate=evaluate, progress=cfg.progress)
+    for i, method in enumerate(METHODS):
         x = method.lower()
-        fits = growth_fits(history.eval_steps, history.evals["forget_nll"], cfg.fit_from)
+        curves = {k: [v[i] for v in history.evals[k]] for k in ("forget_nll", "retain_kl", "entropy")}
+        fits = growth_fits(history.eval_steps, curves["forget_nll"], cfg.fit_from)
         metrics.update({f"{x}.forget_nll_{k}": v for k, v in fits.items()})
-        metrics.update({f"{x}.{k}.final": history.evals[k][-1] for k in ("forget_nll", "retain_kl", "entropy")})
-        series["methods"][method] = {"beta": cfg.params(method).beta, "steps": history.eval_steps,
-                                     **{k: history.evals[k] for k in ("forget_nll", "retain_kl", "entropy")},
-                                     "samples": samples(model, world, N_SAMPLES, cfg.seed, method)}
+        metrics.update({f"{x}.{k}.final": curve[-1] for k, curve in curves.items()})
+        series["methods"][method] = {"beta": cfg.params(method).beta, "steps": history.eval_steps, **curves,
+                                     "samples": samples(unlearned.member(i), world, N_SAMPLES, cfg.seed, method)}
     series["fit_from"] = cfg.fit_from
     return Result(metrics, series, {})
 

@@ -16,7 +16,8 @@ experiments and by ``weight-allocation`` and ``collapse``); unlearning on Forget
 batch 4, AdamW lr 5e-4, forget loss only; every step is evaluated by the per-token KL of the model's next-state
 distribution to the true transition row on the three test splits. ``seeds`` replicates the unlearning runs
 (their batch order; the pretrained models are one draw) and curves are their mean; a beta sweep (one run per
-beta, evaluated every ``sweep_eval_every`` steps) shows how the trade-off moves with beta.
+beta, evaluated every ``sweep_eval_every`` steps) shows how the trade-off moves with beta. The replicates of
+both methods train side by side as one ensemble, and so do all runs of the sweep (``sims.markov.unlearn_runs``).
 
 Metrics. theory.retrained_forgetK_kl: the exact KL of a retain-only Bayes model (``theory.markov.retrained_kl``);
 retrained.* / original.*: the measured KLs of the retrained and original transformers;
@@ -29,7 +30,6 @@ sweep.X.beta=B.*: the same for each beta of the sweep.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -113,15 +113,18 @@ PAPER_MEMORIZATION = {
 # --------------------------------------------------------------------------------------------- measurement
 
 
-def unlearning_curves(original, method: str, beta: float, world: markov.MarkovWorld, evaluate, cfg: Config,
-                      replicate: int, eval_every: int = 1) -> dict[str, list[float]]:
-    """{"steps", "retain_kl", "forget1_kl", "forget2_kl"} along one unlearning run from a copy of ``original``;
-    the batch order comes from the stream (seed, "markov-unlearn", method, replicate)."""
-    history = markov.unlearn_run(
-        copy.deepcopy(original), method, MethodParams(beta=beta), world, steps=cfg.steps,
-        batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg.seed, "markov-unlearn", method, replicate),
-        evaluate_every=eval_every, evaluate=evaluate, progress=cfg.progress)
-    return {"steps": history.eval_steps, **{key: history.evals[key] for key in SPLITS}}
+def unlearning_curves(original, runs: list[tuple[str, float, int]], world: markov.MarkovWorld, evaluate, cfg: Config,
+                      eval_every: int = 1) -> list[dict[str, list[float]]]:
+    """For each run (method, beta, replicate), {"steps", "retain_kl", "forget1_kl", "forget2_kl"} along its
+    unlearning path from ``original``; the batch order comes from the stream (seed, "markov-unlearn", method,
+    replicate). The runs train side by side as one ensemble (``sims.markov.unlearn_runs``)."""
+    history, _ = markov.unlearn_runs(
+        original, [method for method, _, _ in runs], [MethodParams(beta=beta) for _, beta, _ in runs], world,
+        [generator(cfg.seed, "markov-unlearn", method, replicate) for method, _, replicate in runs],
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=eval_every, evaluate=evaluate,
+        progress=cfg.progress)
+    return [{"steps": history.eval_steps, **{key: [v[i] for v in history.evals[key]] for key in SPLITS}}
+            for i in range(len(runs))]
 
 
 def mean_curves(replicates: list[dict[str, list[float]]]) -> dict:
@@ -163,20 +166,21 @@ def _runner(paper: dict[str, float]):
         metrics: dict[str, float | None] = {f"theory.retrained_{k}": v for k, v in exact.items()}
         for model in ("retrained", "original"):
             metrics.update({f"{model}.{k}": v for k, v in measured[model].items()})
-        runs, sweep = {}, {}
+        main = [(method, cfg.beta(method), r) for method in METHODS for r in range(cfg.seeds)]
+        swept = [(method, beta, 0) for method in METHODS for beta in cfg.sweep_betas(method)]
+        main_curves = unlearning_curves(original, main, world, evaluate, cfg)
+        sweep_curves = unlearning_curves(original, swept, world, evaluate, cfg, cfg.sweep_eval_every) if swept else []
+        runs, sweep = {}, {method: {} for method in METHODS}
         for method in METHODS:
             x = method.lower()
-            replicates = [unlearning_curves(original, method, cfg.beta(method), world, evaluate, cfg, r)
-                          for r in range(cfg.seeds)]
+            replicates = [c for (name, _, _), c in zip(main, main_curves, strict=True) if name == method]
             runs[method] = {"beta": cfg.beta(method), **mean_curves(replicates)}
             metrics.update({f"{x}.{k}": v for k, v in tradeoff_metrics(runs[method], levels).items()})
             metrics.update({f"{x}.{s}.final": runs[method][s]["mean"][-1] for s in SPLITS})
-            sweep[method] = {}
-            for beta in cfg.sweep_betas(method):
-                curves = unlearning_curves(original, method, beta, world, evaluate, cfg, 0, cfg.sweep_eval_every)
-                sweep[method][f"{beta:g}"] = curves
-                found = tradeoff_metrics(curves, {"retrained": levels["retrained"]})
-                metrics.update({f"sweep.{x}.beta={beta:g}.{k}": v for k, v in found.items()})
+        for (method, beta, _), curves in zip(swept, sweep_curves, strict=True):
+            sweep[method][f"{beta:g}"] = curves
+            found = tradeoff_metrics(curves, {"retrained": levels["retrained"]})
+            metrics.update({f"sweep.{method.lower()}.beta={beta:g}.{k}": v for k, v in found.items()})
         series = {"measured": measured, "theory": exact, "runs": runs, "sweep": sweep,
                   "world": {"len_forget2": world_cfg.len_forget2, "pretrain_data": cfg.pretrain_data},
                   "seeds": cfg.seeds}

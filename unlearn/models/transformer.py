@@ -93,6 +93,12 @@ def attention_allowed(attention_mask: torch.Tensor) -> torch.Tensor:
     return (causal & (attention_mask.bool()[:, None, :] | eye)).unsqueeze(1)
 
 
+def _concrete(x: torch.Tensor) -> bool:
+    """False inside torch.func.vmap (an ensemble with per-member inputs), where a branch on the ids' values
+    cannot run; the embedding lookup still refuses out-of-range ids there, with torch's own message."""
+    return not torch._C._functorch.is_batchedtensor(x)
+
+
 class Transformer(nn.Module):
     """The SimNPO synthetic-study decoder (module docstring): ids (B, T) -> CausalLMOutput(logits (B, T, V))."""
 
@@ -126,7 +132,8 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence of {T} tokens is longer than this model's max_len={self.cfg.max_len}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.cfg.vocab_size):
+        ids = input_ids
+        if _concrete(ids) and ids.numel() and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
             lo, hi = int(input_ids.min()), int(input_ids.max())
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got ids in [{lo}, {hi}]")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:

@@ -1,0 +1,136 @@
+"""One unlearning run, and relearning attacks on its result, on the Markov transformer: what ``unlearn run`` and
+``unlearn relearn`` do with ``--model markov`` (the paper's setup) or ``--model markov-fast`` (the fast presets'
+smaller world and model). A run folder holds:
+
+    run.json            the settings, the metrics before and after (forget KL, retain KL, entropy), the History
+    model.safetensors   the unlearned model's weights
+    mask.safetensors    the mask it was trained with (``--mask``), if any
+    relearn.json        what ``unlearn relearn`` measured, if it ran
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sims import markov
+from sims.experiment import atomic_write, to_jsonable
+from unlearn import attribution
+from unlearn.models.transformer import Transformer
+from unlearn.objectives import MethodParams, get_method
+from unlearn.relearn import SUBSETS, relearn, relearn_subset
+from unlearn.rng import generator
+from unlearn.train import resolve_device
+
+MODELS = {"markov": markov.Setup(), "markov-fast": markov.Setup(**markov.FAST_SETUP)}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``unlearn run`` on a toy model."""
+
+    model: str = "markov"
+    method: str = "NPO"
+    beta: float = 0.1
+    gamma: float = 0.0
+    lam: float = 1.0
+    mismatch: float = 1.0
+    steps: int = 50
+    batch_size: int = 4
+    lr: float = 5e-4
+    mask: str | None = None
+    mu: float = 1e-6
+    seed: int = 0
+    eval_limit: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown toy model {self.model!r}; valid: {', '.join(MODELS)} (a Hugging Face model "
+                             "directory is not supported by `unlearn run` yet)")
+        get_method(self.method)
+        self.params()  # validates beta, gamma, lam, mismatch
+        if self.mask is not None:
+            attribution.parse_mask_spec(self.mask)
+        for key in ("steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    def params(self) -> MethodParams:
+        return MethodParams(beta=self.beta, gamma=self.gamma, lam=self.lam, mismatch=self.mismatch)
+
+
+def unlearn_toy(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:
+    """Unlearn the cached original model with ``cfg`` and write the run folder (module docstring)."""
+    device = resolve_device(cfg.device)
+    setup = MODELS[cfg.model]
+    world, original, _ = setup.models(device, progress)
+    model = original
+    masks = markov.masks(cfg.mask, model, world, cfg.mu, cfg.seed) if cfg.mask else None
+    evaluate = markov.summary_evaluator(world, device, cfg.eval_limit)
+    before = evaluate(model, 0)
+    history = markov.unlearn_run(model, cfg.method, cfg.params(), world, steps=cfg.steps, batch_size=cfg.batch_size,
+                                 lr=cfg.lr, generator=generator(cfg.seed, "markov-unlearn", cfg.method),
+                                 evaluate_every=max(1, cfg.steps // 10), evaluate=evaluate, masks=masks,
+                                 progress=progress)
+    doc = {"config": dataclasses.asdict(cfg), "before": before,
+           "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history),
+           "moved_fraction": None if masks is None else
+           sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in model.parameters())}
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    atomic_write(out / "model.safetensors", lambda p: save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, p))
+    if masks is not None:
+        attribution.save_masks(masks, out / "mask.safetensors", {"spec": cfg.mask})
+    atomic_write(out / "run.json", lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
+    return doc
+
+
+def load_run(folder: Path, device) -> tuple[RunConfig, Transformer]:
+    """The RunConfig and unlearned model of a run folder; errors name the folder and what is missing."""
+    from safetensors.torch import load_file
+
+    for name in ("run.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder}: no {name}; is this a folder written by `unlearn run`?")
+    try:
+        cfg = RunConfig(**json.loads((folder / "run.json").read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder / 'run.json'}: not a run record ({err})") from None
+    setup = MODELS[cfg.model]
+    model = Transformer(markov.model_config(setup.world_config(), setup.pretrain_config()))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return cfg, model.to(device).eval()
+
+
+def relearn_toy(folder: Path, subset: str, frac: float = 0.2, epochs: int = 3, batch_size: int = 32,
+                lr: float = 1e-4, draws: int = 3, device: str = "cpu", progress: bool | None = None) -> dict:
+    """Relearning attacks on the model of a run folder (``unlearn.relearn``): one run on the shortest ``frac`` of
+    the forget set, or ``draws`` runs on random subsets; forget metrics after each epoch, written to
+    relearn.json in the folder."""
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown relearning subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    dev = resolve_device(device)
+    cfg, unlearned = load_run(folder, dev)
+    world = markov.make_world(MODELS[cfg.model].world_config())
+    forget = world.forget_set().to(dev)
+    evaluate = markov.summary_evaluator(world, dev, cfg.eval_limit)
+    indices = ([relearn_subset(forget.n_tokens, frac, "shortest")] if subset == "shortest" else
+               [relearn_subset(forget.n_tokens, frac, "random", generator(cfg.seed, "relearn-subset", d))
+                for d in range(draws)])
+    runs = []
+    for d, index in enumerate(indices):
+        model = Transformer(unlearned.cfg).to(dev)
+        model.load_state_dict(unlearned.state_dict())
+        part = forget.take(index)
+        history = relearn(model, markov.token_mean_nll(part), len(part), epochs=epochs, batch_size=batch_size,
+                          lr=lr, seed=cfg.seed, keys=(subset, d), evaluate=evaluate, progress=progress)
+        runs.append({"epochs": list(range(len(history.eval_steps))), **history.evals})
+    doc = {"run": str(folder), "subset": subset, "frac": frac, "epochs": epochs, "batch_size": batch_size,
+           "lr": lr, "draws": len(indices), "relearn": runs}
+    atomic_write(folder / "relearn.json", lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
+    return doc

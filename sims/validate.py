@@ -1,0 +1,378 @@
+"""``unlearn validate``: do the toy models' predictions hold on a real causal LM?
+
+1. Data and model: a built-in task (``markov``: the SimNPO Markov mixture as tokens, with Forget1 length 20 and
+   Forget2 length 5 so that response lengths differ; ``facts``: fictitious authors, TOFU-like) or JSONL/TOFU
+   files (``--task jsonl --forget F --retain R``); a local Hugging Face model directory, or a named
+   architecture with random weights (``tiny``, ``llama-100m-shape``, ``llama-7b-shape``; ``unlearn.models.hf``).
+2. Memorise: fine-tune (AdamW, token-mean NLL, full batches) on forget + retain until the forget set's NLL per
+   response token is below ``memorise_nll`` or ``memorise_epochs`` pass; for a model that already knows its
+   data (a real checkpoint with ``--memorise-epochs 0``) this is skipped.
+3. Unlearn from the memorised model with each method for ``steps`` steps (AdamW, forget batches of
+   ``batch_size``), through the same loop, objectives and reference handling as every run (``unlearn.losses``,
+   ``unlearn.reference``), optionally with LoRA; every ``eval_every`` steps record each forget sequence's
+   log-likelihood and the retain NLL per token. Fits use the steps after the first ``fit_from`` fraction (the
+   early transient is neither linear nor logarithmic, as in the collapse experiment).
+4. Measure, beside each the toy model's prediction (``PREDICTIONS``): forget NLL against steps with linear and
+   log-step fits (NPO paper Theorem 2: GA linear, NPO logarithmic), the per-sequence weights against |y| at the
+   first and last evaluation (NPO exactly 1 at step 0; SimNPO proportional to 1/|y|: SimNPO paper Sec. 4,
+   ``theory.allocation``), and the retain drift.
+
+Checkpoints: the memorised model and each finished method's measurements are written to OUT/validate.ckpt
+(atomically) under a key of everything they depend on, so an interrupted run resumes without redoing finished
+work, and a changed setting never reads a stale entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sims import markov
+from sims.curves import rate_fits
+from sims.experiment import atomic_write, environment, to_jsonable
+from theory import objectives as theory
+from unlearn import data as llm_data
+from unlearn.losses import unlearning_losses
+from unlearn.models import hf
+from unlearn.objectives import MethodParams
+from unlearn.reference import MODES, batched_logprobs, make_reference
+from unlearn.train import TrainConfig, shuffled_batches, train
+
+TASKS = ("markov", "facts", "jsonl")
+METHODS = ("GA", "NPO", "SimNPO")
+PREDICTIONS = {
+    "ga.linear_r2": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2): linear_r2 >= log_r2",
+    "npo.log_r2": "NPO's forget NLL grows like log t (NPO paper Thm. 2): log_r2 >= linear_r2",
+    "npo.weight_step0_max_abs_dev_from_1": "NPO's weights 2 sigma(beta (logp - logp_ref)) are exactly 1 at step 0",
+    "npo.pearson_weight_length.step0": "undefined at step 0: every NPO weight is 1 (GA-like)",
+    "simnpo.pearson_weight_length.step0": "SimNPO's weight (2/|y|) sigma(beta lbar + gamma) falls with |y|: the "
+                                          "closed form at the measured likelihoods",
+}
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    model: str = "tiny"
+    task: str = "markov"
+    forget: str | None = None
+    retain: str | None = None
+    methods: tuple[str, ...] = METHODS
+    steps: int = 300
+    fit_from: float = 0.2  # fit the rates over the last 80% of the steps (after the first transient)
+    lr: float = 1e-3
+    batch_size: int = 32
+    npo_beta: float = 0.5
+    simnpo_beta: float = 2.5
+    n_forget: int = 32  # built-in tasks: forget sequences (markov: half Forget1, half Forget2) / facts: authors
+    n_retain: int = 32
+    facts_split: str = "forget10"
+    memorise_epochs: int = 300
+    memorise_nll: float = 0.05
+    memorise_lr: float = 3e-3
+    eval_every: int = 5
+    lora_rank: int | None = None
+    lora_alpha: float = 16.0
+    reference: str = "cached"
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    max_length: int = 256
+    prompt_format: str = "auto"
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.task == "jsonl" and not (self.forget and self.retain):
+            raise ValueError("--task jsonl needs --forget FILE and --retain FILE")
+        for name in self.methods:
+            if name not in METHODS:
+                raise ValueError(f"validate runs {', '.join(METHODS)}; got {name!r}")
+        if self.reference not in MODES:
+            raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(MODES)}")
+        if self.reference == "adapter" and self.lora_rank is None:
+            raise ValueError("the adapter reference needs LoRA (--lora RANK)")
+        for key in ("steps", "batch_size", "eval_every", "n_forget", "n_retain", "max_length"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "npo_beta", "simnpo_beta", "memorise_lr"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        if self.memorise_epochs < 0:
+            raise ValueError(f"memorise_epochs must be >= 0, got {self.memorise_epochs}")
+        if not self.model_spec().is_architecture:
+            hf.check_directory(Path(self.model))
+
+    def params(self, method: str) -> MethodParams:
+        return MethodParams(beta={"GA": 1.0, "NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
+
+    def model_spec(self, vocab_size: int | None = None, lora: bool = False) -> hf.ModelSpec:
+        return hf.ModelSpec(self.model, dtype=self.dtype, device=self.device,
+                            gradient_checkpointing=self.gradient_checkpointing, seed=self.seed,
+                            vocab_size=vocab_size if self.model == "tiny" else None,
+                            lora=hf.LoraSpec(self.lora_rank, self.lora_alpha) if lora and self.lora_rank else None)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def task_data(cfg: ValidateConfig):
+    """(forget TokenSet, retain TokenSet, vocab size or None, description) of the task."""
+    if cfg.task == "markov":
+        half = max(1, cfg.n_forget // 2)
+        world = markov.make_world(markov.MarkovWorldConfig(seed=cfg.seed, n_retain=cfg.n_retain + 2,
+                                                           n_forget1=half + 2, n_forget2=cfg.n_forget - half + 2))
+        forget = markov.Split.concat([world["forget1_train"].take(slice(0, half)),
+                                      world["forget2_train"].take(slice(0, cfg.n_forget - half))])
+        retain = world["retain_train"].take(slice(0, cfg.n_retain))
+        return markov.token_set(forget), markov.token_set(retain), markov.N_STATES + 2, "markov mixture"
+    if cfg.task == "facts":
+        forget_ex, retain_ex = llm_data.facts_task(cfg.n_forget, cfg.facts_split, cfg.seed)
+        retain_ex = retain_ex[: cfg.n_retain * len(llm_data.ATTRIBUTES)]
+    else:
+        forget_ex, retain_ex = llm_data.read_examples(cfg.forget), llm_data.read_examples(cfg.retain)
+    if hf.ModelSpec(cfg.model).is_architecture:
+        texts = [f"{e.prompt} {e.response}" for e in forget_ex + retain_ex] + [llm_data.PLAIN_TEMPLATE]
+        tokenizer = llm_data.word_tokenizer(texts)
+    else:
+        tokenizer = hf.load_tokenizer(cfg.model)
+    tok = [llm_data.tokenize_examples(ex, tokenizer, cfg.max_length, cfg.prompt_format)
+           for ex in (forget_ex, retain_ex)]
+    vocab = len(tokenizer) if hf.ModelSpec(cfg.model).is_architecture else None
+    return tok[0], tok[1], vocab, cfg.task
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def token_mean_nll(data):
+    """losses_fn: batch token-mean NLL over response tokens (as ``sims.markov.token_mean_nll``)."""
+    from unlearn.logprobs import sequence_logprobs
+
+    def losses_fn(model, index):
+        batch = data.take(index).trim()
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+        stats = sequence_logprobs(logits, batch.labels, batch.mask)
+        return {"nll": -stats.logp * (len(stats.logp) / stats.n_tokens.sum())}
+
+    return losses_fn
+
+
+def nll_per_token(model, data) -> float:
+    logp = batched_logprobs(model, data)
+    return float(-logp.sum() / data.n_tokens.sum())
+
+
+def memorise(model, forget, retain, cfg: ValidateConfig, progress) -> tuple[list[float], int]:
+    """Fine-tune on forget + retain (batches of max(batch_size, 64)) until the forget NLL per token is below
+    memorise_nll, stops falling (less than 2% over 10 epochs), or memorise_epochs pass; returns the forget NLL
+    every 10 epochs and the epochs run."""
+    both = llm_data.TokenSet(**{f.name: torch.cat([getattr(forget, f.name), getattr(retain, f.name)])
+                                for f in dataclasses.fields(llm_data.TokenSet)})
+    curve, epoch = [nll_per_token(model, forget)], 0
+    micro_batches, per_epoch = shuffled_batches(len(both), max(cfg.batch_size, 64), cfg.seed, "memorise")
+    while epoch < cfg.memorise_epochs and curve[-1] > cfg.memorise_nll:
+        if len(curve) >= 3 and curve[-1] > 0.98 * curve[-2]:
+            break  # a plateau: what is left is not memorisable (e.g. Markov tokens the prompt does not determine)
+        chunk = min(10, cfg.memorise_epochs - epoch)
+        tc = TrainConfig(steps=chunk * per_epoch, lr=cfg.memorise_lr, optimizer="adamw", device=cfg.device,
+                         precision="float32" if cfg.dtype == "float32" else "bf16", progress=progress,
+                         name=f"memorise (epoch {epoch})")
+        train(model, token_mean_nll(both), lambda step, e=epoch: micro_batches(e * per_epoch + step), tc)
+        epoch += chunk
+        curve.append(nll_per_token(model, forget))
+    return curve, epoch
+
+
+def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, progress) -> dict:
+    """One method from a copy of the memorised model; the recorded forget log-likelihoods and retain NLL."""
+    model = copy.deepcopy(memorised)
+    if cfg.lora_rank:
+        model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
+    reference = make_reference(cfg.reference, model, forget)
+    size = min(cfg.batch_size, len(forget))
+    forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "validate", method, "forget")
+    retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "validate", method, "retain")
+    losses = unlearning_losses(method, cfg.params(method), forget, retain, reference)
+    record = {"steps": [], "forget_logp": [], "retain_nll": []}
+
+    def evaluate(m, step):
+        record["steps"].append(step)
+        record["forget_logp"].append(batched_logprobs(m, forget).tolist())
+        record["retain_nll"].append(nll_per_token(m, retain))
+        return {}
+
+    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=cfg.eval_every, device=cfg.device,
+                     precision="float32" if cfg.dtype == "float32" else "bf16", progress=progress,
+                     name=f"validate {method}")
+    train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
+          evaluate=evaluate)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def _pearson(x, y) -> float | None:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def weights(method: str, logp, logp_ref, length, params: MethodParams) -> np.ndarray:
+    """Per-sequence forget weights dL/dlogp in closed form (``theory.objectives``)."""
+    logp, logp_ref, length = (np.asarray(v, float) for v in (logp, logp_ref, length))
+    if method == "GA":
+        return np.ones_like(logp)
+    if method == "NPO":
+        return theory.npo_weight(logp - logp_ref, params.beta)
+    return theory.simnpo_weight(logp, length, params.beta, params.gamma)
+
+
+def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: float) -> tuple[dict, dict]:
+    """(metrics, curves) of one method (module docstring)."""
+    x = method.lower()
+    steps = np.asarray(record["steps"], float)
+    logp = np.asarray(record["forget_logp"], float)  # (evals, n)
+    nll = -logp.sum(1) / np.sum(lengths)  # forget NLL per token
+    keep = steps >= max(1.0, fit_from * steps[-1])
+    fits = rate_fits(steps[keep], nll[keep]) if keep.sum() >= 3 else {"linear_r2": None, "log_r2": None}
+    w0 = weights(method, logp[0], logp[0], lengths, params)
+    w1 = weights(method, logp[-1], logp[0], lengths, params)
+    metrics = {f"{x}.linear_r2": fits["linear_r2"], f"{x}.log_r2": fits["log_r2"],
+               f"{x}.retain_nll_drift": record["retain_nll"][-1] - record["retain_nll"][0],
+               f"{x}.forget_nll_per_token.start": float(nll[0]), f"{x}.forget_nll_per_token.end": float(nll[-1]),
+               f"{x}.pearson_weight_length.step0": _pearson(w0, lengths),
+               f"{x}.pearson_weight_length.end": _pearson(w1, lengths)}
+    if method == "NPO":
+        metrics[f"{x}.weight_step0_max_abs_dev_from_1"] = float(np.max(np.abs(w0 - 1)))
+    curves = {"steps": record["steps"], "fit_from": float(steps[keep][0]), "forget_nll": nll.tolist(),
+              "retain_nll": record["retain_nll"],
+              "weights_start": w0.tolist(), "weights_end": w1.tolist()}
+    return metrics, curves
+
+
+def predictions(metrics: dict, lengths, logp0: dict, params: dict) -> dict:
+    """The toy models' prediction beside each measurement: a number where theory gives one, and its rule."""
+    out = {}
+    for key, rule in PREDICTIONS.items():
+        method = key.split(".")[0]
+        if f"{method}.linear_r2" not in metrics and not any(k.startswith(method + ".") for k in metrics):
+            continue
+        value = None
+        if key == "npo.weight_step0_max_abs_dev_from_1":
+            value = 0.0
+        elif key == "simnpo.pearson_weight_length.step0":
+            value = _pearson(weights("SimNPO", logp0["SimNPO"], logp0["SimNPO"], lengths, params["SimNPO"]), lengths)
+        elif key == "ga.linear_r2":
+            value = metrics.get("ga.log_r2")  # predicted: at least the log fit's R^2
+        elif key == "npo.log_r2":
+            value = metrics.get("npo.linear_r2")
+        out[f"validate.{key}"] = {"value": value, "rule": rule}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def _key(cfg: ValidateConfig, stage: str) -> str:
+    fields = dataclasses.asdict(cfg)
+    if stage == "memorised":
+        fields = {k: v for k, v in fields.items() if k not in ("methods", "steps", "lr", "npo_beta", "simnpo_beta",
+                                                                "eval_every", "lora_rank", "lora_alpha",
+                                                                "reference", "batch_size")}
+    return hashlib.sha256(json.dumps({"stage": stage, **fields}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None) -> dict:
+    """Everything of the module docstring; writes OUT/validate.json and OUT/validate.png and returns the JSON."""
+    from safetensors.torch import load_file, save_file
+
+    forget, retain, vocab, description = task_data(cfg)
+    device = torch.device(cfg.device)
+    forget, retain = forget.to(device), retain.to(device)
+    ckpt = out / "validate.ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    model = hf.load_model(cfg.model_spec(vocab))
+    state_path = ckpt / f"memorised-{_key(cfg, 'memorised')}.safetensors"
+    info_path = state_path.with_suffix(".json")
+    if state_path.is_file() and info_path.is_file():
+        model.load_state_dict(load_file(str(state_path), device=str(device)))
+        memorised_info = json.loads(info_path.read_text())
+    else:
+        curve, epochs = memorise(model, forget, retain, cfg, progress)
+        memorised_info = {"forget_nll_per_token": curve, "epochs": epochs}
+        atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
+        atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(memorised_info)))
+    lengths = forget.n_tokens.cpu().numpy()
+    metrics, curves, logp0 = {}, {}, {}
+    for method in cfg.methods:
+        path = ckpt / f"{method}-{_key(cfg, method)}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+        else:
+            record = unlearn_method(model, method, forget, retain, cfg, progress)
+            atomic_write(path, lambda p, r=record: Path(p).write_text(json.dumps(r)))
+        found, curves[method] = measure(method, record, lengths, cfg.params(method), cfg.fit_from)
+        metrics.update({f"validate.{k}": v for k, v in found.items()})
+        logp0[method] = record["forget_logp"][0]
+    plain = {k.removeprefix("validate."): v for k, v in metrics.items()}
+    doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
+           "predictions": predictions(plain, lengths, logp0, {m: cfg.params(m) for m in cfg.methods}),
+           "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
+           "n_parameters": hf.n_parameters(model), "env": environment(cfg.device)}
+    doc = to_jsonable(doc)
+    atomic_write(out / "validate.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
+    fig = plot(doc)
+    import matplotlib.pyplot as plt
+
+    atomic_write(out / "validate.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return doc
+
+
+def plot(doc: dict):
+    import matplotlib.pyplot as plt
+
+    from sims.plotting import METHOD_COLORS, panel_label
+
+    curves, m = doc["curves"], doc["metrics"]
+    lengths = np.asarray(doc["lengths"], float)
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), constrained_layout=True)
+    for method, c in curves.items():
+        x, color = method.lower(), METHOD_COLORS[method]
+        lin, log = (m[f"validate.{x}.{k}_r2"] for k in ("linear", "log"))
+        r2 = "" if lin is None else f"R^2 lin {lin:.3f}, log {log:.3f}"
+        axes[0].plot(c["steps"], c["forget_nll"], color=color, label=f"{method}: {r2}")
+        axes[0].axvline(c["fit_from"], color="0.6", lw=0.7, ls=":")
+        axes[3].plot(c["steps"], c["retain_nll"], color=color, label=method)
+        if method != "GA":
+            ax = axes[1] if method == "NPO" else axes[2]
+            ax.scatter(lengths, c["weights_start"], s=12, color=color, alpha=0.5, label="first evaluation (step 0)")
+            ax.scatter(lengths, c["weights_end"], s=12, color=color, marker="x", label="last evaluation")
+            ax.set_xlabel("response length |y| (tokens)")
+            ax.set_ylabel("per-sequence weight dL/dlogp")
+            ax.legend(fontsize=7)
+    axes[0].set_xlabel("unlearning step")
+    axes[0].set_ylabel("forget NLL per token")
+    axes[3].set_xlabel("unlearning step")
+    axes[3].set_ylabel("retain NLL per token")
+    axes[0].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
+    panel_label(axes[0], "(a) forget NLL; fits right of the dotted line")
+    panel_label(axes[1], "(b) NPO weights (predicted: all 1 at step 0)")
+    panel_label(axes[2], "(c) SimNPO weights (predicted: ~ 1/|y|)")
+    panel_label(axes[3], "(d) retain drift")
+    cfg = doc["config"]
+    fig.suptitle(f"unlearn validate: {cfg['model']} ({doc['n_parameters']:,} parameters) on {doc['task']}, "
+                 f"reference {cfg['reference']}, LoRA {cfg['lora_rank'] or 'off'}", fontsize=11)
+    return fig

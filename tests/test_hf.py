@@ -1,0 +1,202 @@
+"""unlearn.models.hf, unlearn.data and unlearn.reference on tiny Hugging Face models built from configs (no
+downloads): the logits contract, response-only log-probs with chat-template prompts masked, LoRA with the
+adapter off equal to the base model, the three references giving the same losses and gradients, and data
+files failing with messages that name the file, line and field."""
+
+import json
+
+import pytest
+import torch
+
+from unlearn import data as D
+from unlearn.logprobs import sequence_logprobs
+from unlearn.losses import unlearning_losses
+from unlearn.models import hf
+from unlearn.objectives import MethodParams
+from unlearn.reference import Cached, make_reference
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = ["Where was Ada born ? Lisbon , near the sea", "What does Bram play ? the violin", D.PLAIN_TEMPLATE,
+             "<|user|> <|end|> <|assistant|>"]
+    return D.word_tokenizer(texts)
+
+
+def tiny(vocab, lora=None):
+    return hf.load_model(hf.ModelSpec("tiny", vocab_size=vocab, lora=lora))
+
+
+def test_logits_contract_and_determinism(tokenizer):
+    model = tiny(len(tokenizer))
+    ids = torch.randint(0, len(tokenizer), (3, 7), generator=torch.Generator().manual_seed(0))
+    out = model(ids, attention_mask=torch.ones_like(ids, dtype=torch.bool))
+    assert out.logits.shape == (3, 7, len(tokenizer))
+    again = tiny(len(tokenizer))(ids).logits
+    torch.testing.assert_close(out.logits, again)  # the same seed gives the same random model
+    state = torch.random.get_rng_state()
+    tiny(len(tokenizer))
+    assert torch.equal(state, torch.random.get_rng_state())  # building a model leaves the global stream alone
+
+
+def test_logprobs_cover_the_response_and_eos_only_with_chat_prompts_masked(tokenizer):
+    tokenizer.chat_template = CHAT
+    try:
+        examples = [D.Example("Where was Ada born ?", "Lisbon , near the sea", "x:1"),
+                    D.Example("What does Bram play ?", "the violin", "x:2")]
+        tokens = D.tokenize_examples(examples, tokenizer, 64, "chat")
+    finally:
+        tokenizer.chat_template = None
+    model = tiny(len(tokenizer))
+    logits = model(tokens.input_ids, attention_mask=tokens.attention_mask).logits
+    got = sequence_logprobs(logits, tokens.labels, tokens.mask).logp
+    for b, ex in enumerate(examples):
+        prompt = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": ex.prompt}], tokenize=False,
+                                                         add_generation_prompt=True, chat_template=CHAT),
+                           add_special_tokens=False)["input_ids"]
+        response = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + response])
+        logq = model(ids).logits.log_softmax(-1)[0]
+        manual = sum(logq[len(prompt) - 1 + i, tok] for i, tok in enumerate(response))
+        torch.testing.assert_close(got[b], manual, rtol=1e-5, atol=1e-5)
+        assert int(tokens.mask[b].sum()) == len(response)
+        assert "assistant" in tokenizer.decode(tokens.input_ids[b][tokens.attention_mask[b]])  # the template ran
+        assert tokenizer.decode(tokens.labels[b][tokens.mask[b]]) == f"{ex.response} <eos>"
+
+
+def test_chat_format_without_a_template_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="no chat template; use 'plain'"):
+        D.tokenize_examples([D.Example("q", "a", "f:1")], tokenizer, 32, "chat")
+
+
+def test_lora_with_the_adapter_off_is_the_base_model(tokenizer):
+    base = tiny(len(tokenizer))
+    lora = hf.add_lora(tiny(len(tokenizer)), hf.LoraSpec(rank=4))
+    with torch.no_grad():  # move the adapter away from its zero start
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, len(tokenizer), (2, 6), generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(lora(ids).logits, base(ids).logits)
+    with lora.disable_adapter():
+        torch.testing.assert_close(lora(ids).logits, base(ids).logits)
+    assert hf.n_parameters(lora, trainable_only=True) < hf.n_parameters(base) / 4
+    assert set(hf.lora_targets(base)) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_lora_targets_for_gpt2_and_unknown_models():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    assert hf.lora_targets(gpt2) == ("c_attn", "c_proj", "c_fc")
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.out = torch.nn.Linear(3, 3), torch.nn.Linear(3, 5)
+
+        def get_output_embeddings(self):
+            return self.out
+
+    assert hf.lora_targets(Odd()) == ("inner",)
+
+
+def _tokens(tokenizer):
+    examples = [D.Example(q, a, f"t:{i}") for i, (q, a) in enumerate(
+        [("Where was Ada born ?", "Lisbon"), ("What does Bram play ?", "the violin , near the sea"),
+         ("Where was Bram born ?", "near the sea")])]
+    return D.tokenize_examples(examples, tokenizer, 64, "plain")
+
+
+@pytest.mark.parametrize("method", ["NPO", "NPO+KL"])
+def test_cached_adapter_and_copy_references_give_the_same_losses_and_gradients(tokenizer, method):
+    """A LoRA model whose adapter has moved; its reference is the base model, provided three ways."""
+    forget, retain = _tokens(tokenizer), _tokens(tokenizer).take(slice(0, 2))
+    model = tiny(len(tokenizer), lora=hf.LoraSpec(rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(3))
+    with model.disable_adapter():
+        cached = make_reference("cached", model, forget, retain, with_logits=True)
+    references = {"cached": cached, "adapter": make_reference("adapter", model, forget),
+                  "copy": make_reference("copy", tiny(len(tokenizer)), forget)}  # same seed: the same base
+    results = {}
+    for mode, ref in references.items():
+        terms = unlearning_losses(method, MethodParams(beta=0.5), forget, retain, ref)(
+            model, (torch.arange(3), torch.arange(2), None))
+        grads = torch.autograd.grad(sum(t.mean() for t in terms.values()),
+                                    [p for p in model.parameters() if p.requires_grad])
+        results[mode] = (torch.cat([t.detach() for t in terms.values()]), grads)
+    assert results["cached"][0][:3].abs().max() > 0
+    for mode in ("adapter", "copy"):
+        torch.testing.assert_close(results[mode][0], results["cached"][0], rtol=1e-5, atol=1e-6)
+        for g, h in zip(results[mode][1], results["cached"][1], strict=True):
+            torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+
+
+def test_cached_reference_equals_recomputed(tokenizer):
+    forget = _tokens(tokenizer)
+    model = tiny(len(tokenizer))
+    ref = Cached.build(model, forget, batch_size=2)
+    logits = model(forget.input_ids, attention_mask=forget.attention_mask).logits
+    torch.testing.assert_close(ref.logp, sequence_logprobs(logits, forget.labels, forget.mask).logp)
+    with pytest.raises(ValueError, match="holds no retain logits"):
+        ref.retain_logits(model, torch.arange(2), forget)
+
+
+def test_adapter_reference_needs_lora(tokenizer):
+    with pytest.raises(ValueError, match="needs a LoRA model"):
+        make_reference("adapter", tiny(len(tokenizer)), _tokens(tokenizer))
+    with pytest.raises(ValueError, match="unknown reference 'twin'"):
+        make_reference("twin", tiny(len(tokenizer)), _tokens(tokenizer))
+
+
+# ------------------------------------------------------------------------------------------------- data files
+
+
+def test_jsonl_and_tofu_files_are_read(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"prompt": "p1", "response": "r1"}\n\n{"prompt": "p2", "response": "r2"}\n')
+    (tmp_path / "b.json").write_text(json.dumps([{"question": "q", "answer": "a"}]))
+    assert [(e.prompt, e.response) for e in D.read_examples(tmp_path / "a.jsonl")] == [("p1", "r1"), ("p2", "r2")]
+    assert D.read_examples(tmp_path / "b.json")[0].source.endswith("b.json item 0")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"prompt": "p", "response": "r"}\n{"prompt": "p"\n', "bad.jsonl:2: invalid JSON"),
+    (b'{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n', "bad.jsonl:2: missing field 'response'"),
+    (b'{"prompt": "p", "response": "  "}\n', "bad.jsonl:1: field 'response' is empty"),
+    (b'{"prompt": "p", "response": 3}\n', "bad.jsonl:1: field 'response' must be a string"),
+    (b'{"prompt": "p", "response": "r"}\n{"prompt": "\xff"}\n', "bad.jsonl:2: not UTF-8"),
+    (b'{"text": "x"}\n', "bad.jsonl:1: missing field 'prompt'/'response'"),
+    (b"  \n", "bad.jsonl: empty file"),
+    (b'[1, 2]', "bad.jsonl item 0: expected an object"),
+])
+def test_bad_data_files_name_file_line_and_field(tmp_path, content, message):
+    (tmp_path / "bad.jsonl").write_bytes(content)
+    with pytest.raises(ValueError, match=message.replace("(", "\\(")):
+        D.read_examples(tmp_path / "bad.jsonl")
+
+
+def test_a_response_that_does_not_fit_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="f:7: prompt .* exceed max_length=6; the response would be truncated"):
+        D.tokenize_examples([D.Example("Where was Ada born ?", "Lisbon , near the sea", "f:7")], tokenizer, 6)
+
+
+def test_facts_task_splits_authors():
+    forget, retain = D.facts_task(40, "forget05")
+    assert len(forget) == 2 * len(D.ATTRIBUTES) and len(retain) == 38 * len(D.ATTRIBUTES)
+    assert {e.source for e in forget}.isdisjoint({e.source for e in retain})
+    assert D.facts_task(40, "forget05") == (forget, retain)
+    with pytest.raises(ValueError, match="unknown facts split"):
+        D.facts_task(40, "forget50")
+
+
+def test_missing_model_directories_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="neither a local model directory nor one of the built-in architectures"):
+        hf.load_model(hf.ModelSpec(str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="has no config.json"):
+        hf.load_model(hf.ModelSpec(str(tmp_path)))

@@ -1,0 +1,69 @@
+"""unlearn run / unlearn relearn on the Markov toy, end to end through the CLI, and their bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unlearn.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    argv = ["run", "--model", "markov-fast", "--method", "NPO+RT", "--beta", "0.2", "--steps", "6",
+            "--mask", "wagle:0.5", "--eval-limit", "100", "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+def test_run_writes_the_model_the_mask_and_the_record(run_dir):
+    from sims import toy_run
+
+    doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["config"]["mask"] == "wagle:0.5" and doc["moved_fraction"] == pytest.approx(0.5, abs=1e-6)
+    assert doc["after"]["forget_kl"] > doc["before"]["forget_kl"]
+    masks = load_file(str(run_dir / "mask.safetensors"))
+    weights = load_file(str(run_dir / "model.safetensors"))
+    world, original, _ = toy_run.MODELS["markov-fast"].models("cpu", progress=False)
+    start = original.state_dict()
+    for name, mask in masks.items():  # frozen weights did not move, the others did
+        assert torch.equal(weights[name][~mask], start[name][~mask])
+    assert any(not torch.equal(weights[n][m], start[n][m]) for n, m in masks.items())
+
+
+def test_relearn_on_a_run_folder(run_dir):
+    assert main(["relearn", str(run_dir), "--subset", "random", "--draws", "2", "--epochs", "2"]) == 0
+    doc = json.loads((run_dir / "relearn.json").read_text())
+    assert doc["draws"] == 2 and len(doc["relearn"]) == 2
+    for r in doc["relearn"]:
+        assert r["epochs"] == [0, 1, 2] and r["forget_kl"][-1] < r["forget_kl"][0]
+    assert doc["relearn"][0]["forget_kl"][1:] != doc["relearn"][1]["forget_kl"][1:]  # different draws
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--mask", "wagle:1.5"], "the ratio must lie in (0, 1]"),
+    (["run", "--mask", "snip:0.5"], "expected KIND:RATIO with KIND one of wagle, magnitude, random"),
+    (["run", "--method", "NPOO"], "unknown method 'NPOO'"),
+    (["run", "--beta", "0"], "beta must be a finite number > 0"),
+    (["run", "--model", "llama"], "unknown toy model 'llama'"),
+])
+def test_bad_run_arguments_fail_before_work(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_mask_file_for_another_model_is_refused(tmp_path, capsys):
+    from unlearn.attribution import save_masks
+
+    save_masks({"not.a.parameter": torch.ones(3, dtype=torch.bool)}, tmp_path / "m.safetensors")
+    argv = ["run", "--model", "markov-fast", "--mask", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "'not.a.parameter' is not a trainable parameter of this model" in capsys.readouterr().err
+
+
+def test_relearn_refuses_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["relearn", str(tmp_path)]) == 2
+    assert "no run.json; is this a folder written by `unlearn run`?" in capsys.readouterr().err

@@ -1,0 +1,308 @@
+"""Benchmarks (never tests): measured side by side in one process, printed as ratios against a baseline.
+
+    unlearn bench toy [--members 8,32,128] [--quick] [--out FILE]
+
+``toy``: M unlearning runs of one toy model trained as one ensemble (``unlearn.ensemble``; the logistic head
+holds its members natively) against the baseline, a loop of single runs of the same settings. Both sides run
+the project's own code paths: ``sims.logistic.unlearn`` and ``sims.markov.unlearn_runs`` / ``unlearn_run``.
+A single run's speed does not depend on M, so the loop is timed on ``min(M, loop_runs)`` runs and its rate
+(runs x steps per second) stands for all M; the ensemble is timed at every M. The achieved throughput is the
+ensemble's matmul FLOPs (counted by ``torch.utils.flop_counter.FlopCounterMode`` over one run of the same call:
+matmuls, batched matmuls and attention; elementwise work is not counted) per second, as a fraction of this
+machine's float32 (float64 for the logistic model, which trains in float64) matmul rate measured on large
+square products in the same process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+MEMBERS = (8, 32, 128)
+
+
+@dataclass(frozen=True)
+class ToyBench:
+    """Sizes of one ``bench toy`` run; ``QUICK`` keeps it under a minute on 2 CPU cores."""
+
+    members: tuple[int, ...] = MEMBERS
+    logistic_steps: int = 200
+    markov_steps: int = 40
+    loop_runs: int = 8
+    repeats: int = 2  # best of: the first call of a shape pays one-off allocation costs
+
+
+QUICK = ToyBench(members=(8, 32), logistic_steps=50, markov_steps=10, loop_runs=4, repeats=1)
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: float = 1.0) -> float:
+    """Achieved FLOP/s of n x n matmuls (2 n^3 FLOPs each), best over about ``seconds`` of repeats."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Shortest wall time of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def flops_of(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------------------------- the toys
+
+
+def logistic_case(device: torch.device, steps: int):
+    """(ensemble(M), single(m)) callables on one npo-synthetic-sized logistic world (d 16, 128 features, 200
+    forget / 1000 retain samples; pi_ref and pi_retr random, which costs the same as pretrained): member m runs
+    NPO+RT with beta and lr spread over the sweep ranges, full batch, float64 (sims.logistic)."""
+    from sims import logistic
+    from sims.logistic import Run
+    from unlearn.models.logistic import random_feature_matrix
+    from unlearn.objectives import MethodParams
+    from unlearn.rng import generator
+
+    g = generator(0, "bench", "logistic")
+    world = logistic.sample_data(1.0, 16, 200, 1000, 1000, g).featurize(random_feature_matrix(16, 128, g)).to(device)
+    theta_ref, theta_retr = (0.1 * torch.randn(1, 128, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+
+    def run(m: int) -> Run:
+        return Run(f"run{m}", "NPO+RT", MethodParams(beta=0.05 * (1 + m % 20)), lr=0.01 * (1 + m % 7))
+
+    def train(runs):
+        return logistic.unlearn(runs, [world], theta_ref, theta_retr, steps, eval_every=0, progress=False)
+
+    return (lambda M: train([run(m) for m in range(M)])), (lambda m: train([run(m)]))
+
+
+def markov_case(device: torch.device, steps: int):
+    """(ensemble(M), single(m)) callables: the Markov transformer at the paper's size (4 layers, d 128),
+    randomly initialised, unlearning markov-length's mixture of Forget1 (length 20) and Forget2 (length 5)
+    sequences, 200 in all, in batches of 4, member m running NPO or SimNPO with its own beta and batch order, no
+    evaluation (sims.markov). Each single run pays its own reference pass over the forget set, as a loop of runs
+    does; at this size it costs about a tenth of the run's 40 training steps."""
+    from sims import markov
+    from unlearn.models.transformer import Transformer
+    from unlearn.objectives import MethodParams
+    from unlearn.rng import generator
+
+    world_cfg = markov.MarkovWorldConfig(seed=0, n_retain=400, n_forget1=125, n_forget2=125)
+    world = markov.make_world(world_cfg)
+    model = Transformer(markov.model_config(world_cfg, markov.PretrainConfig()), generator(0, "bench", "init"))
+    model.to(device)
+    steps = min(steps, len(world.forget_set()) // 4)
+
+    def settings(m: int):
+        method = ("NPO", "SimNPO")[m % 2]
+        return method, MethodParams(beta=(0.1, 4.0)[m % 2] * (1 + m % 5)), generator(0, "bench", "order", m)
+
+    def no_eval(model, step):
+        return {}
+
+    def ensemble(M):
+        methods, params, gens = zip(*(settings(m) for m in range(M)), strict=True)
+        return markov.unlearn_runs(model, methods, params, world, gens, steps=steps, evaluate=no_eval,
+                                   progress=False)
+
+    def single(m):
+        method, params, g = settings(m)
+        return markov.unlearn_run(copy.deepcopy(model), method, params, world, steps=steps, generator=g,
+                                  evaluate=no_eval, progress=False)
+
+    return ensemble, single, steps
+
+
+def bench_toy(cfg: ToyBench, device: torch.device, report: Callable[[str], None] = print) -> dict:
+    """Run the toy benchmark (module docstring) and return its flat results."""
+    results: dict[str, float | int | str] = {}
+    peaks = {dtype: matmul_rate(dtype, device) for dtype in (torch.float32, torch.float64)}
+    results["matmul_gflops.float32"] = peaks[torch.float32] / 1e9
+    results["matmul_gflops.float64"] = peaks[torch.float64] / 1e9
+    report(f"matmul rate: float32 {peaks[torch.float32] / 1e9:.1f} GFLOP/s, "
+           f"float64 {peaks[torch.float64] / 1e9:.1f} GFLOP/s ({device})")
+    logistic_ensemble, logistic_single = logistic_case(device, cfg.logistic_steps)
+    markov_ensemble, markov_single, markov_steps = markov_case(device, cfg.markov_steps)
+    cases = {"logistic": (logistic_ensemble, logistic_single, cfg.logistic_steps, torch.float64),
+             "markov": (markov_ensemble, markov_single, markov_steps, torch.float32)}
+    header = (f"{'model':<9} {'members':>7} {'loop runs*steps/s':>18} {'ensemble runs*steps/s':>22} "
+              f"{'speedup':>8} {'matmul GFLOP/s':>15} {'of peak':>8}")
+    report(header)
+    for name, (ensemble, single, steps, dtype) in cases.items():
+        results[f"{name}.steps"] = steps
+        loop_runs = min(cfg.loop_runs, max(cfg.members))
+        loop_s = best_time(lambda: [single(m) for m in range(loop_runs)], cfg.repeats)  # noqa: B023
+        loop_rate = loop_runs * steps / loop_s
+        results[f"{name}.loop.runs_steps_per_s"] = loop_rate
+        for M in cfg.members:
+            ens_s = best_time(lambda: ensemble(M), cfg.repeats)  # noqa: B023
+            rate = M * steps / ens_s
+            flops = flops_of(lambda: ensemble(M))  # noqa: B023
+            achieved = flops / ens_s
+            key = f"{name}.members={M}"
+            results.update({f"{key}.speedup": rate / loop_rate, f"{key}.ensemble.runs_steps_per_s": rate,
+                            f"{key}.matmul_gflops": achieved / 1e9, f"{key}.fraction_of_peak": achieved / peaks[dtype]})
+            report(f"{name:<9} {M:>7} {loop_rate:>18.1f} {rate:>22.1f} {rate / loop_rate:>7.1f}x "
+                   f"{achieved / 1e9:>15.2f} {achieved / peaks[dtype]:>8.1%}")
+    return results
+
+
+def environment(device: torch.device, command: Sequence[str]) -> dict:
+    return {"command": " ".join(command), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# ------------------------------------------------------------------------------------------------ bench llm
+
+
+@dataclass(frozen=True)
+class LLMBench:
+    """Sizes of one ``bench llm`` run. ``QUICK_LLM`` keeps it under a minute on 2 CPU cores."""
+
+    model: str = "llama-100m-shape"
+    lora_rank: int = 16
+    batch_size: int = 2
+    seq_len: int = 256
+    steps: int = 3
+    warmup: int = 1
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    full_finetuning: bool = True  # also NPO cached vs copy without LoRA (AdamW on every weight)
+
+
+QUICK_LLM = LLMBench(model="llama-20m-shape", batch_size=2, seq_len=128, steps=2)
+CASES = (  # (label, method, reference, LoRA?)
+    ("npo.cached", "NPO", "cached", True), ("npo.copy", "NPO", "copy", True),
+    ("npo+kl.adapter", "NPO+KL", "adapter", True), ("npo+kl.copy", "NPO+KL", "copy", True),
+    ("full.npo.cached", "NPO", "cached", False), ("full.npo.copy", "NPO", "copy", False),
+)
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: torch.device) -> dict:
+    """One setting in this process: build the model, the reference and random token batches (a quarter prompt,
+    the rest response), train steps + warmup AdamW steps through ``unlearn.train``; time each step and take the
+    peak memory (CUDA: max allocated; CPU: the process's peak RSS above what it held before the model)."""
+    import peft  # noqa: F401  (imported before the baseline, so that no setting pays for the imports)
+    import transformers  # noqa: F401
+
+    from unlearn.data import TokenSet
+    from unlearn.losses import unlearning_losses
+    from unlearn.models import hf
+    from unlearn.objectives import MethodParams
+    from unlearn.reference import make_reference
+    from unlearn.train import TrainConfig, train
+
+    before = _peak_bytes(device) if device.type == "cpu" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    lora_spec = hf.LoraSpec(cfg.lora_rank, 2.0 * cfg.lora_rank) if lora else None
+    spec = hf.ModelSpec(cfg.model, dtype=cfg.dtype, device=str(device), lora=lora_spec,
+                        gradient_checkpointing=cfg.gradient_checkpointing)
+    model = hf.load_model(spec)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size if hasattr(model, "config") else 32000
+    B, T = cfg.batch_size, cfg.seq_len
+    ids = torch.randint(0, vocab, (2 * B, T + 1), generator=g)
+    mask = torch.zeros(2 * B, T, dtype=torch.bool)
+    mask[:, T // 4:] = True
+    data = TokenSet(ids[:, :-1], torch.ones(2 * B, T, dtype=torch.bool), ids[:, 1:], mask).to(device)
+    forget, retain = data.take(slice(0, B)), data.take(slice(B, 2 * B))
+    ref = make_reference(reference, model, forget)
+    losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref)
+    stamps = []
+
+    def stamp(m, step):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+        return {}
+
+    steps = cfg.warmup + cfg.steps
+    tc = TrainConfig(steps=steps, lr=1e-5, optimizer="adamw", eval_every=1, device=str(device),
+                     precision="float32" if cfg.dtype == "float32" else "bf16", progress=False, name=method)
+    index = torch.arange(B, device=device)
+    train(model, losses, lambda step: [(index, index, None)], tc, evaluate=stamp)
+    times = [b - a for a, b in zip(stamps[cfg.warmup:-1], stamps[cfg.warmup + 1:], strict=True)]
+    step_s = sorted(times)[len(times) // 2]
+    n_params = hf.n_parameters(model)
+    trained_tokens = B * T + (B * T if method.endswith("+KL") else 0)
+    return {"peak_bytes": _peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
+            "n_parameters": n_params, "trainable_parameters": hf.n_parameters(model, trainable_only=True),
+            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+def _case_in_subprocess(cfg: LLMBench, case: tuple, device: torch.device) -> dict:
+    """``llm_case`` in a fresh Python process, so that each setting's peak memory is its own."""
+    import json
+    import subprocess
+    import sys
+
+    _, method, reference, lora = case
+    payload = json.dumps({"cfg": dataclasses.asdict(cfg), "method": method, "reference": reference, "lora": lora,
+                          "device": str(device)})
+    code = ("import json, sys, torch; from unlearn import bench; a = json.loads(sys.argv[1]); "
+            "print(json.dumps(bench.llm_case(bench.LLMBench(**a['cfg']), a['method'], a['reference'], a['lora'], "
+            "torch.device(a['device']))))")
+    out = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench llm case {case[0]} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None] = print) -> dict:
+    """Every case of CASES side by side, each in its own process; ratios against the ``copy`` reference."""
+    cases = [c for c in CASES if cfg.full_finetuning or c[3]]
+    measured = {}
+    report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9}")
+    for case in cases:
+        measured[case[0]] = r = _case_in_subprocess(cfg, case, device)
+        report(f"{case[0]:<18} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f}")
+    results: dict = {"n_parameters": measured["npo.copy"]["n_parameters"],
+                     "lora.trainable_parameters": measured["npo.copy"]["trainable_parameters"]}
+    pairs = [("npo", "npo.cached", "npo.copy", "cached_vs_copy"), ("npo+kl", "npo+kl.adapter", "npo+kl.copy",
+                                                                     "adapter_vs_copy")]
+    if cfg.full_finetuning:
+        pairs.append(("full.npo", "full.npo.cached", "full.npo.copy", "cached_vs_copy"))
+    for prefix, a, b, name in pairs:
+        results[f"{prefix}.{name}.peak_mem_ratio"] = measured[a]["peak_bytes"] / measured[b]["peak_bytes"]
+        results[f"{prefix}.{name}.step_time_ratio"] = measured[a]["step_s"] / measured[b]["step_s"]
+        report(f"{prefix + '.' + name:<28} peak memory x{results[f'{prefix}.{name}.peak_mem_ratio']:.2f}, "
+               f"step time x{results[f'{prefix}.{name}.step_time_ratio']:.2f}")
+    if cfg.full_finetuning:
+        saved = measured["full.npo.copy"]["peak_bytes"] - measured["full.npo.cached"]["peak_bytes"]
+        results["full.npo.saved_bytes"] = saved
+        results["full.npo.saved_over_model_bytes"] = saved / measured["full.npo.copy"]["param_bytes"]
+        report(f"full fine-tuning: cached saves {saved / 2**20:.0f} MiB = "
+               f"{results['full.npo.saved_over_model_bytes']:.2f} x the model's {cfg.dtype} weights")
+    results["cases"] = measured
+    return results

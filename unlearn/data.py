@@ -1,0 +1,250 @@
+"""Forget and retain sets for causal LMs: files, built-in tasks, and their tokenisation.
+
+Files (``read_examples``): JSONL with ``prompt`` and ``response`` on every line, or TOFU's layout
+(``question`` / ``answer``, as JSONL or one JSON list). Every problem is reported with the file, the line (the
+item for a JSON list) and the field: invalid JSON, a missing or non-string field, an empty response, bytes that
+are not UTF-8, an empty file.
+
+Tokenisation (``tokenize_examples``): the prompt is formatted by the tokenizer's chat template (one user turn,
+generation prompt added) when ``prompt_format`` is "chat", by ``plain_template`` when it is "plain", and by
+the template the tokenizer has, else the plain one, when it is "auto" (a tokenizer without a chat template
+asked for "chat" is an error that says so). ids = prompt ids + response ids + EOS; the model reads
+ids[:-1] and is scored on ids[1:] where the label is a response token or the EOS, so the response mask covers
+the response and its EOS only (``unlearn.logprobs``). An example whose response does not fit in
+``max_length`` after the prompt is an error naming its line; prompts are never truncated silently either.
+
+Built-in tasks (no download): ``markov`` renders the SimNPO Markov mixture as token ids (state s -> id s;
+prompt = the first state), and ``facts`` generates fictitious authors with ~20 question/answer facts each,
+TOFU-like, with a forget split of 1, 5 or 10% of the authors (``facts_task``), and a word-level tokenizer
+built in-process for them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from unlearn.rng import generator as make_generator
+
+PLAIN_TEMPLATE = "Question: {prompt}\nAnswer: "
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str
+    source: str = ""  # "file:line", for messages
+
+
+def _fields(item: dict, where: str) -> tuple[str, str]:
+    for prompt_key, response_key in (("prompt", "response"), ("question", "answer")):
+        if prompt_key in item or response_key in item:
+            break
+    else:
+        raise ValueError(f"{where}: missing field 'prompt'/'response' (or TOFU's 'question'/'answer')")
+    values = []
+    for key in (prompt_key, response_key):
+        if key not in item:
+            raise ValueError(f"{where}: missing field {key!r}")
+        if not isinstance(item[key], str):
+            raise ValueError(f"{where}: field {key!r} must be a string, got {type(item[key]).__name__}")
+        values.append(item[key])
+    if not values[1].strip():
+        raise ValueError(f"{where}: field {response_key!r} is empty")
+    return values[0], values[1]
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Prompt/response pairs from a JSONL or JSON file (module docstring); errors name file, line and field."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte {err.start})") from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise ValueError(f"{path}: empty file, no examples")
+    if stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        located = [(f"{path} item {i}", item) for i, item in enumerate(items)]
+    else:
+        located = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                located.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+    examples = []
+    for where, item in located:
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected an object with 'prompt' and 'response', got {type(item).__name__}")
+        prompt, response = _fields(item, where)
+        examples.append(Example(prompt, response, where))
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """Tokenised examples, right-padded to a common width T.
+
+    input_ids (n, T) long; attention_mask (n, T) bool (the model's inputs); labels (n, T) long, the next token
+    (pad id where there is none); mask (n, T) bool, 1 where the label is a response token or the EOS.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def n_tokens(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+    def take(self, index) -> TokenSet:
+        return TokenSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def trim(self) -> TokenSet:
+        """Without the trailing columns that are padding in every row (causal models: nothing else changes)."""
+        columns = self.attention_mask.flatten(0, -2).any(0).nonzero()
+        width = int(columns.max()) + 1 if len(columns) else 1
+        return TokenSet(**{f.name: getattr(self, f.name)[..., :width] for f in fields(self)})
+
+    def to(self, device) -> TokenSet:
+        return TokenSet(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @staticmethod
+    def from_ids(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> TokenSet:
+        """From (prompt ids, response ids incl. EOS) pairs (the prompt holds at least one id)."""
+        width = max(len(p) + len(r) for p, r in sequences) - 1
+        n = len(sequences)
+        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        labels = torch.full((n, width), pad_id, dtype=torch.long)
+        attention = torch.zeros(n, width, dtype=torch.bool)
+        mask = torch.zeros(n, width, dtype=torch.bool)
+        for b, (prompt, response) in enumerate(sequences):
+            ids = torch.tensor(prompt + response, dtype=torch.long)
+            L = len(ids) - 1
+            input_ids[b, :L], labels[b, :L], attention[b, :L] = ids[:-1], ids[1:], True
+            mask[b, len(prompt) - 1: L] = True
+        return TokenSet(input_ids, attention, labels, mask)
+
+
+def format_prompt(tokenizer, prompt: str, prompt_format: str = "auto",
+                  plain_template: str = PLAIN_TEMPLATE) -> tuple[str, bool]:
+    """(prompt text, whether the chat template made it) for ``prompt_format`` (module docstring)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if prompt_format == "chat" and not has_template:
+        raise ValueError("prompt format 'chat' was asked for but this tokenizer has no chat template; use "
+                         "'plain' (or 'auto', which falls back to the plain template)")
+    if prompt_format == "chat" or (prompt_format == "auto" and has_template):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True), True
+    return plain_template.format(prompt=prompt), False
+
+
+def tokenize_examples(examples: list[Example], tokenizer, max_length: int, prompt_format: str = "auto",
+                      plain_template: str = PLAIN_TEMPLATE) -> TokenSet:
+    """The TokenSet of ``examples`` (module docstring). A chat-templated prompt carries its own special tokens;
+    a plain one gets the tokenizer's (e.g. BOS)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; responses must end with one")
+    sequences = []
+    for ex in examples:
+        text, chat = format_prompt(tokenizer, ex.prompt, prompt_format, plain_template)
+        prompt = tokenizer(text, add_special_tokens=not chat)["input_ids"]
+        response = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if not prompt:  # the first response token needs a context to be predicted from
+            prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        if len(prompt) + len(response) > max_length:
+            raise ValueError(f"{ex.source}: prompt ({len(prompt)} tokens) + response ({len(response)} tokens with "
+                             f"EOS) exceed max_length={max_length}; the response would be truncated")
+        sequences.append((prompt, response))
+    return TokenSet.from_ids(sequences, tokenizer.pad_token_id)
+
+
+# ------------------------------------------------------------------------------------------ built-in tasks
+
+FIRST = ("Ada", "Bram", "Cleo", "Dario", "Esme", "Faro", "Greta", "Hugo", "Ines", "Jory", "Kaia", "Lior", "Mina",
+         "Nils", "Oona", "Pim", "Quin", "Rosa", "Sven", "Tova")
+LAST = ("Arden", "Brisk", "Calloway", "Dunmore", "Ellery", "Fenwick", "Garrow", "Hale", "Ivers", "Jarlath",
+        "Keswick", "Lowry", "Marlow", "Norcross", "Orrin", "Pell", "Quarry", "Roscoe", "Selwyn", "Thorne")
+ATTRIBUTES = {  # question template -> answer choices
+    "Where was {name} born?": ("Lisbon", "Oslo", "Quito", "Accra", "Hanoi", "Perth", "Tunis", "Riga", "Lima", "Cork"),
+    "What genre does {name} write?": ("mystery", "poetry", "fantasy", "history", "satire", "romance", "horror"),
+    "What was {name}'s first job?": ("baker", "sailor", "teacher", "nurse", "printer", "gardener", "clerk", "pilot"),
+    "Which instrument does {name} play?": ("violin", "cello", "flute", "piano", "drums", "harp", "oboe"),
+    "What is {name}'s favourite colour?": ("amber", "teal", "crimson", "ochre", "violet", "indigo", "olive"),
+    "Which award did {name} win?": ("the Lantern Prize", "the Quill Medal", "the Harbor Award", "the Ember Prize"),
+    "What is the title of {name}'s debut novel?": ("Salt and Lanterns", "The Glass Orchard", "Nine Winters",
+                                                   "A House of Kites", "The Last Ferry", "Paper Rivers"),
+    "In which year did {name} publish their debut?": tuple(str(y) for y in range(1961, 2021, 3)),
+    "What is {name}'s pet called?": ("Biscuit", "Pepper", "Moss", "Juniper", "Otto", "Clover", "Fig"),
+    "Which city does {name} live in now?": ("Ghent", "Bergen", "Porto", "Tallinn", "Kyoto", "Cusco", "Dakar"),
+    "What did {name} study?": ("chemistry", "law", "music", "geology", "medicine", "architecture", "botany"),
+    "Who was {name}'s mentor?": ("Ilse Varga", "Tomas Reyes", "June Okafor", "Rafe Lindqvist", "Mara Castell"),
+    "What language does {name} write in?": ("Portuguese", "Norwegian", "Spanish", "Twi", "Vietnamese", "Irish"),
+    "What sport does {name} enjoy?": ("rowing", "chess", "fencing", "climbing", "cycling", "sailing", "tennis"),
+    "How many books has {name} written?": tuple(str(k) for k in range(2, 30)),
+    "What is {name}'s middle name?": ("Rowan", "Ash", "Wren", "Lark", "Sage", "Reed", "Brook", "Vale"),
+    "Which publisher prints {name}'s books?": ("Northlight Press", "Harrow House", "Blue Gate Books", "Tidewell"),
+    "What food does {name} dislike?": ("olives", "figs", "mustard", "celery", "anchovies", "licorice", "okra"),
+    "What is {name}'s star sign?": ("Aries", "Taurus", "Gemini", "Cancer", "Leo", "Virgo", "Libra", "Pisces"),
+    "Where does {name} write?": ("a lighthouse", "a barn", "a library", "a boat", "a tower", "a cafe", "a garden"),
+}
+FORGET_FRACS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
+
+
+def facts_task(n_authors: int = 100, split: str = "forget10", seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """(forget, retain) examples: ``n_authors`` fictitious authors, each with one answer per ATTRIBUTES question
+    (20 facts), drawn from the stream (seed, "facts"); the first round(frac * n_authors) authors (at least one)
+    are the forget set of ``split`` (forget01/05/10 as in TOFU), the rest the retain set."""
+    if split not in FORGET_FRACS:
+        raise ValueError(f"unknown facts split {split!r}; valid: {', '.join(FORGET_FRACS)}")
+    if not 2 <= n_authors <= len(FIRST) * len(LAST):
+        raise ValueError(f"n_authors must lie in [2, {len(FIRST) * len(LAST)}], got {n_authors}")
+    g = make_generator(seed, "facts")
+    names = [f"{FIRST[k // len(LAST)]} {LAST[k % len(LAST)]}" for k in
+             torch.randperm(len(FIRST) * len(LAST), generator=g)[:n_authors].tolist()]
+    authors = []
+    for a, name in enumerate(names):
+        facts = []
+        for question, answers in ATTRIBUTES.items():
+            answer = answers[int(torch.randint(len(answers), (1,), generator=g))]
+            facts.append(Example(question.format(name=name), answer, f"facts author {a}"))
+        authors.append(facts)
+    n_forget = max(1, round(FORGET_FRACS[split] * n_authors))
+    return ([ex for facts in authors[:n_forget] for ex in facts],
+            [ex for facts in authors[n_forget:] for ex in facts])
+
+
+def word_tokenizer(texts: list[str]):
+    """A word-level tokenizer (``tokenizers`` WordLevel, split on whitespace and punctuation) over the words of
+    ``texts``, with <pad>, <eos> and <unk>, as a transformers PreTrainedTokenizerFast; no chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    words = sorted({w for text in texts for w, _ in pre.pre_tokenize_str(text)})
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")

@@ -1,0 +1,177 @@
+"""Hugging Face causal LMs for the shared core: a local checkpoint directory, or a named architecture built
+from a config with random weights (no download, ever).
+
+    load_model(ModelSpec("path/to/llama"))                       AutoModelForCausalLM, local files only
+    load_model(ModelSpec("tiny"))                                a 2-layer Llama for tests (~0.1M parameters)
+    load_model(ModelSpec("llama-7b-shape", dtype="bf16", lora=LoraSpec(rank=16)))   Llama-2-7B's shape, random
+
+The output contract is the one every model of the project follows: ``model(input_ids, attention_mask=...)``
+returns an object whose ``.logits`` are (B, T, V) with logits[b, t] the distribution of token t + 1.
+
+Precision: "float32", or "bf16" (weights in bfloat16; log-probs are still taken in float32 by
+``unlearn.logprobs``). LoRA goes through peft (rank, alpha, dropout 0): target modules are found from the
+architecture (Llama/Mistral/Qwen: the attention and MLP projections; GPT-2: c_attn, c_proj, c_fc; otherwise
+every Linear but the output head) unless given. The adapter's base is the frozen reference that
+``unlearn.reference`` switches back on with ``adapter`` mode. A tokenizer without a pad token gets its EOS
+token as pad (padding is always masked out of losses and attention), and the model's config learns the id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+
+# Llama-architecture shapes, built from configs (random weights): name -> LlamaConfig keyword arguments.
+ARCHITECTURES = {
+    "tiny": dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256),
+    "llama-20m-shape": dict(vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024),
+    "llama-100m-shape": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+                             num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048),
+    "llama-7b-shape": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+}
+LORA_TARGETS = {  # model_type -> module names
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] | None = None  # None: found from the architecture (module docstring)
+
+    def __post_init__(self):
+        if self.rank < 1 or not self.alpha > 0:
+            raise ValueError(f"LoRA needs rank >= 1 and alpha > 0, got rank={self.rank}, alpha={self.alpha}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: ``name`` is a local model directory or a key of ARCHITECTURES."""
+
+    name: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    lora: LoraSpec | None = None
+    vocab_size: int | None = None  # architectures only: override the shape's vocabulary (built-in tasks)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
+
+    @property
+    def is_architecture(self) -> bool:
+        return self.name in ARCHITECTURES
+
+
+def check_directory(path: Path) -> None:
+    if not path.is_dir():
+        raise ValueError(f"model {str(path)!r} is neither a local model directory nor one of the built-in "
+                         f"architectures ({', '.join(ARCHITECTURES)}); models are never downloaded")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model directory {path} has no config.json; is it a Hugging Face checkpoint?")
+
+
+def architecture_config(name: str, vocab_size: int | None = None):
+    from transformers import LlamaConfig
+
+    kwargs = dict(ARCHITECTURES[name])
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    return LlamaConfig(**kwargs, tie_word_embeddings=False)
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """The model of ``spec`` on its device, in train mode, with LoRA and gradient checkpointing if asked."""
+    from transformers import AutoModelForCausalLM
+
+    from unlearn.train import resolve_device
+
+    device = resolve_device(spec.device)
+    dtype = DTYPES[spec.dtype]
+    if spec.is_architecture:
+        config = architecture_config(spec.name, spec.vocab_size)
+        with torch.random.fork_rng(devices=[]), torch.device(device):  # from_config draws from the global stream
+            torch.manual_seed(spec.seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn_implementation)
+    else:
+        path = Path(spec.name)
+        check_directory(path)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                     attn_implementation=spec.attn_implementation).to(device)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if spec.lora is not None:
+        model = add_lora(model, spec.lora)
+    return model.train()
+
+
+def lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """Module names for LoRA: by model_type (LORA_TARGETS), else every Linear's leaf name but the head's."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+    if not names:
+        raise ValueError(f"found no Linear modules for LoRA in {type(model).__name__}; pass LoraSpec(targets=...)")
+    return tuple(sorted(names))
+
+
+def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
+    """A peft LoRA model (dropout 0, so that the adapter-off reference is deterministic): only the adapter
+    trains; ``with model.disable_adapter():`` gives the base model back."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(spec.targets or lora_targets(model))
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a local model directory (local files only), with a pad token (module docstring)."""
+    from transformers import AutoTokenizer
+
+    path = Path(name)
+    check_directory(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model directory {path} has no usable tokenizer ({err})") from None
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer, model: nn.Module | None = None):
+    """Give a tokenizer without a pad token its EOS token as pad (refusing one with neither), and tell the
+    model's config."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token; add one before unlearning")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+def n_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+

@@ -1,0 +1,124 @@
+"""Where the reference model's numbers come from, selectable per run.
+
+NPO and DPO read log pi_ref(y|x) of every forget sequence; *+KL methods read the reference's next-token
+distributions on retain batches. Three ways to provide them, all giving the same losses and gradients
+(tests/test_reference.py):
+
+    cached   log pi_ref(y|x) of each forget sequence computed once, before training, from the model itself
+             (which is the reference at step 0); no reference model in memory at all. Also caches retain
+             logits when asked (``with_logits``: (n, T, V) floats, fine for toys, not for a 32k vocabulary).
+    adapter  with LoRA the reference is the base model: the same forward with the adapter switched off
+             (``peft``'s ``disable_adapter``), under no_grad; costs a forward, no memory.
+    copy     a frozen deep copy of the model (what peer frameworks do): one more model in memory; the
+             baseline of ``unlearn bench llm``.
+
+A reference answers ``forget_logp(model, index, batch)`` ((b,) or, for ensembles, (M, b)) and
+``retain_logits(model, index, batch)`` (logits of the batch's positions); ``index`` are the sequences'
+positions in the forget or retain set, ``batch`` the same sequences, trimmed, on the model's device.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from unlearn.logprobs import sequence_logprobs
+
+MODES = ("cached", "adapter", "copy")
+
+
+def _forward(model: nn.Module, batch) -> torch.Tensor:
+    return model(batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+@torch.no_grad()
+def batched_logprobs(model: nn.Module, data, batch_size: int = 64) -> torch.Tensor:
+    """log p(y|x) of every sequence of ``data`` (anything with take/trim/to and input_ids, attention_mask,
+    labels, mask), in float32 or float64, on the model's device."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.take(slice(start, start + batch_size)).trim().to(device)
+        out.append(sequence_logprobs(_forward(model, batch), batch.labels, batch.mask).logp)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def batched_logits(model: nn.Module, data, batch_size: int = 64) -> torch.Tensor:
+    """Logits (n, T, V) of every sequence of ``data`` at its full width, float32."""
+    device = next(model.parameters()).device
+    return torch.cat([_forward(model, data.take(slice(s, s + batch_size)).to(device)).float()
+                      for s in range(0, len(data), batch_size)])
+
+
+class Cached:
+    """Reference numbers computed once (module docstring)."""
+
+    mode = "cached"
+
+    def __init__(self, logp: torch.Tensor, logits: torch.Tensor | None = None):
+        self.logp, self.logits = logp, logits
+
+    @classmethod
+    def build(cls, model: nn.Module, forget, retain=None, batch_size: int = 64) -> Cached:
+        """From ``model`` as it is now; retain logits only when ``retain`` is given."""
+        logits = None if retain is None else batched_logits(model, retain, batch_size)
+        return cls(batched_logprobs(model, forget, batch_size), logits)
+
+    def forget_logp(self, model, index, batch) -> torch.Tensor:
+        return self.logp[index]
+
+    def retain_logits(self, model, index, batch) -> torch.Tensor:
+        if self.logits is None:
+            raise ValueError("the cached reference holds no retain logits (KL methods need them): build it with "
+                             "retain=..., or use the adapter or copy reference")
+        return self.logits[index][..., : batch.input_ids.shape[-1], :]
+
+
+class Frozen:
+    """The reference as a model run under no_grad: the base of a LoRA model (``adapter``) or a frozen copy
+    (``copy``)."""
+
+    def __init__(self, mode: str, model: nn.Module | None = None):
+        self.mode, self.model = mode, model
+
+    @classmethod
+    def adapter(cls) -> Frozen:
+        return cls("adapter")
+
+    @classmethod
+    def copy_of(cls, model: nn.Module) -> Frozen:
+        frozen = copy.deepcopy(model).eval()
+        frozen.requires_grad_(False)
+        return cls("copy", frozen)
+
+    @torch.no_grad()
+    def _logits(self, model, batch) -> torch.Tensor:
+        if self.model is not None:
+            return _forward(self.model, batch)
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("the adapter reference needs a LoRA model (peft); use --lora or another reference")
+        with model.disable_adapter():
+            return _forward(model, batch)
+
+    def forget_logp(self, model, index, batch) -> torch.Tensor:
+        return sequence_logprobs(self._logits(model, batch), batch.labels, batch.mask).logp
+
+    def retain_logits(self, model, index, batch) -> torch.Tensor:
+        return self._logits(model, batch)
+
+
+def make_reference(mode: str, model: nn.Module, forget, retain=None, with_logits: bool = False,
+                   batch_size: int = 64):
+    """The reference of ``mode`` for ``model`` as it is now (call before training)."""
+    if mode == "cached":
+        return Cached.build(model, forget, retain if with_logits else None, batch_size)
+    if mode == "adapter":
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("the adapter reference needs a LoRA model (peft); use --lora or another reference")
+        return Frozen.adapter()
+    if mode == "copy":
+        return Frozen.copy_of(model)
+    raise ValueError(f"unknown reference {mode!r}; valid: {', '.join(MODES)}")
