@@ -1,6 +1,7 @@
 """Benchmarks (never tests): measured side by side in one process, printed as ratios against a baseline.
 
     unlearn bench toy [--members 8,32,128] [--quick] [--out FILE]
+    unlearn bench llm [--model llama-100m-shape] [--lora 16] [--quick] [--out FILE]
 
 ``toy``: M unlearning runs of one toy model trained as one ensemble (``unlearn.ensemble``; the logistic head
 holds its members natively) against the baseline, a loop of single runs of the same settings. Both sides run
@@ -11,6 +12,12 @@ ensemble's matmul FLOPs (counted by ``torch.utils.flop_counter.FlopCounterMode``
 matmuls, batched matmuls and attention; elementwise work is not counted) per second, as a fraction of this
 machine's float32 (float64 for the logistic model, which trains in float64) matmul rate measured on large
 square products in the same process.
+
+``llm``: NPO and NPO+KL steps on one Llama-shaped model with the ``cached`` (NPO) and ``adapter`` (NPO+KL,
+LoRA) references of ``unlearn.reference`` against the ``copy`` baseline, and NPO cached vs copy with full
+fine-tuning; each setting runs in its own process so that its peak memory (CUDA: max allocated; CPU: peak
+resident set above the process's baseline) is its own. Step time is the median over the timed steps after
+warm-up; tokens per second count the trained tokens (forget, plus retain for NPO+KL).
 """
 
 from __future__ import annotations
