@@ -1,6 +1,7 @@
-"""One unlearning run, and relearning attacks on its result, on the Markov transformer: what ``unlearn run`` and
-``unlearn relearn`` do with ``--model markov`` (the paper's setup) or ``--model markov-fast`` (the fast presets'
-smaller world and model). A run folder holds:
+"""One unlearning run, and relearning attacks on its result: what ``unlearn run`` and ``unlearn relearn`` do with
+``--model markov`` (the paper's setup) or ``--model markov-fast`` (the fast presets' smaller world and model).
+``unlearn run`` also takes a Hugging Face model (a directory, or an architecture such as ``tiny``) with a task
+(``--task markov|facts|jsonl``, the data of ``unlearn validate``). A run folder holds:
 
     run.json            the settings, the metrics before and after (forget KL, retain KL, entropy), the History
     model.safetensors   the unlearned model's weights
@@ -18,6 +19,7 @@ from pathlib import Path
 from sims import markov
 from sims.experiment import atomic_write, to_jsonable
 from unlearn import attribution
+from unlearn.logprobs import sequence_logprobs
 from unlearn.models.transformer import Transformer
 from unlearn.objectives import MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
@@ -32,6 +34,9 @@ class RunConfig:
     """``unlearn run`` on a toy model."""
 
     model: str = "markov"
+    task: str = "markov"  # Hugging Face models: markov, facts or jsonl (with forget and retain files)
+    forget: str | None = None
+    retain: str | None = None
     method: str = "NPO"
     beta: float = 0.1
     gamma: float = 0.0
@@ -48,8 +53,7 @@ class RunConfig:
 
     def __post_init__(self):
         if self.model not in MODELS:
-            raise ValueError(f"unknown toy model {self.model!r}; valid: {', '.join(MODELS)} (a Hugging Face model "
-                             "directory is not supported by `unlearn run` yet)")
+            self.language_model()  # an architecture name or a model directory, and a valid task
         get_method(self.method)
         self.params()  # validates beta, gamma, lam, mismatch
         if self.mask is not None:
@@ -61,9 +65,85 @@ class RunConfig:
     def params(self) -> MethodParams:
         return MethodParams(beta=self.beta, gamma=self.gamma, lam=self.lam, mismatch=self.mismatch)
 
+    def language_model(self):
+        """The ``sims.validate.ValidateConfig`` that names the same model and task (its data and model code)."""
+        from sims.validate import ValidateConfig
+
+        try:
+            return ValidateConfig(model=self.model, task=self.task, forget=self.forget, retain=self.retain,
+                                  seed=self.seed, device=self.device)
+        except ValueError as err:
+            raise ValueError(f"model {self.model!r}: not a toy model ({', '.join(MODELS)}) and not a usable "
+                             f"Hugging Face model or task: {err}") from None
+
+
+def _save(out: Path, model, masks, cfg: RunConfig, doc: dict) -> dict:
+    from safetensors.torch import save_file
+
+    doc["moved_fraction"] = None if masks is None else \
+        sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in model.parameters())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.safetensors", lambda p: save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()}, p))
+    if masks is not None:
+        attribution.save_masks(masks, out / "mask.safetensors", {"spec": cfg.mask})
+    atomic_write(out / "run.json", lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
+    return doc
+
+
+def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:
+    """``unlearn run`` on a Hugging Face model (a directory or a named architecture) and task: a cached
+    reference, masks from NLL gradients summed over the forget and retain sets, forget and retain NLL per
+    token before and after."""
+    from sims import validate
+    from unlearn.losses import unlearning_losses
+    from unlearn.models import hf
+    from unlearn.reference import make_reference
+    from unlearn.train import TrainConfig, shuffled_batches, train
+
+    vcfg = cfg.language_model()
+    forget, retain, vocab, _ = validate.task_data(vcfg)
+    device = resolve_device(cfg.device)
+    forget, retain = forget.to(device), retain.to(device)
+    model = hf.load_model(vcfg.model_spec(vocab))
+
+    def nll_sum_gradient(data):
+        def loss(m, start):
+            batch = data.take(slice(start, start + 32)).trim()
+            logits = m(batch.input_ids, attention_mask=batch.attention_mask).logits
+            return -sequence_logprobs(logits, batch.labels, batch.mask).logp.sum()
+
+        return attribution.summed_gradients(model, loss, range(0, len(data), 32))
+
+    masks = None
+    if cfg.mask:
+        masks = attribution.masks_for(cfg.mask, model, lambda kind: attribution.scores(
+            kind, model, gradients=lambda: (nll_sum_gradient(forget), nll_sum_gradient(retain)), mu=cfg.mu,
+            generator=generator(cfg.seed, "mask-random")), generator(cfg.seed, "mask-threshold"))
+    reference = make_reference("cached", model, forget)
+    size = min(cfg.batch_size, len(forget))
+    forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "run", "forget")
+    retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "run", "retain")
+
+    def evaluate(m, step):
+        return {"forget_nll": validate.nll_per_token(m, forget), "retain_nll": validate.nll_per_token(m, retain)}
+
+    before = evaluate(model, 0)
+    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=max(1, cfg.steps // 10),
+                     device=str(device), progress=progress, name=f"unlearn {cfg.method}")
+    history = train(model, unlearning_losses(cfg.method, cfg.params(), forget, retain, reference),
+                    lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
+                    evaluate=evaluate, masks=masks)
+    doc = {"config": dataclasses.asdict(cfg), "before": before,
+           "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history)}
+    return _save(out, model, masks, cfg, doc)
+
 
 def unlearn_toy(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:
-    """Unlearn the cached original model with ``cfg`` and write the run folder (module docstring)."""
+    """Unlearn the cached original model with ``cfg`` and write the run folder (module docstring); a model
+    that is not a toy goes to ``unlearn_language_model``."""
+    if cfg.model not in MODELS:
+        return unlearn_language_model(cfg, out, progress)
     device = resolve_device(cfg.device)
     setup = MODELS[cfg.model]
     world, original, _ = setup.models(device, progress)
@@ -76,18 +156,8 @@ def unlearn_toy(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict
                                  evaluate_every=max(1, cfg.steps // 10), evaluate=evaluate, masks=masks,
                                  progress=progress)
     doc = {"config": dataclasses.asdict(cfg), "before": before,
-           "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history),
-           "moved_fraction": None if masks is None else
-           sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in model.parameters())}
-    out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    atomic_write(out / "model.safetensors", lambda p: save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, p))
-    if masks is not None:
-        attribution.save_masks(masks, out / "mask.safetensors", {"spec": cfg.mask})
-    atomic_write(out / "run.json", lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
-    return doc
+           "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history)}
+    return _save(out, model, masks, cfg, doc)
 
 
 def load_run(folder: Path, device) -> tuple[RunConfig, Transformer]:
@@ -101,6 +171,9 @@ def load_run(folder: Path, device) -> tuple[RunConfig, Transformer]:
         cfg = RunConfig(**json.loads((folder / "run.json").read_text())["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{folder / 'run.json'}: not a run record ({err})") from None
+    if cfg.model not in MODELS:
+        raise ValueError(f"{folder}: `unlearn relearn` takes runs of the toy models ({', '.join(MODELS)}), "
+                         f"this one is {cfg.model!r}")
     setup = MODELS[cfg.model]
     model = Transformer(markov.model_config(setup.world_config(), setup.pretrain_config()))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))

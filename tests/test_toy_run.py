@@ -47,7 +47,7 @@ def test_relearn_on_a_run_folder(run_dir):
     (["run", "--mask", "snip:0.5"], "expected KIND:RATIO with KIND one of wagle, magnitude, random"),
     (["run", "--method", "NPOO"], "unknown method 'NPOO'"),
     (["run", "--beta", "0"], "beta must be a finite number > 0"),
-    (["run", "--model", "llama"], "unknown toy model 'llama'"),
+    (["run", "--model", "llama"], "model 'llama': not a toy model (markov, markov-fast)"),
 ])
 def test_bad_run_arguments_fail_before_work(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
@@ -67,3 +67,22 @@ def test_a_mask_file_for_another_model_is_refused(tmp_path, capsys):
 def test_relearn_refuses_a_folder_without_a_run(tmp_path, capsys):
     assert main(["relearn", str(tmp_path)]) == 2
     assert "no run.json; is this a folder written by `unlearn run`?" in capsys.readouterr().err
+
+
+def test_run_with_a_mask_on_a_hugging_face_model(tmp_path, capsys):
+    """`unlearn run --mask` on the tiny Llama: the masked-out weights stay bitwise where they started."""
+    from unlearn.models import hf
+
+    out = tmp_path / "lm"
+    argv = ["run", "--model", "tiny", "--task", "markov", "--method", "NPO", "--mask", "wagle:0.3", "--steps", "4",
+            "--lr", "1e-2", "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["moved_fraction"] == pytest.approx(0.3, abs=1e-4)
+    assert doc["after"]["forget_nll"] > doc["before"]["forget_nll"]
+    masks, weights = load_file(str(out / "mask.safetensors")), load_file(str(out / "model.safetensors"))
+    start = hf.load_model(hf.ModelSpec("tiny", vocab_size=12)).state_dict()  # the same seed: the same start
+    for name, mask in masks.items():
+        assert torch.equal(weights[name][~mask], start[name][~mask]), name
+    assert main(["relearn", str(out)]) == 2
+    assert "takes runs of the toy models" in capsys.readouterr().err

@@ -17,7 +17,8 @@ square products in the same process.
 LoRA) references of ``unlearn.reference`` against the ``copy`` baseline, and NPO cached vs copy with full
 fine-tuning; each setting runs in its own process so that its peak memory (CUDA: max allocated; CPU: peak
 resident set above the process's baseline) is its own. Step time is the median over the timed steps after
-warm-up; tokens per second count the trained tokens (forget, plus retain for NPO+KL).
+warm-up; tokens per second count the trained tokens (forget, plus retain for NPO+KL). Also the time and peak
+memory of building a WAGLE mask (ratio 0.8) over every weight.
 """
 
 from __future__ import annotations
@@ -244,6 +245,8 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     mask[:, T // 4:] = True
     data = TokenSet(ids[:, :-1], torch.ones(2 * B, T, dtype=torch.bool), ids[:, 1:], mask).to(device)
     forget, retain = data.take(slice(0, B)), data.take(slice(B, 2 * B))
+    if reference == "mask":  # WAGLE mask construction: two summed-gradient passes, the scores, the threshold
+        return mask_case(model, forget, retain, before, device)
     ref = make_reference(reference, model, forget)
     losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref)
     stamps = []
@@ -265,6 +268,24 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     trained_tokens = B * T + (B * T if method.endswith("+KL") else 0)
     return {"peak_bytes": _peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
             "n_parameters": n_params, "trainable_parameters": hf.n_parameters(model, trainable_only=True),
+            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+def mask_case(model, forget, retain, before: int, device: torch.device) -> dict:
+    """Time and peak memory of ``wagle:0.8`` masks (``unlearn.attribution``) on ``model``."""
+    from unlearn import attribution
+    from unlearn.logprobs import sequence_logprobs
+
+    def nll(m, batch):
+        logits = m(batch.input_ids, attention_mask=batch.attention_mask).logits
+        return -sequence_logprobs(logits, batch.labels, batch.mask).logp.sum()
+
+    def gradients():
+        return attribution.summed_gradients(model, nll, [forget]), attribution.summed_gradients(model, nll, [retain])
+
+    start = time.perf_counter()
+    attribution.masks_for("wagle:0.8", model, lambda kind: attribution.scores(kind, model, gradients=gradients))
+    return {"peak_bytes": _peak_bytes(device) - before, "seconds": time.perf_counter() - start,
             "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
@@ -311,5 +332,10 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
         results["full.npo.saved_over_model_bytes"] = saved / measured["full.npo.copy"]["param_bytes"]
         report(f"full fine-tuning: cached saves {saved / 2**20:.0f} MiB = "
                f"{results['full.npo.saved_over_model_bytes']:.2f} x the model's {cfg.dtype} weights")
-    results["cases"] = measured
+    mask = _case_in_subprocess(cfg, ("mask.wagle", "NPO", "mask", False), device)
+    results["mask.wagle.seconds"] = mask["seconds"]
+    results["mask.wagle.peak_over_model_bytes"] = mask["peak_bytes"] / mask["param_bytes"]
+    report(f"WAGLE mask (ratio 0.8) on every weight: {mask['seconds']:.1f} s, peak memory "
+           f"{results['mask.wagle.peak_over_model_bytes']:.1f} x the model's weights")
+    results["cases"] = {**measured, "mask.wagle": mask}
     return results

@@ -169,6 +169,8 @@ RUN_HELP = """\
 Unlearn the cached original Markov transformer (`markov`: the SimNPO paper's setup; `markov-fast`: the fast
 presets' smaller world and model; either is pretrained once and cached) with one method, and write DIR/run.json
 (settings, forget KL / retain KL / entropy before and after, the training history) and DIR/model.safetensors.
+With a Hugging Face model (a directory, or tiny / llama-...-shape) the data is --task's (markov, facts, or
+jsonl with --forget/--retain), the reference is cached, and forget/retain NLL per token are recorded.
 
 masks (--mask): wagle:R, magnitude:R or random:R keep the top fraction R in (0, 1] of weights by that score
 (WAGLE: |(theta - g_r/mu) * g_f|, with --mu) and freeze the rest bitwise; a .safetensors file gives the
@@ -185,7 +187,8 @@ DIR/relearn.json (SimNPO paper Fig. 6's relearning attack).
 def cmd_run(args) -> int:
     from sims.toy_run import RunConfig, unlearn_toy
 
-    cfg = RunConfig(model=args.model, method=args.method, beta=args.beta, gamma=args.gamma, lam=args.lam,
+    cfg = RunConfig(model=args.model, task=args.task, forget=args.forget, retain=args.retain, method=args.method,
+                    beta=args.beta, gamma=args.gamma, lam=args.lam,
                     mismatch=args.mismatch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, mask=args.mask,
                     mu=args.mu, seed=args.seed, eval_limit=args.eval_limit, device=args.device)
     doc = unlearn_toy(cfg, Path(args.out))
@@ -281,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_fig.set_defaults(func=cmd_figures)
     p_run = sub.add_parser("run", help="one unlearning run on a toy model (optionally with a weight mask)",
                            description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_run.add_argument("--model", default="markov", help="markov or markov-fast (default markov)")
+    p_run.add_argument("--model", default="markov", help="markov or markov-fast (default markov), or a Hugging "
+                                                        "Face model directory or architecture (tiny, llama-...-shape)")
+    p_run.add_argument("--task", default="markov", help="Hugging Face models: markov, facts or jsonl (default markov)")
+    p_run.add_argument("--forget", metavar="FILE", help="forget set for --task jsonl")
+    p_run.add_argument("--retain", metavar="FILE", help="retain set for --task jsonl")
     p_run.add_argument("--method", default="NPO", help="a method of docs/methods.md, e.g. GA, NPO, SimNPO, GA+RT, "
                                                        "NPO+RT, GA+Mismatch+KL (default NPO)")
     p_run.add_argument("--beta", type=float, default=0.1, help="NPO/SimNPO/DPO inverse temperature (default 0.1)")
