@@ -47,6 +47,7 @@ from unlearn import attribution, cache, losses
 from unlearn.config import config_dict
 from unlearn.ensemble import Ensemble, member_kl, member_logprobs
 from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
+from unlearn.losses import token_mean_nll
 from unlearn.models.transformer import Transformer, TransformerConfig
 from unlearn.objectives import GA_MISMATCH, MethodParams, SequenceStats, Term, get_method
 from unlearn.reference import Cached
@@ -364,24 +365,6 @@ def model_config(world_cfg: MarkovWorldConfig, cfg: PretrainConfig) -> Transform
     return TransformerConfig(vocab_size=N_STATES, max_len=world_cfg.width, n_layer=cfg.n_layer, d_model=cfg.d_model)
 
 
-def token_mean_nll(data: Split) -> Callable:
-    """losses_fn for ``unlearn.train``: the token-mean cross-entropy of a batch, as in the released code.
-
-    The loop averages per-sequence losses over the batch, so sequence b gets L_b = -logp_b * B / N with
-    N = sum_b |y_b| the batch's token count: mean_b L_b = -(1/N) sum_b logp_b, the mean NLL per token
-    (nn.CrossEntropyLoss over non-pad positions). N is data, not a function of the parameters. A per-sequence
-    mean -logp_b / |y_b| would instead give a length-5 sequence the weight of a length-20 one.
-    """
-
-    def losses_fn(model, index):
-        batch = data.take(index)
-        logits = model(batch.input_ids, attention_mask=batch.mask).logits
-        stats = sequence_logprobs(logits, batch.labels, batch.mask)
-        return {"nll": -stats.logp * (len(batch) / stats.n_tokens.sum())}
-
-    return losses_fn
-
-
 def pretrain(world: MarkovWorld, cfg: PretrainConfig, data: str, device: str | torch.device = "cpu",
              progress: bool | None = None) -> Transformer:
     """Train a fresh transformer on ``world.train_set(data)`` (no cache). Initialisation and shuffles come from
@@ -559,28 +542,26 @@ def evaluator(world: MarkovWorld, device: str | torch.device, batch_size: int = 
 
 
 def summary_evaluator(world: MarkovWorld, device: str | torch.device, limit: int | None = None,
-                      batch_size: int = 1024) -> Callable:
-    """(model, step) -> {"forget_kl", "retain_kl", "entropy"}: ``token_kl`` on Forget1 + Forget2 test together
-    (every non-pad forget position counts once), ``token_kl`` and ``mean_entropy`` on retain test; on the first
-    ``limit`` sequences of each test split. One value per member for an ensemble."""
+                      batch_size: int = 1024, entropy: bool = True) -> Callable:
+    """(model, step) -> {"forget_kl", "forget1_kl", "forget2_kl", "retain_kl", "entropy"} on the first ``limit``
+    sequences of each test split: ``token_kl`` on Forget1 and on Forget2 test, ``forget_kl`` their token-count
+    weighted mean (the token KL of the two splits taken together: every non-pad forget position counts once),
+    ``token_kl`` and (unless ``entropy=False``) ``mean_entropy`` on retain test. One value per member for an
+    ensemble."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 sequences (or None for whole splits), got {limit}")
-    forget = Split.concat([world[f"forget{k}_test"].take(slice(0, limit)) for k in (1, 2)]).to(device)
-    retain = world["retain_test"].take(slice(0, limit)).to(device)
-    return lambda model, step: {"forget_kl": token_kl(model, forget, batch_size),
-                                "retain_kl": token_kl(model, retain, batch_size),
-                                "entropy": mean_entropy(model, retain, batch_size)}
+    splits = {key: world[name].take(slice(0, limit)).to(device) for key, name in EVAL_SPLITS.items()}
+    tokens = {k: float(splits[f"{k}_kl"].mask.sum()) for k in ("forget1", "forget2")}
 
+    def evaluate(model, step):
+        out = {key: token_kl(model, split, batch_size) for key, split in splits.items()}
+        f1, f2 = (torch.tensor(out[f"{k}_kl"], dtype=torch.float64) for k in tokens)
+        out["forget_kl"] = ((tokens["forget1"] * f1 + tokens["forget2"] * f2) / sum(tokens.values())).tolist()
+        if entropy:
+            out["entropy"] = mean_entropy(model, splits["retain_kl"], batch_size)
+        return out
 
-def nll_gradient(model: torch.nn.Module, split: Split, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """sum over ``split`` of grad(-log p(y|x)) for every trainable parameter, in float32
-    (``unlearn.attribution.summed_gradients``)."""
-    def loss(m, start):
-        batch = split.take(slice(start, start + batch_size)).trim()
-        logits = m(batch.input_ids, attention_mask=batch.mask).logits
-        return -sequence_logprobs(logits, batch.labels, batch.mask).logp.sum()
-
-    return attribution.summed_gradients(model, loss, range(0, len(split), batch_size))
+    return evaluate
 
 
 def attribution_scores(kind: str, model: torch.nn.Module, world: MarkovWorld, mu: float = 1e-6,
@@ -594,7 +575,7 @@ def attribution_scores(kind: str, model: torch.nn.Module, world: MarkovWorld, mu
         forget = world.forget_set().to(device)
         pick = torch.randperm(len(world["retain_train"]), generator=make_generator(seed, "wagle-retain"))
         retain = world["retain_train"].take(pick[:len(forget)]).to(device)
-        return nll_gradient(model, forget), nll_gradient(model, retain)
+        return attribution.nll_gradients(model, forget), attribution.nll_gradients(model, retain)
 
     return attribution.scores(kind, model, gradients=gradients, mu=mu, generator=make_generator(seed, "mask-random"))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from sims import markov
 from sims.experiment import atomic_write, to_jsonable
 from unlearn import attribution
-from unlearn.logprobs import sequence_logprobs
+from unlearn.losses import token_mean_nll
 from unlearn.models.transformer import Transformer
 from unlearn.objectives import MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
@@ -107,19 +107,12 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
     forget, retain = forget.to(device), retain.to(device)
     model = hf.load_model(vcfg.model_spec(vocab))
 
-    def nll_sum_gradient(data):
-        def loss(m, start):
-            batch = data.take(slice(start, start + 32)).trim()
-            logits = m(batch.input_ids, attention_mask=batch.attention_mask).logits
-            return -sequence_logprobs(logits, batch.labels, batch.mask).logp.sum()
+    def scores(kind):
+        gradients = lambda: (attribution.nll_gradients(model, forget), attribution.nll_gradients(model, retain))
+        return attribution.scores(kind, model, gradients=gradients, mu=cfg.mu,
+                                  generator=generator(cfg.seed, "mask-random"))
 
-        return attribution.summed_gradients(model, loss, range(0, len(data), 32))
-
-    masks = None
-    if cfg.mask:
-        masks = attribution.masks_for(cfg.mask, model, lambda kind: attribution.scores(
-            kind, model, gradients=lambda: (nll_sum_gradient(forget), nll_sum_gradient(retain)), mu=cfg.mu,
-            generator=generator(cfg.seed, "mask-random")), generator(cfg.seed, "mask-threshold"))
+    masks = attribution.masks_for(cfg.mask, model, scores, generator(cfg.seed, "mask-threshold")) if cfg.mask else None
     reference = make_reference("cached", model, forget)
     size = min(cfg.batch_size, len(forget))
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "run", "forget")
@@ -200,7 +193,7 @@ def relearn_toy(folder: Path, subset: str, frac: float = 0.2, epochs: int = 3, b
         model = Transformer(unlearned.cfg).to(dev)
         model.load_state_dict(unlearned.state_dict())
         part = forget.take(index)
-        history = relearn(model, markov.token_mean_nll(part), len(part), epochs=epochs, batch_size=batch_size,
+        history = relearn(model, token_mean_nll(part), len(part), epochs=epochs, batch_size=batch_size,
                           lr=lr, seed=cfg.seed, keys=(subset, d), evaluate=evaluate, progress=progress)
         runs.append({"epochs": list(range(len(history.eval_steps))), **history.evals})
     doc = {"run": str(folder), "subset": subset, "frac": frac, "epochs": epochs, "batch_size": batch_size,

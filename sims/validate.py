@@ -40,7 +40,7 @@ from sims.curves import rate_fits
 from sims.experiment import atomic_write, environment, to_jsonable
 from theory import objectives as theory
 from unlearn import data as llm_data
-from unlearn.losses import unlearning_losses
+from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.models import hf
 from unlearn.objectives import MethodParams
 from unlearn.reference import MODES, batched_logprobs, make_reference
@@ -151,19 +151,6 @@ def task_data(cfg: ValidateConfig):
 
 
 # ------------------------------------------------------------------------------------------------- training
-
-
-def token_mean_nll(data):
-    """losses_fn: batch token-mean NLL over response tokens (as ``sims.markov.token_mean_nll``)."""
-    from unlearn.logprobs import sequence_logprobs
-
-    def losses_fn(model, index):
-        batch = data.take(index).trim()
-        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
-        stats = sequence_logprobs(logits, batch.labels, batch.mask)
-        return {"nll": -stats.logp * (len(stats.logp) / stats.n_tokens.sum())}
-
-    return losses_fn
 
 
 def nll_per_token(model, data) -> float:

@@ -23,3 +23,15 @@ def test_bench_toy_writes_a_speedup_per_model_and_size(tmp_path, capsys):
 def test_bench_toy_refuses_bad_sizes(capsys):
     assert main(["bench", "toy", "--members", "0,8"]) == 2
     assert "--members must be positive" in capsys.readouterr().err
+
+
+def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):
+    out = tmp_path / "llm.json"
+    argv = ["bench", "llm", "--model", "llama-20m-shape", "--seq-len", "32", "--lora", "2", "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    for key in ("npo.cached_vs_copy", "npo+kl.adapter_vs_copy", "full.npo.cached_vs_copy"):
+        assert doc[f"{key}.peak_mem_ratio"] > 0 and doc[f"{key}.step_time_ratio"] > 0
+    assert doc["n_parameters"] > doc["lora.trainable_parameters"] > 0
+    assert doc["mask.wagle.seconds"] > 0 and "full.npo.saved_over_model_bytes" in doc
+    assert doc["env"]["command"].startswith("unlearn bench llm --model llama-20m-shape")

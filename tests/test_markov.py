@@ -358,3 +358,12 @@ def test_unlearn_runs_with_masks_freeze_each_member_s_masked_weights(tiny_world,
         for name, keep in mask.items():
             assert torch.equal(state[name][~keep], start[name][~keep]), name
     assert attribution.KINDS == ("wagle", "magnitude", "random")
+
+
+def test_summary_forget_kl_is_the_token_kl_of_both_forget_splits_together(tiny_world, tiny_original):
+    values = mk.summary_evaluator(tiny_world, "cpu")(tiny_original, 0)
+    both = mk.Split.concat([tiny_world["forget1_test"], tiny_world["forget2_test"]])
+    assert values["forget_kl"] == pytest.approx(mk.token_kl(tiny_original, both), rel=1e-5)
+    assert values["forget1_kl"] == pytest.approx(mk.token_kl(tiny_original, tiny_world["forget1_test"]))
+    assert values["entropy"] == pytest.approx(mk.mean_entropy(tiny_original, tiny_world["retain_test"]))
+    assert "entropy" not in mk.summary_evaluator(tiny_world, "cpu", entropy=False)(tiny_original, 0)

@@ -56,6 +56,20 @@ def summed_gradients(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch
     return total
 
 
+def nll_gradients(model: nn.Module, data, batch_size: int = 256) -> Scores:
+    """``summed_gradients`` of the NLL -log p(y|x) summed over every sequence of ``data`` (anything with
+    take/trim whose batches hold input_ids, attention_mask, labels and mask, on the model's device), in
+    batches of ``batch_size``: WAGLE's g_f and g_r."""
+    from unlearn.logprobs import sequence_logprobs
+
+    def loss(m, start):
+        batch = data.take(slice(start, start + batch_size)).trim()
+        logits = m(batch.input_ids, attention_mask=batch.attention_mask).logits
+        return -sequence_logprobs(logits, batch.labels, batch.mask).logp.sum()
+
+    return summed_gradients(model, loss, range(0, len(data), batch_size))
+
+
 def wagle_scores(model: nn.Module, forget_grad: Scores, retain_grad: Scores, mu: float) -> Scores:
     """|(theta_o - g_r / mu) * g_f| per trainable parameter (module docstring), in float32. The gradient dicts
     are overwritten with the scores (so a 7B model holds two float32 copies, not three)."""

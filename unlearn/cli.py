@@ -260,6 +260,14 @@ def cmd_bench_llm(args) -> int:
     return _bench_report(bench.bench_llm(cfg, device), cfg, device, args)
 
 
+def _add_model_and_task(parser: argparse.ArgumentParser, model: str, model_help: str) -> None:
+    """--model, and the data of a Hugging Face model: --task, --forget, --retain (run and validate)."""
+    parser.add_argument("--model", default=model, help=model_help)
+    parser.add_argument("--task", default="markov", help="markov, facts or jsonl (Hugging Face models; default markov)")
+    parser.add_argument("--forget", metavar="FILE", help="forget set for --task jsonl")
+    parser.add_argument("--retain", metavar="FILE", help="retain set for --task jsonl")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearn",
@@ -284,11 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_fig.set_defaults(func=cmd_figures)
     p_run = sub.add_parser("run", help="one unlearning run on a toy model (optionally with a weight mask)",
                            description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_run.add_argument("--model", default="markov", help="markov or markov-fast (default markov), or a Hugging "
-                                                        "Face model directory or architecture (tiny, llama-...-shape)")
-    p_run.add_argument("--task", default="markov", help="Hugging Face models: markov, facts or jsonl (default markov)")
-    p_run.add_argument("--forget", metavar="FILE", help="forget set for --task jsonl")
-    p_run.add_argument("--retain", metavar="FILE", help="retain set for --task jsonl")
+    _add_model_and_task(p_run, "markov", "markov or markov-fast (default markov), or a Hugging Face model directory "
+                                         "or architecture (tiny, llama-...-shape)")
     p_run.add_argument("--method", default="NPO", help="a method of docs/methods.md, e.g. GA, NPO, SimNPO, GA+RT, "
                                                        "NPO+RT, GA+Mismatch+KL (default NPO)")
     p_run.add_argument("--beta", type=float, default=0.1, help="NPO/SimNPO/DPO inverse temperature (default 0.1)")
@@ -319,10 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_re.set_defaults(func=cmd_relearn)
     p_val = sub.add_parser("validate", help="check the toy models' predictions on a causal LM",
                            description=VALIDATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_val.add_argument("--model", default="tiny", help="tiny, llama-100m-shape, llama-7b-shape, or a model directory")
-    p_val.add_argument("--task", default="markov", help="markov, facts or jsonl (default markov)")
-    p_val.add_argument("--forget", metavar="FILE", help="forget set for --task jsonl")
-    p_val.add_argument("--retain", metavar="FILE", help="retain set for --task jsonl")
+    _add_model_and_task(p_val, "tiny", "tiny, llama-100m-shape, llama-7b-shape, or a model directory")
     p_val.add_argument("--methods", default="GA,NPO,SimNPO", help="comma-separated (default GA,NPO,SimNPO)")
     p_val.add_argument("--steps", type=int, default=300, help="unlearning steps per method (default 300)")
     p_val.add_argument("--lr", type=float, default=1e-3, help="unlearning AdamW learning rate (default 1e-3)")
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description=BENCH_LLM_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p_llm.add_argument("--model", help="architecture or model directory (default llama-100m-shape; --quick "
                                        "llama-20m-shape)")
-    p_llm.add_argument("--quick", action="store_true", help="a smaller model: under a minute on 2 CPU cores")
+    p_llm.add_argument("--quick", action="store_true", help="a smaller model: about a minute on 2 CPU cores")
     p_llm.add_argument("--lora", type=int, metavar="RANK", help="LoRA rank (default 16)")
     p_llm.add_argument("--seq-len", type=int, help="tokens per sequence (default 256; --quick 128)")
     p_llm.add_argument("--batch-size", type=int, help="sequences per batch (default 2)")

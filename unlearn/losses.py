@@ -68,3 +68,22 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
         return per_sequence_losses(checked[0], params, forget_stats, retain_stats)
 
     return losses_fn
+
+
+def token_mean_nll(data) -> Callable:
+    """losses_fn for ``unlearn.train``: index -> the token-mean cross-entropy of the batch ``data.take(index)``,
+    over response tokens (as the released SimNPO code pretrains; memorising in ``unlearn validate``).
+
+    The loop averages per-sequence losses over the batch, so sequence b gets L_b = -logp_b * B / N with
+    N = sum_b |y_b| the batch's token count: mean_b L_b = -(1/N) sum_b logp_b, the mean NLL per token
+    (nn.CrossEntropyLoss over non-pad positions). N is data, not a function of the parameters. A per-sequence
+    mean -logp_b / |y_b| would instead give a length-5 sequence the weight of a length-20 one.
+    """
+
+    def losses_fn(model, index):
+        batch = data.take(index)
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+        stats = sequence_logprobs(logits, batch.labels, batch.mask)
+        return {"nll": -stats.logp * (len(stats.logp) / stats.n_tokens.sum())}
+
+    return losses_fn

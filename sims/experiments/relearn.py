@@ -36,6 +36,7 @@ from sims import markov
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, panel_label
 from unlearn.config import require_at_least_one, require_positive
+from unlearn.losses import token_mean_nll
 from unlearn.objectives import MethodParams
 from unlearn.relearn import relearn, relearn_subset
 from unlearn.rng import generator
@@ -77,17 +78,11 @@ class Config(markov.Setup):
 PRESETS = {"full": Config(), "fast": Config(**markov.FAST_SETUP, draws=2, eval_limit=400)}
 
 
-def relearn_evaluator(world: markov.MarkovWorld, device, limit: int | None):
-    """(model, step) -> forget KL on Forget1 + Forget2 test together, and the per-split KLs."""
-    together, per_split = markov.summary_evaluator(world, device, limit), markov.evaluator(world, device, limit=limit)
-    return lambda model, step: {**together(model, step), **per_split(model, step)}
-
-
 def relearn_curves(unlearned, forget: markov.Split, index, cfg: Config, evaluate, keys: tuple) -> dict:
     """Relearn a copy of ``unlearned`` on forget[index]; {"epochs", split: [value per epoch, 0 = before]}."""
     model = copy.deepcopy(unlearned)
     subset = forget.take(index)
-    history = relearn(model, markov.token_mean_nll(subset), len(subset), epochs=cfg.relearn_epochs,
+    history = relearn(model, token_mean_nll(subset), len(subset), epochs=cfg.relearn_epochs,
                       batch_size=cfg.relearn_batch_size, lr=cfg.relearn_lr, seed=cfg.seed, keys=keys,
                       evaluate=evaluate, progress=cfg.progress, name=f"relearn {' '.join(map(str, keys))}")
     return {"epochs": list(range(len(history.eval_steps))), **{k: history.evals[k] for k in SPLITS}}
@@ -96,7 +91,7 @@ def relearn_curves(unlearned, forget: markov.Split, index, cfg: Config, evaluate
 def run(cfg: Config) -> Result:
     device = resolve_device(cfg.device)
     world, original, retrained = cfg.models(device, cfg.progress)
-    evaluate = relearn_evaluator(world, device, cfg.eval_limit)
+    evaluate = markov.summary_evaluator(world, device, cfg.eval_limit, entropy=False)
     forget = world.forget_set().to(device)
     _, unlearned = markov.unlearn_runs(
         original, METHODS, [cfg.params(m) for m in METHODS], world,
