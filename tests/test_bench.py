@@ -31,7 +31,9 @@ def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     for key in ("npo.cached_vs_copy", "npo+kl.adapter_vs_copy", "full.npo.cached_vs_copy"):
-        assert doc[f"{key}.peak_mem_ratio"] > 0 and doc[f"{key}.step_time_ratio"] > 0
+        # a CPU peak is the rise of the process's resident-set high-water mark, which can stay 0 for a small
+        # setting; the ratio is then 0, never negative or missing
+        assert doc[f"{key}.peak_mem_ratio"] >= 0 and doc[f"{key}.step_time_ratio"] > 0
     assert doc["n_parameters"] > doc["lora.trainable_parameters"] > 0
     assert doc["mask.wagle.seconds"] > 0 and "full.npo.saved_over_model_bytes" in doc
     assert doc["env"]["command"].startswith("unlearn bench llm --model llama-20m-shape")
