@@ -267,42 +267,58 @@ def _kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def _token_mean(model, split: Split, batch_size: int, per_token: Callable[[torch.Tensor, Split], torch.Tensor]):
-    """sum_b n_b * m_b / sum_b n_b: the mean over all non-pad positions of a per-sequence token mean m_b; a
-    float, or one float per member of an ensemble (``per_token`` then returns (M, B))."""
-    total = count = 0
+def _token_means(model, split: Split, per_token: dict[str, Callable[[torch.Tensor, Split], torch.Tensor]],
+                 batch_size: int = 1024) -> dict[str, float | list[float]]:
+    """{name: sum_b n_b * m_b / sum_b n_b} for each per-sequence token mean m_b = per_token[name](logits, batch):
+    the mean over all non-pad positions, a float, or one float per member of an ensemble (``per_token`` then
+    returns (M, B)). Every statistic reads the same forward pass, so asking for two costs one."""
+    totals, count = dict.fromkeys(per_token, 0), 0
     for batch, logits in _batches(model, split, batch_size):
         n = batch.mask.sum(-1)
-        total = total + (per_token(logits, batch).double() * n).sum(-1)
+        for name, fn in per_token.items():
+            totals[name] = totals[name] + (fn(logits, batch).double() * n).sum(-1)
         count = count + n.sum()
-    return (total / count).tolist()
+    return {name: (total / count).tolist() for name, total in totals.items()}
+
+
+def _true_kl(logits: torch.Tensor, batch: Split) -> torch.Tensor:
+    """Per-sequence token mean of KL(T_c(s_t, .) || p_model): the true rows as reference logits (a
+    log-probability row is a valid logit row), so the log-softmax stays in ``unlearn.logprobs``."""
+    return _kl(logits, batch.target_probs.log(), batch.mask)
+
+
+def _entropy(logits: torch.Tensor, batch: Split) -> torch.Tensor:
+    """Per-sequence token mean of H(q) = log V - KL(q || uniform) (uniform = zero logits)."""
+    return math.log(logits.shape[-1]) - _kl(torch.zeros_like(logits), logits, batch.mask)
+
+
+def _nonnegative(value: float | list[float]) -> float | list[float]:
+    """An entropy clamped at 0 (float32 rounding can give -1e-7), a float or one per member."""
+    return [max(0.0, v) for v in value] if isinstance(value, list) else max(0.0, value)
 
 
 def token_kl(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float | list[float]:
     """Mean over non-pad positions of KL(T_c(s_t, .) || p_model(. | s_<=t)), summed over the next state.
 
     The SimNPO paper's forget quality / retain distance (``F.kl_div(log_probs, true_probs)`` per position,
-    App. H). It goes through ``unlearn.logprobs.sequence_kl`` with the true rows as reference logits (a
-    log-probability row is a valid logit row), so the log-softmax stays in one place. An ensemble gives one
-    value per member.
+    App. H), through ``unlearn.logprobs.sequence_kl``. An ensemble gives one value per member.
     """
-    return _token_mean(model, split, batch_size,
-                       lambda logits, batch: _kl(logits, batch.target_probs.log(), batch.mask))
+    return _token_means(model, split, {"kl": _true_kl}, batch_size)["kl"]
 
 
 def mean_entropy(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> float | list[float]:
     """Mean over non-pad positions of the entropy (nats) of the model's next-state distribution q.
 
-    H(q) = log V - KL(q || uniform), with the KL from ``unlearn.logprobs.sequence_kl`` (uniform = zero logits).
-    log 10 = 2.303 is the maximum; a collapsed (degenerate) model scores near 0. An ensemble gives one value per
-    member.
+    H(q) = log V - KL(q || uniform), with the KL from ``unlearn.logprobs.sequence_kl``. log 10 = 2.303 is the
+    maximum; a collapsed (degenerate) model scores near 0. An ensemble gives one value per member.
     """
+    return _nonnegative(_token_means(model, split, {"entropy": _entropy}, batch_size)["entropy"])
 
-    def entropy(logits, batch):
-        return math.log(logits.shape[-1]) - _kl(torch.zeros_like(logits), logits, batch.mask)
 
-    value = _token_mean(model, split, batch_size, entropy)  # float32 rounding can give -1e-7: clamp at 0
-    return [max(0.0, v) for v in value] if isinstance(value, list) else max(0.0, value)
+def kl_and_entropy(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> dict[str, float | list[float]]:
+    """{"kl": token_kl, "entropy": mean_entropy} of ``split`` from one forward pass."""
+    out = _token_means(model, split, {"kl": _true_kl, "entropy": _entropy}, batch_size)
+    return {"kl": out["kl"], "entropy": _nonnegative(out["entropy"])}
 
 
 @torch.no_grad()
@@ -546,19 +562,22 @@ def summary_evaluator(world: MarkovWorld, device: str | torch.device, limit: int
     """(model, step) -> {"forget_kl", "forget1_kl", "forget2_kl", "retain_kl", "entropy"} on the first ``limit``
     sequences of each test split: ``token_kl`` on Forget1 and on Forget2 test, ``forget_kl`` their token-count
     weighted mean (the token KL of the two splits taken together: every non-pad forget position counts once),
-    ``token_kl`` and (unless ``entropy=False``) ``mean_entropy`` on retain test. One value per member for an
-    ensemble."""
+    ``token_kl`` and (unless ``entropy=False``) ``mean_entropy`` on retain test, both from one pass
+    (``kl_and_entropy``). One value per member for an ensemble."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 sequences (or None for whole splits), got {limit}")
     splits = {key: world[name].take(slice(0, limit)).to(device) for key, name in EVAL_SPLITS.items()}
     tokens = {k: float(splits[f"{k}_kl"].mask.sum()) for k in ("forget1", "forget2")}
 
     def evaluate(model, step):
-        out = {key: token_kl(model, split, batch_size) for key, split in splits.items()}
+        out = {key: token_kl(model, split, batch_size) for key, split in splits.items() if key != "retain_kl"}
+        if entropy:  # one pass over retain test for both
+            retain = kl_and_entropy(model, splits["retain_kl"], batch_size)
+            out.update(retain_kl=retain["kl"], entropy=retain["entropy"])
+        else:
+            out["retain_kl"] = token_kl(model, splits["retain_kl"], batch_size)
         f1, f2 = (torch.tensor(out[f"{k}_kl"], dtype=torch.float64) for k in tokens)
         out["forget_kl"] = ((tokens["forget1"] * f1 + tokens["forget2"] * f2) / sum(tokens.values())).tolist()
-        if entropy:
-            out["entropy"] = mean_entropy(model, splits["retain_kl"], batch_size)
         return out
 
     return evaluate
@@ -669,7 +688,8 @@ def unlearn_runs(model: torch.nn.Module, methods: Sequence[str], params: Sequenc
     Run m is ``unlearn_run(copy of model, methods[m], params[m], world, generator=generators[m], ...)``: the
     same reference statistics, batches and AdamW trajectory (tests/test_markov.py checks it to float32
     rounding), but all M runs take one batched forward and backward per step. History.evals hold one value
-    per run at each evaluated step; the returned ensemble holds the unlearned models (``.member(m)``).
+    per run at each evaluated step (at step 0, where every run is still the model, it is scored once); the
+    returned ensemble holds the unlearned models (``.member(m)``).
     ``masks[m]``: {parameter name of the model: bool tensor} of the weights run m may move
     (``unlearn.attribution``), or None for a dense run.
     """
@@ -697,6 +717,12 @@ def unlearn_runs(model: torch.nn.Module, methods: Sequence[str], params: Sequenc
         stacked = {f"module.{name}": torch.stack([m[name] if m is not None and name in m
                                                   else torch.ones_like(p, dtype=torch.bool) for m in masks])
                    for name, p in model.named_parameters() if any(m is not None and name in m for m in masks)}
-    history = train(ensemble, losses, micro_batches, cfg, evaluate=evaluate or evaluator(world, device),
-                    masks=stacked)
+    score = evaluate or evaluator(world, device)
+
+    def evaluate_members(members: Ensemble, step: int) -> dict:
+        if step == 0:  # every member is still a copy of the model (Ensemble.replicate): score one, M times
+            return {key: [value] * M for key, value in score(members.member(0), step).items()}
+        return score(members, step)
+
+    history = train(ensemble, losses, micro_batches, cfg, evaluate=evaluate_members, masks=stacked)
     return history, ensemble

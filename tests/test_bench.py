@@ -2,7 +2,13 @@
 
 import json
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from unlearn import bench
 from unlearn.cli import main
+from unlearn.models import hf
 
 
 def test_bench_toy_writes_a_speedup_per_model_and_size(tmp_path, capsys):
@@ -36,4 +42,27 @@ def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):
         assert doc[f"{key}.peak_mem_ratio"] >= 0 and doc[f"{key}.step_time_ratio"] > 0
     assert doc["n_parameters"] > doc["lora.trainable_parameters"] > 0
     assert doc["mask.wagle.seconds"] > 0 and "full.npo.saved_over_model_bytes" in doc
+    assert doc["matmul_tflops"] > 0
+    for case in ("npo.cached", "npo.copy", "npo+kl.adapter", "npo+kl.copy", "full.npo.cached", "full.npo.copy"):
+        assert doc[f"{case}.tokens_per_s"] > 0 and 0 < doc[f"{case}.mfu"] < 1.5  # of a measured, not a spec, peak
     assert doc["env"]["command"].startswith("unlearn bench llm --model llama-20m-shape")
+
+
+@pytest.mark.parametrize("lora, rel", [(None, 0.01), (hf.LoraSpec(2, 4.0), 0.05)])
+def test_training_flops_per_token_is_what_a_training_step_multiplies(lora, rel):
+    """4 N + 2 N_trainable + 12 L d T per token against torch's own FLOP counter over one forward and backward
+    of the tiny Llama (eager attention, whose matmuls the counter sees), N without the input embedding, a lookup
+    without FLOPs (not tied to the output layer here). Every weight trained (6 N): equal to 1%, the rest being
+    the norms' weights, which no matmul multiplies. LoRA (4 N + 6 N_lora): within 5%, since autograd also skips
+    the input gradients of the first layer's frozen projections (3% of this 2-layer model, 0.2% of 32 layers)."""
+    model = hf.load_model(hf.ModelSpec("tiny", attn_implementation="eager", lora=lora))
+    B, T = 2, 64
+    ids = torch.randint(0, model.config.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model(ids).logits.sum().backward()
+    embedding = model.get_input_embeddings().weight.numel()
+    n = hf.n_parameters(model) - embedding
+    trained = hf.n_parameters(model, trainable_only=True) - (embedding if lora is None else 0)
+    per_token = bench.training_flops_per_token(n, trained, model.config.num_hidden_layers,
+                                               model.config.hidden_size, T)
+    assert counter.get_total_flops() == pytest.approx(per_token * B * T, rel=rel)

@@ -317,6 +317,17 @@ def test_member_metrics_equal_each_member_alone(tiny_world, tiny_original):
         np.testing.assert_allclose(together, alone, rtol=1e-5)
 
 
+def test_kl_and_entropy_in_one_pass_equal_the_separate_metrics(tiny_world, tiny_original):
+    """One forward pass for both gives exactly what token_kl and mean_entropy give apart, for a model and for an
+    ensemble (batches of 14 sequences, 7 per member, split the 40-sequence retain test split unevenly)."""
+    ensemble = Ensemble([tiny_original, mk.pretrained_model(TINY_WORLD, TINY_PRETRAIN, "retain", world=tiny_world,
+                                                            progress=False)])
+    split = tiny_world["retain_test"]
+    for model in (tiny_original, ensemble):
+        both = mk.kl_and_entropy(model, split, batch_size=14)
+        assert both == {"kl": mk.token_kl(model, split, 14), "entropy": mk.mean_entropy(model, split, 14)}
+
+
 def test_mismatch_responses_keep_the_forget_prompt_and_a_retain_continuation(tiny_world):
     forget, retain = tiny_world.forget_set(), tiny_world["retain_train"]
     f, r = torch.tensor([0, 5, 150]), torch.tensor([3, 3, 9])

@@ -17,8 +17,10 @@ square products in the same process.
 LoRA) references of ``unlearn.reference`` against the ``copy`` baseline, and NPO cached vs copy with full
 fine-tuning; each setting runs in its own process so that its peak memory (CUDA: max allocated; CPU: peak
 resident set above the process's baseline) is its own. Step time is the median over the timed steps after
-warm-up; tokens per second count the trained tokens (forget, plus retain for NPO+KL). Also the time and peak
-memory of building a WAGLE mask (ratio 0.8) over every weight.
+warm-up; tokens per second count the trained tokens (forget, plus retain for NPO+KL). Model FLOP utilisation
+is ``training_flops_per_token`` x tokens per second over this device's measured matmul rate in the working
+dtype (large square products, measured in the same run). Also the time and peak memory of building a WAGLE mask
+(ratio 0.8) over every weight.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds
         (a @ b).sum().item()
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
+
+
+def training_flops_per_token(n_parameters: int, n_trainable: int, n_layer: int, width: int, seq_len: int) -> int:
+    """Model FLOPs of one trained token: 2 N forward, 2 N backward to the activations and 2 N_trainable for the
+    weight gradients over the N weights, plus 12 L d T for attention scores and values over a context of T
+    (Chowdhery et al. 2022, PaLM, App. B): 6 N + 12 L d T in full fine-tuning, about 4 N + 12 L d T with LoRA.
+    It is what the training needs, not what an implementation runs (a ``copy`` reference adds a forward,
+    gradient checkpointing recomputes one), so it is the numerator of model FLOP utilisation. N counts every
+    parameter, the input embedding included (~2% of a 7B Llama)."""
+    return 4 * n_parameters + 2 * n_trainable + 12 * n_layer * width * seq_len
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -264,10 +276,13 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     train(model, losses, lambda step: [(index, index, None)], tc, evaluate=stamp)
     times = [b - a for a, b in zip(stamps[cfg.warmup:-1], stamps[cfg.warmup + 1:], strict=True)]
     step_s = sorted(times)[len(times) // 2]
-    n_params = hf.n_parameters(model)
+    n_params, n_trainable = hf.n_parameters(model), hf.n_parameters(model, trainable_only=True)
     trained_tokens = B * T + (B * T if method.endswith("+KL") else 0)
+    per_token = training_flops_per_token(n_params, n_trainable, model.config.num_hidden_layers,
+                                         model.config.hidden_size, T)
     return {"peak_bytes": _peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
-            "n_parameters": n_params, "trainable_parameters": hf.n_parameters(model, trainable_only=True),
+            "model_flops_per_s": per_token * trained_tokens / step_s, "n_parameters": n_params,
+            "trainable_parameters": n_trainable,
             "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
@@ -305,13 +320,21 @@ def _case_in_subprocess(cfg: LLMBench, case: tuple, device: torch.device) -> dic
 def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None] = print) -> dict:
     """Every case of CASES side by side, each in its own process; ratios against the ``copy`` reference."""
     cases = [c for c in CASES if cfg.full_finetuning or c[3]]
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    peak = matmul_rate(dtype, device, n=8192 if device.type == "cuda" else 1024)
+    report(f"matmul rate ({cfg.dtype}, {device}): {peak / 1e12:.2f} TFLOP/s, the MFU denominator")
     measured = {}
-    report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9}")
+    report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9} {'MFU':>6}")
     for case in cases:
         measured[case[0]] = r = _case_in_subprocess(cfg, case, device)
-        report(f"{case[0]:<18} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f}")
+        r["mfu"] = r["model_flops_per_s"] / peak
+        report(f"{case[0]:<18} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f} "
+               f"{r['mfu']:>6.1%}")
     results: dict = {"n_parameters": measured["npo.copy"]["n_parameters"],
-                     "lora.trainable_parameters": measured["npo.copy"]["trainable_parameters"]}
+                     "lora.trainable_parameters": measured["npo.copy"]["trainable_parameters"],
+                     "matmul_tflops": peak / 1e12}
+    for label, r in measured.items():
+        results.update({f"{label}.{key}": r[key] for key in ("peak_bytes", "tokens_per_s", "mfu")})
     pairs = [("npo", "npo.cached", "npo.copy", "cached_vs_copy"), ("npo+kl", "npo+kl.adapter", "npo+kl.copy",
                                                                      "adapter_vs_copy")]
     if cfg.full_finetuning:

@@ -13,10 +13,11 @@ every Markov experiment) with every mask at every ratio, all 2 x (1 + 3 x len(ra
 one ensemble with per-member masks (``sims.markov.unlearn_runs``); the same batch order for every run of a
 method, so runs differ only in their mask.
 
-Measured at the end on the test splits: forget KL (token KL on Forget1 + Forget2 test together; higher = more
-forgotten) and retain KL (lower = better). Keys: METHOD.MASK.ratio=R.forget_kl and .retain_kl for METHOD in
-graddiff, npo and MASK in dense (ratio=1), random, magnitude, wagle; original.* and retrained.* for scale. The
-paper's numbers are TOFU/WMDP scores, not comparable ones, so ``paper`` is empty.
+Measured at the end on the test splits (their first ``eval_limit`` = 500 sequences): forget KL (token KL on
+Forget1 + Forget2 test together; higher = more forgotten) and retain KL (lower = better). Keys:
+METHOD.MASK.ratio=R.forget_kl and .retain_kl for METHOD in graddiff, npo and MASK in dense (ratio=1), random,
+magnitude, wagle; original.* and retrained.* for scale. The paper's numbers are TOFU/WMDP scores, not comparable
+ones, so ``paper`` is empty.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Config(markov.Setup):
     lr: float = 5e-4
     ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.95)
     mu: float = 1e-6
-    eval_limit: int | None = None
+    eval_limit: int | None = 500  # the first eval_limit sequences of each test split (None: all)
     device: str = "cpu"
     progress: bool = True
 

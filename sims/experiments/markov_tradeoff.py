@@ -14,7 +14,8 @@ Setting (notes/simnpo.md 2.1-2.6). 10000 retain / 5000 Forget1 / 5000 Forget2 se
 4-layer d = 128 transformer pretrained with AdamW lr 5e-4, batch 128, 5 epochs (cached on disk, shared by both
 experiments and by ``weight-allocation`` and ``collapse``); unlearning on Forget1 + Forget2 train, 50 steps of
 batch 4, AdamW lr 5e-4, forget loss only; every step is evaluated by the per-token KL of the model's next-state
-distribution to the true transition row on the three test splits. ``seeds`` replicates the unlearning runs
+distribution to the true transition row on the three test splits (their first ``eval_limit`` = 500 sequences,
+the same ones at every step and for the original and retrained models). ``seeds`` replicates the unlearning runs
 (their batch order; the pretrained models are one draw) and curves are their mean; a beta sweep (one run per
 beta, evaluated every ``sweep_eval_every`` steps) shows how the trade-off moves with beta. The replicates of
 both methods train side by side as one ensemble, and so do all runs of the sweep (``sims.markov.unlearn_runs``).
@@ -63,8 +64,8 @@ class Config(markov.Setup):
     seeds: int = 3
     sweep_npo_betas: tuple[float, ...] = (0.05, 0.5, 1.0, 2.0)
     sweep_simnpo_betas: tuple[float, ...] = (1.0, 2.0, 8.0)
-    sweep_eval_every: int = 2
-    eval_limit: int | None = None  # evaluate on the first eval_limit sequences of each test split (None: all)
+    sweep_eval_every: int = 5
+    eval_limit: int | None = 500  # evaluate on the first eval_limit sequences of each test split (None: all)
     device: str = "cpu"
     progress: bool = True
 
@@ -88,7 +89,7 @@ LENGTH = Config()
 MEMORIZATION = Config(len_forget2=20, pretrain_data="without_forget2", npo_beta=1.0,
                       sweep_npo_betas=(0.2, 0.5, 2.0), sweep_simnpo_betas=(1.0, 2.0, 8.0))
 # fast: the small setup (sims.markov.FAST_SETUP), one unlearning seed, a one-beta sweep, 400-sequence test splits.
-_FAST = dict(**markov.FAST_SETUP, seeds=1, sweep_eval_every=5, eval_limit=400)
+_FAST = dict(**markov.FAST_SETUP, seeds=1, eval_limit=400)
 LENGTH_PRESETS = {"full": LENGTH, "fast": Config(**{**_FAST, "sweep_npo_betas": (1.0,), "sweep_simnpo_betas": (1.0,)})}
 MEMORIZATION_PRESETS = {
     "full": MEMORIZATION,

@@ -13,8 +13,9 @@ Relearning (``unlearn.relearn``): token-mean NLL on the chosen 20% of the forget
 is drawn ``draws`` times (paper: 5). The paper gives no relearning learning rate for TOFU (its WMDP config:
 1e-5, 3 epochs); ours is set so that a full attack is not instantaneous on this model, and is a config key.
 
-Measured after every relearning epoch on the test splits: forget KL (token KL on Forget1 + Forget2 test
-together; higher = more forgotten), and Forget1, Forget2 and retain KL. Keys:
+Measured after every relearning epoch on the test splits (their first ``eval_limit`` = 500 sequences): forget
+KL (token KL on Forget1 + Forget2 test together; higher = more forgotten), and Forget1, Forget2 and retain KL.
+Keys:
 X.forget_kl.before (just unlearned), X.forget_kl.after_relearn.shortest, X.forget_kl.after_relearn.random_mean,
 X.forget_kl.after_relearn.random_std (over draws), for X in npo, simnpo, plus the same with forget1_kl and
 forget2_kl; X.recovered_fraction.{shortest,random}: the share of the forget-KL rise above the original model
@@ -60,7 +61,7 @@ class Config(markov.Setup):
     relearn_batch_size: int = 32
     relearn_lr: float = 1e-4
     draws: int = 5
-    eval_limit: int | None = None
+    eval_limit: int | None = 500  # the first eval_limit sequences of each test split (None: all)
     device: str = "cpu"
     progress: bool = True
 
