@@ -66,3 +66,37 @@ def test_training_flops_per_token_is_what_a_training_step_multiplies(lora, rel):
     per_token = bench.training_flops_per_token(n, trained, model.config.num_hidden_layers,
                                                model.config.hidden_size, T)
     assert counter.get_total_flops() == pytest.approx(per_token * B * T, rel=rel)
+
+
+def test_a_case_that_runs_out_of_memory_reports_it(monkeypatch, capsys):
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(bench, "llm_case", out_of_memory)
+    bench.case_main(json.dumps({"cfg": {}, "method": "NPO", "reference": "copy", "lora": False, "device": "cpu"}))
+    assert json.loads(capsys.readouterr().out) == {"out_of_memory": True,
+                                                   "error": "CUDA out of memory. Tried to allocate 2.00 GiB"}
+
+
+def test_bench_llm_keeps_going_when_a_setting_does_not_fit(monkeypatch):
+    """Full fine-tuning with a copy may not fit a GPU: that setting is recorded as out of memory (and as not
+    fitting 80 GiB), the comparisons that need it are skipped, and every other one stands."""
+    fits = {"peak_bytes": 2**30, "step_s": 2.0, "tokens_per_s": 10.0, "model_flops_per_s": 1e9, "n_parameters": 7,
+            "trainable_parameters": 1, "param_bytes": 28}
+
+    def case(cfg, case, device):
+        if case[0] == "full.npo.copy":
+            return {"out_of_memory": True, "error": "CUDA out of memory"}
+        return {"peak_bytes": 8, "seconds": 1.0, "param_bytes": 4} if case[0] == "mask.wagle" else dict(fits)
+
+    monkeypatch.setattr(bench, "_case_in_subprocess", case)
+    monkeypatch.setattr(bench, "matmul_rate", lambda *args, **kwargs: 1e10)
+    lines = []
+    results = bench.bench_llm(bench.QUICK_LLM, torch.device("cuda"), lines.append)  # nothing runs on it
+    assert results["full.npo.copy.out_of_memory"] and not results["full.npo.cached.out_of_memory"]
+    assert not results["full.npo.copy.fits_80gib"] and results["full.npo.cached.fits_80gib"]
+    assert "full.npo.cached_vs_copy.peak_mem_ratio" not in results and "full.npo.saved_bytes" not in results
+    assert results["npo.cached_vs_copy.peak_mem_ratio"] == 1.0 and results["npo.cached.mfu"] == 0.1
+    assert results["n_parameters"] == 7 and results["lora.trainable_parameters"] == 1
+    assert results["mask.wagle.peak_over_model_bytes"] == 2.0
+    assert any(line.startswith("full.npo.copy") and "out of memory" in line for line in lines)

@@ -20,7 +20,8 @@ resident set above the process's baseline) is its own. Step time is the median o
 warm-up; tokens per second count the trained tokens (forget, plus retain for NPO+KL). Model FLOP utilisation
 is ``training_flops_per_token`` x tokens per second over this device's measured matmul rate in the working
 dtype (large square products, measured in the same run). Also the time and peak memory of building a WAGLE mask
-(ratio 0.8) over every weight.
+(ratio 0.8) over every weight. A setting that runs out of GPU memory is recorded (``out_of_memory``; on CUDA
+also ``fits_80gib`` for every setting) and the comparisons that need it are skipped.
 """
 
 from __future__ import annotations
@@ -299,8 +300,21 @@ def mask_case(model, forget, retain, before: int, device: torch.device) -> dict:
             "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
+def case_main(payload: str) -> None:
+    """One case's process: print ``llm_case``'s result as JSON, or {"out_of_memory": true, "error": ...} when
+    the device runs out of memory (a setting that does not fit is a result, not a failure of the benchmark)."""
+    import json
+
+    a = json.loads(payload)
+    try:
+        result = llm_case(LLMBench(**a["cfg"]), a["method"], a["reference"], a["lora"], torch.device(a["device"]))
+    except torch.OutOfMemoryError as error:
+        result = {"out_of_memory": True, "error": str(error).splitlines()[0]}
+    print(json.dumps(result))
+
+
 def _case_in_subprocess(cfg: LLMBench, case: tuple, device: torch.device) -> dict:
-    """``llm_case`` in a fresh Python process, so that each setting's peak memory is its own."""
+    """``llm_case`` in a fresh Python process (``case_main``), so that each setting's peak memory is its own."""
     import json
     import subprocess
     import sys
@@ -308,13 +322,18 @@ def _case_in_subprocess(cfg: LLMBench, case: tuple, device: torch.device) -> dic
     _, method, reference, lora = case
     payload = json.dumps({"cfg": dataclasses.asdict(cfg), "method": method, "reference": reference, "lora": lora,
                           "device": str(device)})
-    code = ("import json, sys, torch; from unlearn import bench; a = json.loads(sys.argv[1]); "
-            "print(json.dumps(bench.llm_case(bench.LLMBench(**a['cfg']), a['method'], a['reference'], a['lora'], "
-            "torch.device(a['device']))))")
+    code = "import sys; from unlearn import bench; bench.case_main(sys.argv[1])"
     out = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"bench llm case {case[0]} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _row(label: str, r: dict) -> str:
+    if r.get("out_of_memory"):
+        return f"{label:<18} {'out of memory':>36}"
+    return (f"{label:<18} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f} "
+            f"{r['mfu']:>6.1%}")
 
 
 def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None] = print) -> dict:
@@ -327,33 +346,48 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
     report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9} {'MFU':>6}")
     for case in cases:
         measured[case[0]] = r = _case_in_subprocess(cfg, case, device)
-        r["mfu"] = r["model_flops_per_s"] / peak
-        report(f"{case[0]:<18} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f} "
-               f"{r['mfu']:>6.1%}")
-    results: dict = {"n_parameters": measured["npo.copy"]["n_parameters"],
-                     "lora.trainable_parameters": measured["npo.copy"]["trainable_parameters"],
-                     "matmul_tflops": peak / 1e12}
+        if not r.get("out_of_memory"):
+            r["mfu"] = r["model_flops_per_s"] / peak
+        report(_row(case[0], r))
+    fitted = {label: r for label, r in measured.items() if not r.get("out_of_memory")}
+    results: dict = {"matmul_tflops": peak / 1e12}
     for label, r in measured.items():
-        results.update({f"{label}.{key}": r[key] for key in ("peak_bytes", "tokens_per_s", "mfu")})
+        results[f"{label}.out_of_memory"] = bool(r.get("out_of_memory"))
+        results.update({f"{label}.{key}": r[key] for key in ("peak_bytes", "tokens_per_s", "mfu") if key in r})
+    if fitted:
+        results["n_parameters"] = next(iter(fitted.values()))["n_parameters"]
+    with_lora = [r for label, r in fitted.items() if not label.startswith("full.")]
+    if with_lora:
+        results["lora.trainable_parameters"] = with_lora[0]["trainable_parameters"]
+    if device.type == "cuda":  # does the setting fit an 80 GiB GPU (A100/H100 80GB) at all?
+        results.update({f"{label}.fits_80gib": label in fitted and fitted[label]["peak_bytes"] <= 80 * 2**30
+                        for label in measured})
     pairs = [("npo", "npo.cached", "npo.copy", "cached_vs_copy"), ("npo+kl", "npo+kl.adapter", "npo+kl.copy",
                                                                      "adapter_vs_copy")]
     if cfg.full_finetuning:
         pairs.append(("full.npo", "full.npo.cached", "full.npo.copy", "cached_vs_copy"))
     for prefix, a, b, name in pairs:
-        results[f"{prefix}.{name}.peak_mem_ratio"] = measured[a]["peak_bytes"] / measured[b]["peak_bytes"]
-        results[f"{prefix}.{name}.step_time_ratio"] = measured[a]["step_s"] / measured[b]["step_s"]
+        if not (a in fitted and b in fitted):
+            report(f"{prefix + '.' + name:<28} not compared: a setting ran out of memory")
+            continue
+        results[f"{prefix}.{name}.peak_mem_ratio"] = fitted[a]["peak_bytes"] / fitted[b]["peak_bytes"]
+        results[f"{prefix}.{name}.step_time_ratio"] = fitted[a]["step_s"] / fitted[b]["step_s"]
         report(f"{prefix + '.' + name:<28} peak memory x{results[f'{prefix}.{name}.peak_mem_ratio']:.2f}, "
                f"step time x{results[f'{prefix}.{name}.step_time_ratio']:.2f}")
-    if cfg.full_finetuning:
-        saved = measured["full.npo.copy"]["peak_bytes"] - measured["full.npo.cached"]["peak_bytes"]
+    if "full.npo.cached" in fitted and "full.npo.copy" in fitted:
+        saved = fitted["full.npo.copy"]["peak_bytes"] - fitted["full.npo.cached"]["peak_bytes"]
         results["full.npo.saved_bytes"] = saved
-        results["full.npo.saved_over_model_bytes"] = saved / measured["full.npo.copy"]["param_bytes"]
+        results["full.npo.saved_over_model_bytes"] = saved / fitted["full.npo.copy"]["param_bytes"]
         report(f"full fine-tuning: cached saves {saved / 2**20:.0f} MiB = "
                f"{results['full.npo.saved_over_model_bytes']:.2f} x the model's {cfg.dtype} weights")
     mask = _case_in_subprocess(cfg, ("mask.wagle", "NPO", "mask", False), device)
-    results["mask.wagle.seconds"] = mask["seconds"]
-    results["mask.wagle.peak_over_model_bytes"] = mask["peak_bytes"] / mask["param_bytes"]
-    report(f"WAGLE mask (ratio 0.8) on every weight: {mask['seconds']:.1f} s, peak memory "
-           f"{results['mask.wagle.peak_over_model_bytes']:.1f} x the model's weights")
+    results["mask.wagle.out_of_memory"] = bool(mask.get("out_of_memory"))
+    if mask.get("out_of_memory"):
+        report("WAGLE mask (ratio 0.8) on every weight: out of memory")
+    else:
+        results["mask.wagle.seconds"] = mask["seconds"]
+        results["mask.wagle.peak_over_model_bytes"] = mask["peak_bytes"] / mask["param_bytes"]
+        report(f"WAGLE mask (ratio 0.8) on every weight: {mask['seconds']:.1f} s, peak memory "
+               f"{results['mask.wagle.peak_over_model_bytes']:.1f} x the model's weights")
     results["cases"] = {**measured, "mask.wagle": mask}
     return results

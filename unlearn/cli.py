@@ -242,8 +242,9 @@ BENCH_LLM_HELP = """\
 NPO and NPO+KL steps on one Llama-shaped model (random weights), same batch, each setting in its own process:
 the cached reference (NPO) and the adapter reference (NPO+KL, LoRA) against a frozen copy of the model (what
 peer frameworks do), with LoRA, and NPO cached vs copy with full fine-tuning (AdamW on every weight). Prints
-peak memory, step time, tokens per second and model FLOP utilisation (6 N + 12 L d T FLOPs per trained token
-over this device's matmul rate in the working dtype, measured in the same run) of each, and the ratios. A
+peak memory, step time, tokens per second and model FLOP utilisation (4 N + 2 N_trainable + 12 L d T FLOPs per
+trained token over this device's matmul rate in the working dtype, measured in the same run) of each, and the
+ratios. A setting that runs out of GPU memory is reported as such (and, on CUDA, whether each fits 80 GiB). A
 benchmark: nothing is asserted.
 """
 
