@@ -341,6 +341,8 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
     cases = [c for c in CASES if cfg.full_finetuning or c[3]]
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     peak = matmul_rate(dtype, device, n=8192 if device.type == "cuda" else 1024)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the settings run in their own processes: leave them this one's memory
     report(f"matmul rate ({cfg.dtype}, {device}): {peak / 1e12:.2f} TFLOP/s, the MFU denominator")
     measured = {}
     report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9} {'MFU':>6}")
