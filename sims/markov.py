@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from theory.markov import N_STATES, SUBSETS, Chain, chain
 from unlearn import attribution, cache, losses
-from unlearn.config import config_dict
+from unlearn.config import config_dict, require_at_least_one, require_positive
 from unlearn.ensemble import Ensemble, member_kl, member_logprobs
 from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
 from unlearn.losses import token_mean_nll
@@ -472,6 +472,25 @@ class Setup:
         world = make_world(world_cfg)
         original = pretrained_model(world_cfg, pre_cfg, self.pretrain_data, device, world, progress)
         return world, original, pretrained_model(world_cfg, pre_cfg, "retain", device, world, progress)
+
+
+
+@dataclass(frozen=True)
+class UnlearningSetup(Setup):
+    """``Setup`` plus the unlearning loop every Markov experiment shares (their Configs extend it): ``steps``
+    of ``batch_size`` forget sequences, AdamW at ``lr`` (the SimNPO synthetic code's 50 steps of 4 at 5e-4),
+    on ``device``, with or without progress bars."""
+
+    steps: int = 50
+    batch_size: int = 4
+    lr: float = 5e-4
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_at_least_one(self, "steps", "batch_size")
+        require_positive(self, "lr")
 
 
 # The fast presets' setup: a smaller world and model, pretrained in seconds, whose retrain-only model still

@@ -31,7 +31,7 @@ from sims import markov
 from sims.experiment import Experiment, Result
 from sims.plotting import panel_label
 from unlearn import attribution
-from unlearn.config import require_at_least_one, require_positive
+from unlearn.config import require_positive
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -42,24 +42,18 @@ KIND_COLORS = {"dense": "k", "random": "#7f7f7f", "magnitude": "#ff7f0e", "wagle
 
 
 @dataclass(frozen=True)
-class Config(markov.Setup):
-    """Masked unlearning on the shared Markov setup (``sims.markov.Setup``; default: markov-length's)."""
+class Config(markov.UnlearningSetup):
+    """Masked unlearning on the shared Markov setup (``sims.markov.UnlearningSetup``; default: markov-length's)."""
 
     npo_beta: float = 0.2
     lam: float = 1.0
-    steps: int = 50
-    batch_size: int = 4
-    lr: float = 5e-4
     ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.95)
     mu: float = 1e-6
     eval_limit: int | None = 500  # the first eval_limit sequences of each test split (None: all)
-    device: str = "cpu"
-    progress: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least_one(self, "steps", "batch_size")
-        require_positive(self, "npo_beta", "lr", "mu")
+        require_positive(self, "npo_beta", "mu")
         for ratio in self.ratios:
             if not 0 < ratio <= 1:
                 raise ValueError(f"ratios: every ratio must lie in (0, 1], got {ratio!r}")

@@ -46,24 +46,20 @@ N_SAMPLES = 6  # generated sequences shown per model
 
 
 @dataclass(frozen=True)
-class Config(markov.Setup):
-    """Long unlearning runs on the shared Markov setup (``sims.markov.Setup``; default: markov-length's)."""
+class Config(markov.UnlearningSetup):
+    """Long unlearning runs on the shared Markov setup (``sims.markov.UnlearningSetup``; default: markov-length's)."""
 
     npo_beta: float = 0.2
     simnpo_beta: float = 4.0
     steps: int = 2000  # capped at one epoch over the forget set (8000 sequences / batch 4 = 2000)
-    batch_size: int = 4
-    lr: float = 5e-4
     eval_every: int = 40
     eval_limit: int | None = 500
     fit_from: int = 100
-    device: str = "cpu"
-    progress: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least_one(self, "steps", "batch_size", "eval_every")
-        require_positive(self, "npo_beta", "simnpo_beta", "lr")
+        require_at_least_one(self, "eval_every")
+        require_positive(self, "npo_beta", "simnpo_beta")
         if not 0 <= self.fit_from < self.steps:
             raise ValueError(f"fit_from must lie in [0, steps), got {self.fit_from}")
 

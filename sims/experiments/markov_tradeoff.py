@@ -53,26 +53,21 @@ FORGETS = {"f1": "forget1_kl", "f2": "forget2_kl"}
 
 
 @dataclass(frozen=True)
-class Config(markov.Setup):
-    """Unlearning settings on top of the shared world and pretraining (``sims.markov.Setup``)."""
+class Config(markov.UnlearningSetup):
+    """Unlearning settings on top of the shared world and pretraining (``sims.markov.UnlearningSetup``)."""
 
     npo_beta: float = 0.2
     simnpo_beta: float = 4.0
-    steps: int = 50
-    batch_size: int = 4
-    lr: float = 5e-4
     seeds: int = 3
     sweep_npo_betas: tuple[float, ...] = (0.05, 0.5, 1.0, 2.0)
     sweep_simnpo_betas: tuple[float, ...] = (1.0, 2.0, 8.0)
     sweep_eval_every: int = 5
     eval_limit: int | None = 500  # evaluate on the first eval_limit sequences of each test split (None: all)
-    device: str = "cpu"
-    progress: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least_one(self, "steps", "batch_size", "seeds", "sweep_eval_every")
-        require_positive(self, "npo_beta", "simnpo_beta", "lr")
+        require_at_least_one(self, "seeds", "sweep_eval_every")
+        require_positive(self, "npo_beta", "simnpo_beta")
         for key in ("sweep_npo_betas", "sweep_simnpo_betas"):
             for beta in getattr(self, key):
                 if not (np.isfinite(beta) and beta > 0):

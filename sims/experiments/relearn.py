@@ -48,27 +48,22 @@ SPLITS = ("forget_kl", "forget1_kl", "forget2_kl", "retain_kl")
 
 
 @dataclass(frozen=True)
-class Config(markov.Setup):
+class Config(markov.UnlearningSetup):
     """Unlearning as in markov-length, then relearning on a fifth of the forget set."""
 
     npo_beta: float = 0.2
     simnpo_beta: float = 4.0
-    steps: int = 50
-    batch_size: int = 4
-    lr: float = 5e-4
     relearn_frac: float = 0.2
     relearn_epochs: int = 3
     relearn_batch_size: int = 32
     relearn_lr: float = 1e-4
     draws: int = 5
     eval_limit: int | None = 500  # the first eval_limit sequences of each test split (None: all)
-    device: str = "cpu"
-    progress: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least_one(self, "steps", "batch_size", "relearn_epochs", "relearn_batch_size", "draws")
-        require_positive(self, "npo_beta", "simnpo_beta", "lr", "relearn_lr")
+        require_at_least_one(self, "relearn_epochs", "relearn_batch_size", "draws")
+        require_positive(self, "npo_beta", "simnpo_beta", "relearn_lr")
         if not 0 < self.relearn_frac <= 1:
             raise ValueError(f"relearn_frac must lie in (0, 1], got {self.relearn_frac}")
 

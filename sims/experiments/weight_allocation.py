@@ -35,7 +35,7 @@ from sims import markov
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, panel_label
 from theory import allocation
-from unlearn.config import require_at_least_one, require_positive
+from unlearn.config import require_positive
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -44,23 +44,17 @@ METHODS = ("NPO", "SimNPO")
 
 
 @dataclass(frozen=True)
-class Config(markov.Setup):
-    """Unlearning settings on the shared Markov setup (``sims.markov.Setup``; default: markov-length's)."""
+class Config(markov.UnlearningSetup):
+    """Unlearning settings on the shared Markov setup (``sims.markov.UnlearningSetup``; default: markov-length's)."""
 
     npo_beta: float = 0.2
     simnpo_beta: float = 4.0
-    steps: int = 50
-    batch_size: int = 4
-    lr: float = 5e-4
     stages: tuple[int, ...] = (0, 10, 25, 50)  # steps at which every forget sequence's weight is recorded
     min_tokens: int = 2  # shortest Forget1 prefix, in predicted tokens |y|
-    device: str = "cpu"
-    progress: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least_one(self, "steps", "batch_size")
-        require_positive(self, "npo_beta", "simnpo_beta", "lr")
+        require_positive(self, "npo_beta", "simnpo_beta")
         if not self.stages or self.stages[0] != 0 or list(self.stages) != sorted(set(self.stages)) \
                 or self.stages[-1] > self.steps:
             raise ValueError(f"stages must rise strictly from 0 to at most steps={self.steps}, got {self.stages}")

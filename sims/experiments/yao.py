@@ -45,23 +45,19 @@ METRICS = ("forget_kl", "retain_kl", "entropy")
 
 
 @dataclass(frozen=True)
-class Config(markov.Setup):
-    """Long unlearning on the shared Markov setup (``sims.markov.Setup``; default: markov-length's)."""
+class Config(markov.UnlearningSetup):
+    """Long unlearning on the shared Markov setup (``sims.markov.UnlearningSetup``; default: markov-length's)."""
 
     steps: int = 400
-    batch_size: int = 4
-    lr: float = 5e-4
     lam: float = 2.0  # eps3 / eps1: the KL term (GA+KL and GA+Mismatch+KL)
     mismatch: float = 2.0  # eps2 / eps1: the random-mismatch NLL
     eval_every: int = 10
     eval_limit: int | None = 500
-    device: str = "cpu"
-    progress: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least_one(self, "steps", "batch_size", "eval_every")
-        require_positive(self, "lr", "lam", "mismatch")
+        require_at_least_one(self, "eval_every")
+        require_positive(self, "lam", "mismatch")
 
     def params(self) -> MethodParams:
         return MethodParams(lam=self.lam, mismatch=self.mismatch)
