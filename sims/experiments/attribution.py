@@ -89,9 +89,9 @@ def run(cfg: Config) -> Result:
         [generator(cfg.seed, "markov-unlearn", METHODS[x]) for x, _, _ in runs], steps=cfg.steps,
         batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.steps, evaluate=evaluate,
         masks=[None if kind == "dense" else masks[kind, r] for _, kind, r in runs], progress=cfg.progress)
-    metrics: dict[str, float | None] = {}
-    for name, model in (("original", original), ("retrained", retrained)):
-        metrics.update({f"{name}.{k}": v for k, v in evaluate(model, 0).items() if k != "entropy"})
+    scored = [k for k in history.evals if k != "entropy"]
+    metrics: dict[str, float | None] = {f"original.{k}": history.evals[k][0][0] for k in scored}  # step 0
+    metrics.update({f"retrained.{k}": v for k, v in evaluate(retrained, 0).items() if k != "entropy"})
     for i, (x, kind, r) in enumerate(runs):
         for k in ("forget_kl", "retain_kl"):
             metrics[f"{x}.{kind}.ratio={r:g}.{k}"] = history.evals[k][-1][i]
