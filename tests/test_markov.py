@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sims import markov as mk
+from sims.experiments import EXPERIMENTS
 from theory import markov as theory
 from theory.objectives import simnpo_weight
 from unlearn.ensemble import Ensemble
@@ -378,3 +379,19 @@ def test_summary_forget_kl_is_the_token_kl_of_both_forget_splits_together(tiny_w
     assert values["forget1_kl"] == pytest.approx(mk.token_kl(tiny_original, tiny_world["forget1_test"]))
     assert values["entropy"] == pytest.approx(mk.mean_entropy(tiny_original, tiny_world["retain_test"]))
     assert "entropy" not in mk.summary_evaluator(tiny_world, "cpu", entropy=False)(tiny_original, 0)
+
+
+MARKOV_EXPERIMENTS = [name for name, e in EXPERIMENTS.items() if isinstance(e.presets["fast"], mk.UnlearningSetup)]
+
+
+def test_the_markov_experiments_share_one_unlearning_setup():
+    assert sorted(MARKOV_EXPERIMENTS) == ["attribution", "collapse", "markov-length", "markov-memorization",
+                                          "relearn", "weight-allocation", "yao"]
+
+
+@pytest.mark.parametrize("name", MARKOV_EXPERIMENTS)
+@pytest.mark.parametrize("override", ["steps=0", "batch_size=0", "lr=0", "lr=nan"])
+def test_every_markov_experiment_refuses_a_bad_unlearning_loop_naming_the_field(name, override):
+    field = override.split("=")[0]
+    with pytest.raises(ValueError, match=f"invalid config: {field} must be"):
+        EXPERIMENTS[name].config("fast", [override])
