@@ -71,7 +71,7 @@ class RunConfig:
 
         try:
             return ValidateConfig(model=self.model, task=self.task, forget=self.forget, retain=self.retain,
-                                  seed=self.seed, device=self.device)
+                                  seed=self.seed, device=self.device, precision="float32")
         except ValueError as err:
             raise ValueError(f"model {self.model!r}: not a toy model ({', '.join(MODELS)}) and not a usable "
                              f"Hugging Face model or task: {err}") from None

@@ -4,9 +4,10 @@
    Forget2 length 5 so that response lengths differ; ``facts``: fictitious authors, TOFU-like) or JSONL/TOFU
    files (``--task jsonl --forget F --retain R``); a local Hugging Face model directory, or a named
    architecture with random weights (``tiny``, ``llama-100m-shape``, ``llama-7b-shape``; ``unlearn.models.hf``).
-2. Memorise: fine-tune (AdamW, token-mean NLL, full batches) on forget + retain until the forget set's NLL per
-   response token is below ``memorise_nll`` or ``memorise_epochs`` pass; for a model that already knows its
-   data (a real checkpoint with ``--memorise-epochs 0``) this is skipped.
+2. Memorise: fine-tune (one AdamW run: 10-step warm-up, linear decay; token-mean NLL, batches of 64) on
+   forget + retain until the forget set's NLL per response token is below ``memorise_nll``, stops falling, or
+   ``memorise_epochs`` pass; for a model that already knows its data (a real checkpoint with
+   ``--memorise-epochs 0``) this is skipped.
 3. Unlearn from the memorised model with each method for ``steps`` steps (AdamW, forget batches of
    ``batch_size``), through the same loop, objectives and reference handling as every run (``unlearn.losses``,
    ``unlearn.reference``), optionally with LoRA; every ``eval_every`` steps record each forget sequence's
@@ -16,6 +17,16 @@
    log-step fits (NPO paper Theorem 2: GA linear, NPO logarithmic), the per-sequence weights against |y| at the
    first and last evaluation (NPO exactly 1 at step 0; SimNPO proportional to 1/|y|: SimNPO paper Sec. 4,
    ``theory.allocation``), and the retain drift.
+
+Precision, optimizer and memory (``PRECISIONS``, ``memory_plan``): AdamW everywhere, its moments in the
+weights' dtype. ``float32`` (the CPU default); ``bf16-mixed``: float32 weights and moments, bf16 autocast
+(16 bytes per weight, plus autocast's bf16 copy of the weights); ``bf16``: bf16 weights and moments (8 bytes
+per weight), which rounds away an update smaller than half the bf16 spacing of its weight (2^-9 to 2^-8 of
+the weight: an AdamW step of ~lr = 5e-5 no longer moves weights above ~0.026). On CUDA, ``auto`` takes
+bf16-mixed when its plan fits the GPU's free memory (Llama-2-7B's shape: 113 GiB, within an H200's 140 GiB)
+and bf16 otherwise (50 GiB: one 80 GB GPU); a run whose plan does not fit is refused before anything is
+allocated. The memorised weights wait in host memory while each method unlearns from a copy of them on the
+device. Learning rates default by model (``LEARNING_RATES``): AdamW's usable rate falls with width.
 
 Checkpoints: the memorised model and each finished method's measurements are written to OUT/validate.ckpt
 (atomically) under a key of everything they depend on, so an interrupted run resumes without redoing finished
@@ -29,6 +40,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +56,20 @@ from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.models import hf
 from unlearn.objectives import MethodParams
 from unlearn.reference import MODES, batched_logprobs, make_reference
-from unlearn.train import TrainConfig, shuffled_batches, train
+from unlearn.train import StopRun, TrainConfig, resolve_device, shuffled_batches, train
 
 TASKS = ("markov", "facts", "jsonl")
+# (memorise lr, unlearning lr) by model, AdamW; README "Real causal LMs" has the runs behind them. Memorising:
+# tiny 3e-3, llama-20m-shape 1e-3 (3e-3 diverged) and llama-100m-shape 2e-4 (6e-4 diverged) measured on the CPU,
+# llama-7b-shape 5e-5 extrapolated (the usable rate fell about like 1/width). Unlearning: slow enough that NPO
+# is still moving after the first 20% of steps, where the rate fits start (llama-20m-shape: at 3e-4 NPO
+# saturated within 30 steps, at 3e-5 it did not); 1e-5 is the NPO paper's rate for 7B models and a local
+# checkpoint's default.
+LEARNING_RATES = {"tiny": (3e-3, 1e-3), "llama-20m-shape": (1e-3, 3e-5), "llama-100m-shape": (2e-4, 1e-5),
+                  "llama-7b-shape": (5e-5, 1e-5), "checkpoint": (1e-5, 1e-5)}
+MEMORISE_WARMUP = 10  # optimizer steps
+PRECISIONS = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", "bf16"), "bf16": ("bf16", "bf16")}
+# name -> (the weights' dtype, unlearn.train precision: "bf16" runs forward passes under bf16 autocast)
 METHODS = ("GA", "NPO", "SimNPO")
 PREDICTIONS = {
     "ga.linear_r2": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2): linear_r2 >= log_r2",
@@ -67,7 +90,7 @@ class ValidateConfig:
     methods: tuple[str, ...] = METHODS
     steps: int = 300
     fit_from: float = 0.2  # fit the rates over the last 80% of the steps (after the first transient)
-    lr: float = 1e-3
+    lr: float | None = None  # None: LEARNING_RATES
     batch_size: int = 32
     npo_beta: float = 0.5
     simnpo_beta: float = 2.5
@@ -76,19 +99,28 @@ class ValidateConfig:
     facts_split: str = "forget10"
     memorise_epochs: int = 300
     memorise_nll: float = 0.05
-    memorise_lr: float = 3e-3
+    memorise_lr: float | None = None  # None: LEARNING_RATES
     eval_every: int = 5
     lora_rank: int | None = None
     lora_alpha: float = 16.0
     reference: str = "cached"
-    dtype: str = "float32"
+    precision: str = "auto"  # PRECISIONS; auto: float32 on the CPU, on CUDA what fits (module docstring)
     gradient_checkpointing: bool = False
     max_length: int = 256
     prompt_format: str = "auto"
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # cuda when a GPU is visible, else cpu
 
     def __post_init__(self):
+        resolved = {}
+        if self.device == "auto":
+            resolved["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.precision == "auto" and torch.device(resolved.get("device", self.device)).type == "cpu":
+            resolved["precision"] = "float32"
+        memorise_lr, lr = LEARNING_RATES.get(self.model, LEARNING_RATES["checkpoint"])
+        resolved.update({k: v for k, v in (("lr", lr), ("memorise_lr", memorise_lr)) if getattr(self, k) is None})
+        for key, value in resolved.items():
+            object.__setattr__(self, key, value)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.task == "jsonl" and not (self.forget and self.retain):
@@ -96,6 +128,8 @@ class ValidateConfig:
         for name in self.methods:
             if name not in METHODS:
                 raise ValueError(f"validate runs {', '.join(METHODS)}; got {name!r}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"unknown precision {self.precision!r}; valid: auto, {', '.join(PRECISIONS)}")
         if self.reference not in MODES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(MODES)}")
         if self.reference == "adapter" and self.lora_rank is None:
@@ -108,14 +142,14 @@ class ValidateConfig:
                 raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
         if self.memorise_epochs < 0:
             raise ValueError(f"memorise_epochs must be >= 0, got {self.memorise_epochs}")
-        if not self.model_spec().is_architecture:
+        if not hf.ModelSpec(self.model).is_architecture:
             hf.check_directory(Path(self.model))
 
     def params(self, method: str) -> MethodParams:
         return MethodParams(beta={"GA": 1.0, "NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
 
     def model_spec(self, vocab_size: int | None = None, lora: bool = False) -> hf.ModelSpec:
-        return hf.ModelSpec(self.model, dtype=self.dtype, device=self.device,
+        return hf.ModelSpec(self.model, dtype=PRECISIONS[self.precision][0], device=self.device,
                             gradient_checkpointing=self.gradient_checkpointing, seed=self.seed,
                             vocab_size=vocab_size if self.model == "tiny" else None,
                             lora=hf.LoraSpec(self.lora_rank, self.lora_alpha) if lora and self.lora_rank else None)
@@ -127,9 +161,9 @@ class ValidateConfig:
 def task_data(cfg: ValidateConfig):
     """(forget TokenSet, retain TokenSet, vocab size or None, description) of the task."""
     if cfg.task == "markov":
-        half = max(1, cfg.n_forget // 2)
-        world = markov.make_world(markov.MarkovWorldConfig(seed=cfg.seed, n_retain=cfg.n_retain + 2,
-                                                           n_forget1=half + 2, n_forget2=cfg.n_forget - half + 2))
+        half = max(1, cfg.n_forget // 2)  # draw twice as many as needed: each train split keeps >= half of them
+        world = markov.make_world(markov.MarkovWorldConfig(seed=cfg.seed, n_retain=2 * cfg.n_retain,
+                                                           n_forget1=2 * half, n_forget2=2 * (cfg.n_forget - half)))
         forget = markov.Split.concat([world["forget1_train"].take(slice(0, half)),
                                       world["forget2_train"].take(slice(0, cfg.n_forget - half))])
         retain = world["retain_train"].take(slice(0, cfg.n_retain))
@@ -150,6 +184,52 @@ def task_data(cfg: ValidateConfig):
     return tok[0], tok[1], vocab, cfg.task
 
 
+# --------------------------------------------------------------------------------------------------- memory
+
+
+def memory_plan(n_parameters: int, n_trainable: int, precision: str, reference: str, memorise: bool = True) -> dict:
+    """Device bytes of weights, gradients and AdamW moments (two per trained weight, in the weights' dtype) in
+    each phase; activations are left out (the built-in tasks' batches are at most 64 x 20 tokens):
+
+        memorise   4 N b + c                           weights, gradients, two moments (every weight trains)
+        unlearn    N b + 3 T b + c  (+ N b for copy)   the working model, T trained weights (N, or LoRA's), the
+                                                       frozen copy of the ``copy`` reference
+
+    N parameters, b bytes per weight (4 float32 and bf16-mixed, 2 bf16), c = 2 N for bf16-mixed (autocast keeps
+    a bf16 copy of the weights through forward and backward), else 0; the memorised weights wait in host
+    memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16, 121 GB (113 GiB) in bf16-mixed."""
+    b = torch.finfo(hf.DTYPES[PRECISIONS[precision][0]]).bits // 8
+    weights, cast = n_parameters * b, 2 * n_parameters if precision == "bf16-mixed" else 0
+    plan = {"memorise_bytes": 4 * weights + cast if memorise else 0,
+            "unlearn_bytes": weights + 3 * n_trainable * b + cast + (weights if reference == "copy" else 0)}
+    plan["peak_bytes"] = max(plan.values())
+    return plan
+
+
+def model_size(cfg: ValidateConfig, vocab: int | None) -> tuple[int, int]:
+    """(parameters, trained parameters) of this run, from the model's shapes on the meta device."""
+    model = hf.meta_model(dataclasses.replace(cfg, precision="float32").model_spec(vocab))
+    n = hf.n_parameters(model)
+    return n, hf.lora_size(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha)) if cfg.lora_rank else n
+
+
+def plan_precision(cfg: ValidateConfig, size: tuple[int, int], free_bytes: int | None) -> tuple[str, dict]:
+    """(precision, memory plan) of this run on a device with ``free_bytes`` free (None: the CPU, unchecked):
+    ``auto`` takes the first of bf16-mixed, bf16 whose plan fits; a plan that does not fit is refused before
+    anything is allocated, with its sizes and what would help."""
+    choices = ("bf16-mixed", "bf16") if cfg.precision == "auto" else (cfg.precision,)
+    plans = {p: memory_plan(*size, p, cfg.reference, memorise=cfg.memorise_epochs > 0) for p in choices}
+    for precision, plan in plans.items():
+        if free_bytes is None or plan["peak_bytes"] <= free_bytes:
+            return precision, plan
+    precision, plan = choices[-1], plans[choices[-1]]
+    gib = {k: v / 2**30 for k, v in plan.items()}
+    raise ValueError(f"{cfg.model} in {precision} needs about {gib['peak_bytes']:.1f} GiB on {cfg.device} for "
+                     f"weights, gradients and AdamW moments (memorise {gib['memorise_bytes']:.1f} GiB, unlearn "
+                     f"{gib['unlearn_bytes']:.1f} GiB), more than its {free_bytes / 2**30:.1f} GiB free; use "
+                     f"--precision bf16, --lora RANK, a smaller model, or a GPU with more memory")
+
+
 # ------------------------------------------------------------------------------------------------- training
 
 
@@ -159,29 +239,35 @@ def nll_per_token(model, data) -> float:
 
 
 def memorise(model, forget, retain, cfg: ValidateConfig, progress) -> tuple[list[float], int]:
-    """Fine-tune on forget + retain (batches of max(batch_size, 64)) until the forget NLL per token is below
-    memorise_nll, stops falling (less than 2% over 10 epochs), or memorise_epochs pass; returns the forget NLL
-    every 10 epochs and the epochs run."""
-    both = llm_data.TokenSet(**{f.name: torch.cat([getattr(forget, f.name), getattr(retain, f.name)])
-                                for f in dataclasses.fields(llm_data.TokenSet)})
-    curve, epoch = [nll_per_token(model, forget)], 0
+    """Fine-tune on forget + retain (one AdamW run: MEMORISE_WARMUP warm-up steps, then a linear decay to 0 at
+    memorise_epochs; batches of max(batch_size, 64)) until the forget NLL per token is below memorise_nll,
+    stops falling (less than 2% over 10 epochs), or memorise_epochs pass; returns the forget NLL every 10
+    epochs and the epochs run."""
+    both = llm_data.TokenSet.concat([forget, retain])
     micro_batches, per_epoch = shuffled_batches(len(both), max(cfg.batch_size, 64), cfg.seed, "memorise")
-    while epoch < cfg.memorise_epochs and curve[-1] > cfg.memorise_nll:
-        if len(curve) >= 3 and curve[-1] > 0.98 * curve[-2]:
-            break  # a plateau: what is left is not memorisable (e.g. Markov tokens the prompt does not determine)
-        chunk = min(10, cfg.memorise_epochs - epoch)
-        tc = TrainConfig(steps=chunk * per_epoch, lr=cfg.memorise_lr, optimizer="adamw", device=cfg.device,
-                         precision="float32" if cfg.dtype == "float32" else "bf16", progress=progress,
-                         name=f"memorise (epoch {epoch})")
-        train(model, token_mean_nll(both), lambda step, e=epoch: micro_batches(e * per_epoch + step), tc)
-        epoch += chunk
-        curve.append(nll_per_token(model, forget))
-    return curve, epoch
+    curve = []
+
+    def evaluate(m, step):
+        curve.append(nll_per_token(m, forget))
+        plateau = len(curve) >= 3 and curve[-1] > 0.98 * curve[-2]  # what is left is not memorisable
+        if curve[-1] <= cfg.memorise_nll or plateau:
+            raise StopRun({"forget_nll": curve[-1]})
+        return {"forget_nll": curve[-1]}
+
+    tc = TrainConfig(steps=cfg.memorise_epochs * per_epoch, lr=cfg.memorise_lr, optimizer="adamw",
+                     schedule="warmup_linear", warmup_steps=MEMORISE_WARMUP, eval_every=10 * per_epoch,
+                     device=cfg.device, precision=_precision(cfg), progress=progress, name="memorise")
+    history = train(model, token_mean_nll(both), micro_batches, tc, evaluate=evaluate)
+    return curve, history.eval_steps[-1] // per_epoch
+
+
+def _precision(cfg: ValidateConfig) -> str:
+    return PRECISIONS[cfg.precision][1]
 
 
 def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, progress) -> dict:
     """One method from a copy of the memorised model; the recorded forget log-likelihoods and retain NLL."""
-    model = copy.deepcopy(memorised)
+    model = copy.deepcopy(memorised).to(cfg.device)
     if cfg.lora_rank:
         model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
     reference = make_reference(cfg.reference, model, forget)
@@ -198,8 +284,7 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
         return {}
 
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=cfg.eval_every, device=cfg.device,
-                     precision="float32" if cfg.dtype == "float32" else "bf16", progress=progress,
-                     name=f"validate {method}")
+                     precision=_precision(cfg), progress=progress, name=f"validate {method}")
     train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
           evaluate=evaluate)
     return record
@@ -280,12 +365,19 @@ def _key(cfg: ValidateConfig, stage: str) -> str:
     return hashlib.sha256(json.dumps({"stage": stage, **fields}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None) -> dict:
+def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
+                 report: Callable[[str], None] = print) -> dict:
     """Everything of the module docstring; writes OUT/validate.json and OUT/validate.png and returns the JSON."""
     from safetensors.torch import load_file, save_file
 
     forget, retain, vocab, description = task_data(cfg)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
+    size = model_size(cfg, vocab)
+    precision, plan = plan_precision(cfg, size, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
+    cfg = dataclasses.replace(cfg, precision=precision)
+    report(f"{cfg.model} ({size[0]:,} parameters, {size[1]:,} trained) on {cfg.device} in {precision}: AdamW, "
+           f"lr {cfg.memorise_lr:g} (memorise) / {cfg.lr:g} (unlearn), about {plan['peak_bytes'] / 2**30:.1f} GiB "
+           f"of weights, gradients and moments")
     forget, retain = forget.to(device), retain.to(device)
     ckpt = out / "validate.ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -300,6 +392,7 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None) -
         memorised_info = {"forget_nll_per_token": curve, "epochs": epochs}
         atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
         atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(memorised_info)))
+    model = model.cpu()  # the memorised weights wait in host memory; each method unlearns a copy on the device
     lengths = forget.n_tokens.cpu().numpy()
     metrics, curves, logp0 = {}, {}, {}
     for method in cfg.methods:
@@ -316,7 +409,7 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None) -
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
            "predictions": predictions(plain, lengths, logp0, {m: cfg.params(m) for m in cfg.methods}),
            "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
-           "n_parameters": hf.n_parameters(model), "env": environment(cfg.device)}
+           "n_parameters": size[0], "memory_plan": {"n_trained": size[1], **plan}, "env": environment(cfg.device)}
     doc = to_jsonable(doc)
     atomic_write(out / "validate.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
     fig = plot(doc)

@@ -87,6 +87,16 @@ def test_lora_with_the_adapter_off_is_the_base_model(tokenizer):
     assert set(hf.lora_targets(base)) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+def test_sizes_on_the_meta_device_match_the_built_model(tokenizer):
+    """meta_model allocates nothing yet has the real model's parameter count; lora_size counts what peft adds."""
+    spec = hf.ModelSpec("tiny", vocab_size=len(tokenizer))
+    meta = hf.meta_model(spec)
+    assert all(p.is_meta for p in meta.parameters())
+    assert hf.n_parameters(meta) == hf.n_parameters(tiny(len(tokenizer)))
+    lora = hf.LoraSpec(rank=4)
+    assert hf.lora_size(meta, lora) == hf.n_parameters(tiny(len(tokenizer), lora), trainable_only=True)
+
+
 def test_lora_targets_for_gpt2_and_unknown_models():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -109,6 +119,20 @@ def _tokens(tokenizer):
         [("Where was Ada born ?", "Lisbon"), ("What does Bram play ?", "the violin , near the sea"),
          ("Where was Bram born ?", "near the sea")])]
     return D.tokenize_examples(examples, tokenizer, 64, "plain")
+
+
+def test_concatenated_token_sets_keep_every_row_log_probs(tokenizer):
+    """Sets of different widths are padded to the widest; the padding is masked, so each row's log-prob is the
+    one it had in its own set."""
+    from unlearn.reference import batched_logprobs
+
+    data = _tokens(tokenizer)
+    wide, narrow = data.take(slice(1, 2)), data.take(slice(2, 3)).trim()
+    assert narrow.input_ids.shape[1] < wide.input_ids.shape[1]
+    both = D.TokenSet.concat([narrow, wide])
+    model = tiny(len(tokenizer))
+    torch.testing.assert_close(batched_logprobs(model, both),
+                               torch.cat([batched_logprobs(model, narrow), batched_logprobs(model, wide)]))
 
 
 @pytest.mark.parametrize("method", ["NPO", "NPO+KL"])

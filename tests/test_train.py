@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn.logprobs import sequence_logprobs
-from unlearn.train import NonFiniteLossError, TrainConfig, lr_factor, resolve_device, train
+from unlearn.train import NonFiniteLossError, StopRun, TrainConfig, lr_factor, resolve_device, train
 
 
 class TinyLM(torch.nn.Module):
@@ -120,6 +120,31 @@ def test_warmup_then_linear_decay():
     factors = [lr_factor(s, cfg) for s in range(10)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_warmup_then_constant():
+    cfg = TrainConfig(steps=6, lr=1.0, schedule="constant", warmup_steps=2)
+    assert [lr_factor(s, cfg) for s in range(6)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_an_evaluation_can_stop_the_run_where_it_evaluated():
+    """StopRun from evaluate ends the run at that evaluation: the model is the one evaluated (equal to a run
+    of exactly that many steps), and the stopping evaluation is recorded."""
+    inputs, labels = make_data()
+
+    def evaluate(model, step):
+        if step == 6:
+            raise StopRun({"step": float(step)})
+        return {"step": float(step)}
+
+    a, b = TinyLM(), TinyLM()
+    h = train(a, nll, lambda s: [(inputs, labels)], TrainConfig(steps=20, lr=0.05, eval_every=3, progress=False),
+              evaluate=evaluate)
+    train(b, nll, lambda s: [(inputs, labels)], TrainConfig(steps=6, lr=0.05, progress=False))
+    assert h.eval_steps == [0, 3, 6] and h.evals["step"] == [0.0, 3.0, 6.0] and len(h.loss) == 6
+    assert a.training
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
 def test_lr_scale_equals_that_learning_rate():

@@ -1,10 +1,12 @@
 """unlearn validate on the tiny Llama: end to end through the CLI, the promised metric keys, and resuming
 from its checkpoints without redoing finished work."""
 
+import dataclasses
 import json
 import shutil
 
 import pytest
+import torch
 
 from sims import validate
 from unlearn.cli import main
@@ -58,14 +60,14 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(first, tmp_pat
 
 def test_validate_on_jsonl_files(tmp_path):
     answers = ["in Oslo", "by the old harbour wall", "Lima"]
-    rows = [{"prompt": f"Where does author {i} live ?", "response": answers[i % 3]} for i in range(6)]
+    rows = [{"prompt": f"Where does author {i} live ?", "response": answers[i] if i < 3 else "Lima"} for i in range(6)]
     (tmp_path / "f.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:3]))
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows[3:]))
     argv = ["validate", "--task", "jsonl", "--forget", str(tmp_path / "f.jsonl"), "--retain", str(tmp_path / "r.jsonl"),
             "--steps", "4", "--memorise-epochs", "10", "--methods", "NPO", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     doc = json.loads((tmp_path / "out" / "validate.json").read_text())
-    assert doc["lengths"] == [3, 6, 2]  # response tokens + EOS
+    assert doc["lengths"] == [3, 6, 2]  # response tokens + EOS; the retain rows are narrower (memorised together)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -73,7 +75,55 @@ def test_validate_on_jsonl_files(tmp_path):
     (["validate", "--methods", "GA,DPO"], "validate runs GA, NPO, SimNPO; got 'DPO'"),
     (["validate", "--reference", "adapter"], "the adapter reference needs LoRA"),
     (["validate", "--model", "/nonexistent/model"], "neither a local model directory"),
+    (["validate", "--precision", "fp8"], "unknown precision 'fp8'; valid: auto, float32, bf16-mixed, bf16"),
 ])
 def test_bad_validate_arguments(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_markov_task_holds_the_sequences_asked_for():
+    forget, retain, _, _ = validate.task_data(validate.ValidateConfig(n_forget=10, n_retain=7))
+    assert sorted(forget.n_tokens.tolist()) == [5] * 5 + [20] * 5 and len(retain) == 7
+
+
+def test_defaults_resolve_device_precision_and_learning_rates_by_model():
+    cfg = validate.ValidateConfig(model="llama-20m-shape")
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert cfg.device == expected_device and cfg.precision == ("auto" if expected_device == "cuda" else "float32")
+    assert (cfg.memorise_lr, cfg.lr) == validate.LEARNING_RATES["llama-20m-shape"]
+    assert validate.ValidateConfig(model="tiny", lr=0.5, device="cpu").lr == 0.5
+
+
+SEVEN_B = 6_738_415_616  # Llama-2-7B's published parameter count
+
+
+def test_memory_plan_by_hand():
+    """Llama-2-7B's shape, read from the meta device without allocating: 4 N b to memorise; LoRA unlearning
+    holds the weights plus 3 b per adapter weight, and a copy reference one more model; bf16-mixed adds
+    autocast's 2 N bytes."""
+    cfg = validate.ValidateConfig(model="llama-7b-shape", precision="bf16", device="cpu", lora_rank=16,
+                                  reference="copy")
+    n, lora = validate.model_size(cfg, None)
+    assert n == SEVEN_B and lora == 16 * 32 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+    plan = validate.memory_plan(n, lora, "bf16", "copy")
+    assert plan["memorise_bytes"] == 4 * n * 2 == plan["peak_bytes"]
+    assert plan["unlearn_bytes"] == n * 2 + 3 * lora * 2 + n * 2
+    assert validate.memory_plan(n, n, "float32", "cached", memorise=False) == {
+        "memorise_bytes": 0, "unlearn_bytes": 16 * n, "peak_bytes": 16 * n}
+    assert validate.memory_plan(n, n, "bf16-mixed", "cached")["peak_bytes"] == 18 * n
+
+
+@pytest.mark.parametrize("free_gib, precision", [(139, "bf16-mixed"), (80, "bf16")])
+def test_auto_precision_on_a_gpu_takes_what_fits(free_gib, precision):
+    cfg = validate.ValidateConfig(model="llama-7b-shape", device="cuda")  # an H200's or an H100's free memory
+    assert validate.plan_precision(cfg, (SEVEN_B, SEVEN_B), free_gib * 2**30)[0] == precision
+
+
+def test_a_run_that_does_not_fit_the_gpu_is_refused_naming_the_need():
+    cfg = validate.ValidateConfig(model="llama-7b-shape", precision="float32", device="cuda")
+    with pytest.raises(ValueError, match=r"llama-7b-shape in float32 needs about 100.4 GiB on cuda .* 80.0 GiB free; "
+                                         r"use --precision bf16"):
+        validate.plan_precision(cfg, (SEVEN_B, SEVEN_B), 80 * 2**30)
+    with pytest.raises(ValueError, match=r"in bf16 needs about 50.2 GiB .* 40.0 GiB free"):
+        validate.plan_precision(dataclasses.replace(cfg, precision="auto"), (SEVEN_B, SEVEN_B), 40 * 2**30)

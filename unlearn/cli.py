@@ -215,9 +215,17 @@ with each method; DIR/validate.json holds the forget NLL against steps with line
 per-sequence weights against |y| at the first and last evaluation, the retain drift, and beside each the toy
 model's prediction; DIR/validate.png shows them. DIR/validate.ckpt lets an interrupted run resume.
 
-models: a local Hugging Face directory (local files only), or tiny / llama-100m-shape / llama-7b-shape
-(random weights from a config; no download). tasks: markov (the SimNPO Markov mixture as tokens), facts
-(fictitious authors, TOFU-like), jsonl (--forget FILE --retain FILE: prompt/response JSONL or TOFU JSON).
+models: a local Hugging Face directory (local files only), or tiny / llama-20m-shape / llama-100m-shape /
+llama-7b-shape (random weights from a config; no download). tasks: markov (the SimNPO Markov mixture as
+tokens), facts (fictitious authors, TOFU-like), jsonl (--forget FILE --retain FILE: prompt/response JSONL or
+TOFU JSON).
+
+Optimizer and precision: AdamW, its moments in the weights' dtype. --precision float32 (the CPU default),
+bf16-mixed (float32 weights, bf16 autocast) or bf16 (bf16 weights: 8 bytes per weight with AdamW, so that
+llama-7b-shape fits one 80 GB GPU, but updates smaller than a bf16 step of their weight are lost); on a GPU,
+auto takes bf16-mixed when it fits the free memory (llama-7b-shape: about 113 GiB) and bf16 otherwise. A run
+that does not fit is refused before it starts, with the memory it needs. Learning rates default by model, as
+AdamW's usable rate falls with width (sims.validate.LEARNING_RATES; the run prints the ones it uses).
 """
 
 
@@ -226,8 +234,9 @@ def cmd_validate(args) -> int:
 
     cfg = ValidateConfig(model=args.model, task=args.task, forget=args.forget, retain=args.retain,
                          methods=tuple(args.methods.split(",")), steps=args.steps, lr=args.lr,
-                         batch_size=args.batch_size, memorise_epochs=args.memorise_epochs, lora_rank=args.lora,
-                         reference=args.reference, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
+                         memorise_lr=args.memorise_lr, batch_size=args.batch_size,
+                         memorise_epochs=args.memorise_epochs, lora_rank=args.lora, reference=args.reference,
+                         precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
                          prompt_format=args.prompt_format, seed=args.seed, device=args.device)
     doc = run_validate(cfg, Path(args.out))
     for key, value in doc["metrics"].items():
@@ -330,16 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_task(p_val, "tiny", "tiny, llama-100m-shape, llama-7b-shape, or a model directory")
     p_val.add_argument("--methods", default="GA,NPO,SimNPO", help="comma-separated (default GA,NPO,SimNPO)")
     p_val.add_argument("--steps", type=int, default=300, help="unlearning steps per method (default 300)")
-    p_val.add_argument("--lr", type=float, default=1e-3, help="unlearning AdamW learning rate (default 1e-3)")
+    p_val.add_argument("--lr", type=float, help="unlearning AdamW learning rate (default: by model, above)")
+    p_val.add_argument("--memorise-lr", type=float, help="memorising AdamW learning rate (default: by model)")
     p_val.add_argument("--batch-size", type=int, default=32, help="forget sequences per step (default 32)")
     p_val.add_argument("--memorise-epochs", type=int, default=300, help="most epochs of memorising (default 300)")
     p_val.add_argument("--lora", type=int, metavar="RANK", help="unlearn through a LoRA adapter of this rank")
     p_val.add_argument("--reference", default="cached", help="cached, adapter (needs --lora) or copy")
-    p_val.add_argument("--dtype", default="float32", help="float32 or bf16")
+    p_val.add_argument("--precision", default="auto", help="float32, bf16-mixed, bf16, or auto (above)")
     p_val.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p_val.add_argument("--prompt-format", default="auto", help="auto, chat or plain (files and facts)")
     p_val.add_argument("--seed", type=int, default=0)
-    p_val.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p_val.add_argument("--device", default="auto", help="cpu, cuda, or auto (default): cuda when a GPU is visible")
     p_val.add_argument("--out", default="validate", metavar="DIR", help="output folder (default validate)")
     p_val.set_defaults(func=cmd_validate)
     p_bench = sub.add_parser("bench", help="benchmarks: measured ratios against a baseline, side by side")

@@ -22,6 +22,7 @@ built in-process for them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -119,6 +120,15 @@ class TokenSet:
 
     def take(self, index) -> TokenSet:
         return TokenSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def concat(sets: Sequence[TokenSet]) -> TokenSet:
+        """The rows of every set, in order, right-padded to the widest (new padding columns hold id 0 and are
+        masked everywhere, so no row's log-probs change)."""
+        width = max(s.input_ids.shape[-1] for s in sets)
+        return TokenSet(**{f.name: torch.cat([torch.nn.functional.pad(getattr(s, f.name),
+                                                                      (0, width - s.input_ids.shape[-1]))
+                                              for s in sets]) for f in fields(TokenSet)})
 
     def trim(self) -> TokenSet:
         """Without the trailing columns that are padding in every row (causal models: nothing else changes)."""

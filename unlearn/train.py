@@ -1,7 +1,8 @@
 """One explicit training loop for every model in the project: full-batch toys and mini-batch LLMs alike.
 
     for step in range(steps):
-        evaluate every ``eval_every`` steps (before the update), and once more after the last one
+        evaluate every ``eval_every`` steps (before the update), and once more after the last one;
+            an evaluation that raises StopRun ends the run there
         for micro in micro_batches(step):                       # gradient accumulation
             loss = sum_k sum_members mean_b losses_fn(model, micro)[k] / len(micro_batches)
             loss.backward()                                     # under bf16 autocast if asked
@@ -45,7 +46,8 @@ class TrainConfig:
     optimizer: "sgd" (plain ``p -= lr * grad``) or "adamw" (betas ``adam_betas``, eps 1e-8).
     weight_decay: decoupled (AdamW-style, ``p *= 1 - lr*wd``) for both optimizers, multiplied by the gradient
         mask when there is one, so a masked weight never moves, not even by decay.
-    schedule: "constant", or "warmup_linear" (linear warm-up over ``warmup_steps``, then linear decay to 0).
+    schedule: "constant" or "warmup_linear": a linear warm-up over ``warmup_steps`` (0: none), then the
+        constant rate, or a linear decay to 0 at ``steps``.
     clip_norm: gradient-norm clipping threshold, on the global norm of one model or on each ensemble member's
         own norm (``train(members=...)``); 0 disables it.
     eval_every: call ``evaluate`` every this many steps (0: only before the first and after the last step).
@@ -103,6 +105,15 @@ class History:
             self.evals.setdefault(key, []).append(value.item() if value.ndim == 0 else value.tolist())
 
 
+class StopRun(Exception):
+    """Raised by ``evaluate`` to end a run at that evaluation (e.g. a target reached): ``train`` records
+    ``values`` as the evaluation and returns the history, leaving the model as it was evaluated."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        super().__init__("run stopped by its evaluation")
+        self.values = values
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; ``terms`` names the offending loss terms and ``history`` holds everything
     recorded before that step (the model itself is left as it was before the step)."""
@@ -125,10 +136,10 @@ def resolve_device(name: str) -> torch.device:
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at ``step`` (0-based) for the configured schedule."""
-    if cfg.schedule == "constant":
-        return 1.0
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
     return max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps))
 
 
@@ -293,7 +304,8 @@ def train(
             summed, so each member's gradient is that of its own mean loss.
         micro_batches: step -> the micro-batches of that step (one for full batch; n for n-fold accumulation).
         cfg: optimisation settings.
-        evaluate: (model, step) -> {name: value}, run without gradients every ``cfg.eval_every`` steps.
+        evaluate: (model, step) -> {name: value}, run without gradients every ``cfg.eval_every`` steps; it may
+            raise StopRun to end the run there.
         masks: {parameter name: bool tensor}; only True entries may change (see TrainConfig.weight_decay).
         lr_scale: multiplies ``cfg.lr`` (and with it the decay lr*wd): {parameter name: tensor broadcastable
             to it}, or, for an ensemble, one value per member (M,) applied to every parameter; with cfg.lr = 1
@@ -317,14 +329,21 @@ def train(
     optimizer = make_optimizer(params, cfg, scales)
     history = History()
 
-    def run_eval(step):
+    def run_eval(step) -> bool:
+        """Evaluate at ``step``; False when the evaluation asked the run to stop (StopRun)."""
         if evaluate is None:
-            return
+            return True
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            history.record_eval(step, evaluate(model, step))
-        model.train(was_training)
+        try:
+            with torch.no_grad():
+                history.record_eval(step, evaluate(model, step))
+        except StopRun as stop:
+            history.record_eval(step, stop.values)
+            return False
+        finally:
+            model.train(was_training)
+        return True
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     hide = None if cfg.progress is None else not cfg.progress  # tqdm: None = only on a terminal
@@ -332,7 +351,9 @@ def train(
     eval_at = set(cfg.eval_at)
     for step in bar:
         if step == 0 or step in eval_at or (cfg.eval_every and step % cfg.eval_every == 0):
-            run_eval(step)
+            if not run_eval(step):
+                bar.close()
+                return history
         for p in params:
             p.grad = None
         micro = micro_batches(step)

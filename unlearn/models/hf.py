@@ -124,6 +124,27 @@ def load_model(spec: ModelSpec) -> nn.Module:
     return model.train()
 
 
+def meta_model(spec: ModelSpec) -> nn.Module:
+    """The model of ``spec`` (without LoRA) on the meta device: every module and shape, no memory, no weights
+    read; for planning memory before loading."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if spec.is_architecture:
+        config = architecture_config(spec.name, spec.vocab_size)
+    else:
+        check_directory(Path(spec.name))
+        config = AutoConfig.from_pretrained(spec.name, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[spec.dtype])
+
+
+def lora_size(model: nn.Module, spec: LoraSpec) -> int:
+    """Parameters of a LoRA adapter on ``model``: rank * (in + out features) for every targeted Linear."""
+    targets = set(spec.targets or lora_targets(model))
+    return sum(spec.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+
+
 def lora_targets(model: nn.Module) -> tuple[str, ...]:
     """Module names for LoRA: by model_type (LORA_TARGETS), else every Linear's leaf name but the head's."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
