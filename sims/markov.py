@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from theory.markov import N_STATES, SUBSETS, Chain, chain
 from unlearn import attribution, cache, losses
 from unlearn.config import config_dict, require_at_least_one, require_positive
+from unlearn.data import Rows, TokenSet
 from unlearn.ensemble import Ensemble, member_kl, member_logprobs
 from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
 from unlearn.losses import token_mean_nll
@@ -81,7 +82,7 @@ def sample_sequences(c: Chain, n: int, length: int, generator: torch.Generator) 
 
 
 @dataclass(frozen=True)
-class Split:
+class Split(Rows):
     """Tokenised sequences of one or more chains, all padded to the same width T.
 
     input_ids (n, T) long, 0 on padding;  labels (n, T) long, -100 on padding;  mask (n, T) bool, 0 on padding;
@@ -94,9 +95,6 @@ class Split:
     mask: torch.Tensor
     target_probs: torch.Tensor
     chain: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
 
     @property
     def n_tokens(self) -> torch.Tensor:
@@ -112,12 +110,6 @@ class Split:
     def chain_names(self) -> tuple[str, ...]:
         return tuple(CHAINS[i] for i in self.chain.tolist())
 
-    def take(self, index: torch.Tensor | slice) -> Split:
-        """The sequences at ``index`` (a slice, or an index tensor on any device)."""
-        if isinstance(index, torch.Tensor):
-            index = index.to(self.input_ids.device)
-        return Split(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
     def trim(self) -> Split:
         """The same sequences without the trailing columns that are padding in every row: the forward pass gets
         cheaper (a batch of length-5 sequences runs on 4 columns, not 19) and, with causal attention, the logits
@@ -128,9 +120,6 @@ class Split:
             return self
         return Split(self.input_ids[..., :width], self.labels[..., :width], self.mask[..., :width],
                      self.target_probs[..., :width, :], self.chain)
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @staticmethod
     def concat(splits: Sequence[Split]) -> Split:
@@ -230,8 +219,6 @@ def make_world(cfg: MarkovWorldConfig) -> MarkovWorld:
 def token_set(split: Split, eos_id: int = N_STATES, pad_id: int = N_STATES + 1):
     """The sequences of ``split`` for a causal LM (``unlearn.data.TokenSet``): state s is token s, the prompt is
     the first state and the response the rest followed by ``eos_id`` (the ``markov`` built-in task)."""
-    from unlearn.data import TokenSet
-
     sequences = []
     for ids, labels, mask in zip(split.input_ids.tolist(), split.labels.tolist(), split.mask.tolist(), strict=True):
         response = [y for y, m in zip(labels, mask, strict=True) if m]

@@ -189,15 +189,16 @@ def task_data(cfg: ValidateConfig):
 
 def memory_plan(n_parameters: int, n_trainable: int, precision: str, reference: str, memorise: bool = True) -> dict:
     """Device bytes of weights, gradients and AdamW moments (two per trained weight, in the weights' dtype) in
-    each phase; activations are left out (the built-in tasks' batches are at most 64 x 20 tokens):
+    each phase; activations (the built-in tasks' batches are at most 64 x 20 tokens) and AdamW's temporary (one
+    chunk of at most 256 MiB or one larger weight: ``unlearn.train.AdamW``) are left out:
 
         memorise   4 N b + c                           weights, gradients, two moments (every weight trains)
         unlearn    N b + 3 T b + c  (+ N b for copy)   the working model, T trained weights (N, or LoRA's), the
                                                        frozen copy of the ``copy`` reference
 
-    N parameters, b bytes per weight (4 float32 and bf16-mixed, 2 bf16), c = 2 N for bf16-mixed (autocast keeps
-    a bf16 copy of the weights through forward and backward), else 0; the memorised weights wait in host
-    memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16, 121 GB (113 GiB) in bf16-mixed."""
+    N parameters, b bytes per weight (4 float32 and bf16-mixed, 2 bf16), c = 2 N for bf16-mixed (autocast's bf16
+    copy of the weights, held for the backward pass: an upper bound), else 0; the memorised weights wait in
+    host memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16, 121 GB (113 GiB) in bf16-mixed."""
     b = torch.finfo(hf.DTYPES[PRECISIONS[precision][0]]).bits // 8
     weights, cast = n_parameters * b, 2 * n_parameters if precision == "bf16-mixed" else 0
     plan = {"memorise_bytes": 4 * weights + cast if memorise else 0,
@@ -375,6 +376,8 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     size = model_size(cfg, vocab)
     precision, plan = plan_precision(cfg, size, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
     cfg = dataclasses.replace(cfg, precision=precision)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     report(f"{cfg.model} ({size[0]:,} parameters, {size[1]:,} trained) on {cfg.device} in {precision}: AdamW, "
            f"lr {cfg.memorise_lr:g} (memorise) / {cfg.lr:g} (unlearn), about {plan['peak_bytes'] / 2**30:.1f} GiB "
            f"of weights, gradients and moments")
@@ -409,7 +412,10 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
            "predictions": predictions(plain, lengths, logp0, {m: cfg.params(m) for m in cfg.methods}),
            "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
-           "n_parameters": size[0], "memory_plan": {"n_trained": size[1], **plan}, "env": environment(cfg.device)}
+           "n_parameters": size[0], "env": environment(cfg.device),
+           "memory_plan": {"n_trained": size[1], **plan,  # and what CUDA measured (activations included)
+                           "measured_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                           else None}}
     doc = to_jsonable(doc)
     atomic_write(out / "validate.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
     fig = plot(doc)

@@ -1,5 +1,6 @@
 """GPU checks (``-m gpu``; skipped without a CUDA device): bf16 numerics of the log-prob path and the
-references on a GPU, and the toy ensemble on a GPU against the CPU."""
+references on a GPU, the toy ensemble on a GPU against the CPU, and ``unlearn validate`` on a GPU (the path
+of the 7B check, at a small size)."""
 
 import pytest
 import torch
@@ -39,3 +40,19 @@ def test_markov_ensemble_on_the_gpu_matches_the_cpu():
                                          evaluate_every=5, progress=False)
         results.append(history.evals["forget1_kl"][-1])
     assert results[1] == pytest.approx(results[0], rel=1e-3)
+
+
+def test_validate_on_the_gpu_plans_its_memory_and_keeps_the_predictions(tmp_path):
+    """llama-20m-shape in bf16-mixed (auto on a GPU with room): the measured peak holds at least the weights,
+    gradients and moments, which coexist at every step (autocast's copy, the plan's last 2 N bytes, need not be
+    whole at the peak), and at most the plan plus activations; NPO's step-0 weights are still exactly 1."""
+    from sims.validate import ValidateConfig, run_validate
+
+    cfg = ValidateConfig(model="llama-20m-shape", device="cuda", steps=20, memorise_epochs=20, eval_every=5)
+    doc = run_validate(cfg, tmp_path, progress=False, report=lambda line: None)
+    plan = doc["memory_plan"]
+    assert doc["config"]["precision"] == "bf16-mixed"
+    assert plan["peak_bytes"] == 18 * doc["n_parameters"]
+    assert 16 * doc["n_parameters"] <= plan["measured_peak_bytes"] <= plan["peak_bytes"] + 2**30
+    assert doc["metrics"]["validate.npo.weight_step0_max_abs_dev_from_1"] == 0.0
+    assert doc["memorised"]["forget_nll_per_token"][-1] < doc["memorised"]["forget_nll_per_token"][0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn.logprobs import sequence_logprobs
-from unlearn.train import NonFiniteLossError, StopRun, TrainConfig, lr_factor, resolve_device, train
+from unlearn.train import AdamW, NonFiniteLossError, StopRun, TrainConfig, lr_factor, resolve_device, train
 
 
 class TinyLM(torch.nn.Module):
@@ -45,6 +45,23 @@ def test_accumulating_8x1_equals_1x8(optimizer):
     for a, b in zip(whole.parameters(), split.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.tensor(h1.loss), torch.tensor(h8.loss), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [AdamW.CHUNK_BYTES, 1])  # one group, or one parameter per group
+def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, monkeypatch):
+    """Our AdamW (no weight decay, no scales) follows torch.optim.AdamW exactly on the CPU, however the
+    parameters are grouped into chunks."""
+    monkeypatch.setattr(AdamW, "CHUNK_BYTES", chunk_bytes)
+    inputs, labels = make_data()
+    ours, theirs = TinyLM(), TinyLM()
+    train(ours, nll, lambda s: [(inputs, labels)], TrainConfig(steps=6, lr=0.05, optimizer="adamw", progress=False))
+    reference = torch.optim.AdamW(theirs.parameters(), lr=0.05, weight_decay=0.0)
+    for _ in range(6):
+        reference.zero_grad()
+        nll(theirs, (inputs, labels))["nll"].mean().backward()
+        reference.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_same_seed_is_bitwise_identical():

@@ -98,8 +98,25 @@ def read_examples(path: str | Path) -> list[Example]:
     return examples
 
 
+class Rows:
+    """Base of a dataclass of tensors whose first axis indexes the same sequences (``TokenSet``,
+    ``sims.markov.Split``): their count, a subset, a move to another device."""
+
+    def __len__(self) -> int:
+        return getattr(self, fields(self)[0].name).shape[0]
+
+    def take(self, index: torch.Tensor | slice):
+        """The rows at ``index`` (a slice, or an index tensor on any device)."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(getattr(self, fields(self)[0].name).device)
+        return type(self)(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def to(self, device: torch.device | str):
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
 @dataclass(frozen=True)
-class TokenSet:
+class TokenSet(Rows):
     """Tokenised examples, right-padded to a common width T.
 
     input_ids (n, T) long; attention_mask (n, T) bool (the model's inputs); labels (n, T) long, the next token
@@ -111,15 +128,9 @@ class TokenSet:
     labels: torch.Tensor
     mask: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
     @property
     def n_tokens(self) -> torch.Tensor:
         return self.mask.sum(-1)
-
-    def take(self, index) -> TokenSet:
-        return TokenSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @staticmethod
     def concat(sets: Sequence[TokenSet]) -> TokenSet:
@@ -136,8 +147,6 @@ class TokenSet:
         width = int(columns.max()) + 1 if len(columns) else 1
         return TokenSet(**{f.name: getattr(self, f.name)[..., :width] for f in fields(self)})
 
-    def to(self, device) -> TokenSet:
-        return TokenSet(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @staticmethod
     def from_ids(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> TokenSet:

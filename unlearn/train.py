@@ -175,7 +175,12 @@ class AdamW:
     cannot show in the result: v is floored at the dtype's smallest normal number before the square root, since
     sqrt of zero or subnormal entries takes a slow path on x86 CPUs (about 10x per element; it dominated
     ensemble steps), and sqrt(tiny) / sqrt(1 - beta2^t) is below half an ulp of eps = 1e-8 in float32 and float64.
+    Parameters are updated in groups of at most ``CHUNK_BYTES`` (or one larger parameter): the denominator is a
+    temporary the size of its group, and a whole 7B model's would be one more copy of the weights. Grouping
+    changes no number.
     """
+
+    CHUNK_BYTES = 2**28
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], eps: float,
                  scales: dict[int, torch.Tensor]):
@@ -189,6 +194,15 @@ class AdamW:
         live = [p for p in self.params if p.grad is not None]
         if not live:
             return
+        start, size = 0, 0
+        for i, p in enumerate(live):
+            if size and size + p.numel() * p.element_size() > self.CHUNK_BYTES:
+                self._update(live[start:i], lr, beta1, beta2)
+                start, size = i, 0
+            size += p.numel() * p.element_size()
+        self._update(live[start:], lr, beta1, beta2)
+
+    def _update(self, live: list[torch.nn.Parameter], lr: float, beta1: float, beta2: float) -> None:
         for p in live:
             if id(p) not in self.state:
                 self.state[id(p)] = ([0], torch.zeros_like(p), torch.zeros_like(p))
