@@ -393,8 +393,12 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     else:
         curve, epochs = memorise(model, forget, retain, cfg, progress)
         memorised_info = {"forget_nll_per_token": curve, "epochs": epochs}
-        atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
-        atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(memorised_info)))
+        if epochs:  # a model that did not train is its own checkpoint
+            atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                                         p))
+            atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(memorised_info)))
+    nll = memorised_info["forget_nll_per_token"]
+    report(f"memorised: forget NLL per token {nll[0]:.3g} -> {nll[-1]:.3g} in {memorised_info['epochs']} epochs")
     model = model.cpu()  # the memorised weights wait in host memory; each method unlearns a copy on the device
     lengths = forget.n_tokens.cpu().numpy()
     metrics, curves, logp0 = {}, {}, {}
