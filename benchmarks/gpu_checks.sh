@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  ~6 min
 #
 # Results land in benchmarks/results/ (llm-7b-gpu.json, validate-7b/, gpu-checks-*.log with the device and
-# every command) and, when $OUT is set, are copied there too. MODEL, DEVICE, STEPS, MEMORISE_EPOCHS and RESULTS
-# override the defaults (e.g. MODEL=tiny DEVICE=cpu to try the script on a CPU). The package is used from
+# every command) and, when $OUT is set, are copied there too. MODEL, DEVICE, STEPS, MEMORISE_EPOCHS, RESULTS
+# and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu to try it on a CPU). The package is used from
 # this checkout (PYTHONPATH), so a machine with torch, transformers and peft needs no install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
