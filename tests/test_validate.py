@@ -127,3 +127,20 @@ def test_a_run_that_does_not_fit_the_gpu_is_refused_naming_the_need():
         validate.plan_precision(cfg, (SEVEN_B, SEVEN_B), 80 * 2**30)
     with pytest.raises(ValueError, match=r"in bf16 needs about 50.2 GiB .* 40.0 GiB free"):
         validate.plan_precision(dataclasses.replace(cfg, precision="auto"), (SEVEN_B, SEVEN_B), 40 * 2**30)
+
+
+@pytest.mark.parametrize("precision, bytes_per_weight", [("bf16", 8), ("bf16-mixed", 18)])
+def test_reduced_precisions_run_end_to_end(precision, bytes_per_weight, tmp_path):
+    """bf16 (bf16 weights and moments) and bf16-mixed (float32 weights, bf16 autocast) on the CPU: the plan
+    the run records is the one it ran under, and NPO still starts exactly GA-like."""
+    argv = ["validate", "--precision", precision, "--steps", "4", "--memorise-epochs", "10", "--methods", "NPO",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "validate.json").read_text())
+    assert doc["config"]["precision"] == precision
+    assert doc["memory_plan"]["peak_bytes"] == bytes_per_weight * doc["n_parameters"]
+    assert doc["metrics"]["validate.npo.weight_step0_max_abs_dev_from_1"] == 0.0
+    from safetensors.torch import load_file
+
+    state = load_file(next((tmp_path / "validate.ckpt").glob("memorised-*.safetensors")))
+    assert {t.dtype for t in state.values()} == {torch.bfloat16 if precision == "bf16" else torch.float32}
