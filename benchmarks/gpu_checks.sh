@@ -5,13 +5,16 @@
 #                                            gradient checkpointing, 2 x 512 tokens)        ~4 min on an H200
 #   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  ~6 min
 #
-# Results land in benchmarks/results/ (llm-7b-gpu.json, validate-7b/, gpu-checks-*.log with the device and
-# every command) and, when $OUT is set, are copied there too. MODEL, DEVICE, STEPS, MEMORISE_EPOCHS, RESULTS
-# and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu to try it on a CPU). The package is used from
-# this checkout (PYTHONPATH), so a machine with torch, transformers and peft needs no install.
-set -euo pipefail
+# Results land in benchmarks/results/ as llm-MODEL-DEVICE.json, validate-MODEL-DEVICE/ and
+# gpu-checks-STAGE-MODEL-DEVICE.log (the device, versions, every command and its output) and, when $OUT is
+# set, are copied there too, the log even when a step fails. MODEL, DEVICE, STEPS, MEMORISE_EPOCHS, RESULTS
+# and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu RESULTS=/tmp/r to try it on a CPU). The
+# package is used from this checkout (PYTHONPATH), so a machine with torch, transformers and peft needs no
+# install. The exit status is that of the first failing step.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_checks.sh bench|validate}
+stage=${1:-}
+case $stage in bench|validate) ;; *) echo "usage: gpu_checks.sh bench|validate" >&2; exit 2 ;; esac
 MODEL=${MODEL:-llama-7b-shape}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-200}
@@ -19,40 +22,50 @@ MEMORISE_EPOCHS=${MEMORISE_EPOCHS:-150}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-unlearn() { "$PY" -m unlearn.cli "$@"; }
-log=$RESULTS/gpu-checks-$stage.log
+tag=$MODEL-$DEVICE
+log=$RESULTS/gpu-checks-$stage-$tag.log
+files=()
+status=0
 mkdir -p "$RESULTS"
+: > "$log"
 
-run() {  # echo the command into the log, then run it with its output in the log
+unlearn() { "$PY" -m unlearn.cli "$@"; }
+run() {  # log the command, run it with its output in the log; a failure is remembered, not fatal
   echo "\$ $*" | tee -a "$log"
   "$@" 2>&1 | tee -a "$log"
+  local rc=$?
+  [ "$rc" -eq 0 ] || { echo "(exit status $rc)" | tee -a "$log"; [ "$status" -ne 0 ] || status=$rc; }
+  return "$rc"
 }
+finish() {
+  if [ -n "${OUT:-}" ]; then
+    cp "$log" "$OUT/"
+    for f in "${files[@]}"; do [ -e "$f" ] && cp "$f" "$OUT/"; done
+  fi
+  exit "$status"
+}
+trap finish EXIT
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
-  "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-} > "$log" 2>&1
-cat "$log"
+date -u | tee -a "$log"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } 2>&1 | tee -a "$log"
+run "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" || exit
 
 case $stage in
   bench)
-    [ "$DEVICE" = cuda ] && run "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+    if [ "$DEVICE" = cuda ]; then run "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py; fi
+    files=("$RESULTS/llm-$tag.json")
     run unlearn bench llm --model "$MODEL" --dtype bf16 --lora 16 --gradient-checkpointing --seq-len 512 \
-      --device "$DEVICE" --out "$RESULTS/llm-7b-gpu.json"
-    files=("$RESULTS/llm-7b-gpu.json")
+      --device "$DEVICE" --out "${files[0]}"
     ;;
   validate)
-    scratch=${TMPDIR:-/tmp}/validate-7b  # the memorised checkpoint (13 GB at 7B) stays out of the repository
-    run unlearn validate --model "$MODEL" --task markov --device "$DEVICE" --steps "$STEPS" \
-      --memorise-epochs "$MEMORISE_EPOCHS" --out "$scratch"
-    mkdir -p "$RESULTS/validate-7b"
-    cp "$scratch/validate.json" "$scratch/validate.png" "$RESULTS/validate-7b/"
-    files=("$RESULTS/validate-7b/validate.json" "$RESULTS/validate-7b/validate.png")
+    # the memorised checkpoint (27 GB at 7B in bf16-mixed: float32 weights) stays out of the repository
+    scratch=${TMPDIR:-/tmp}/validate-$tag
+    files=("$RESULTS/validate-$tag/validate.json" "$RESULTS/validate-$tag/validate.png")
+    if run unlearn validate --model "$MODEL" --task markov --device "$DEVICE" --steps "$STEPS" \
+        --memorise-epochs "$MEMORISE_EPOCHS" --out "$scratch"; then
+      mkdir -p "$RESULTS/validate-$tag"
+      cp "$scratch/validate.json" "$scratch/validate.png" "$RESULTS/validate-$tag/"
+    fi
     ;;
-  *) echo "unknown stage $stage (bench or validate)" >&2; exit 2 ;;
 esac
-
-if [ -n "${OUT:-}" ]; then
-  cp "$log" "${files[@]}" "$OUT/"
-fi

@@ -4,8 +4,8 @@
    Forget2 length 5 so that response lengths differ; ``facts``: fictitious authors, TOFU-like) or JSONL/TOFU
    files (``--task jsonl --forget F --retain R``); a local Hugging Face model directory, or a named
    architecture with random weights (``tiny``, ``llama-100m-shape``, ``llama-7b-shape``; ``unlearn.models.hf``).
-2. Memorise: fine-tune (one AdamW run: 10-step warm-up, linear decay; token-mean NLL, batches of 64) on
-   forget + retain until the forget set's NLL per response token is below ``memorise_nll``, stops falling, or
+2. Memorise: fine-tune (one AdamW run: 10-step warm-up, linear decay; token-mean NLL, batches of at least
+   64) on forget + retain until the forget set's NLL per response token is below ``memorise_nll``, stops falling, or
    ``memorise_epochs`` pass; for a model that already knows its data (a real checkpoint with
    ``--memorise-epochs 0``) this is skipped.
 3. Unlearn from the memorised model with each method for ``steps`` steps (AdamW, forget batches of
@@ -187,47 +187,55 @@ def task_data(cfg: ValidateConfig):
 # --------------------------------------------------------------------------------------------------- memory
 
 
-def memory_plan(n_parameters: int, n_trainable: int, precision: str, reference: str, memorise: bool = True) -> dict:
-    """Device bytes of weights, gradients and AdamW moments (two per trained weight, in the weights' dtype) in
-    each phase; activations (the built-in tasks' batches are at most 64 x 20 tokens) and AdamW's temporary (one
-    chunk of at most 256 MiB or one larger weight: ``unlearn.train.AdamW``) are left out:
+def memory_plan(n_parameters: int, n_lora: int, precision: str, reference: str, memorise: bool = True) -> dict:
+    """Device bytes of weights, gradients and AdamW moments (two per trained weight) in each phase; activations
+    (the built-in tasks' batches are at most 64 x 20 tokens) and AdamW's temporary (one chunk of at most 256 MiB
+    or one larger weight: ``unlearn.train.AdamW``) are left out, and ``plan_precision`` adds room for them:
 
-        memorise   4 N b + c                           weights, gradients, two moments (every weight trains)
-        unlearn    N b + 3 T b + c  (+ N b for copy)   the working model, T trained weights (N, or LoRA's), the
-                                                       frozen copy of the ``copy`` reference
+        memorise   4 N b + c                       weights, gradients, two moments (every weight trains)
+        unlearn    N b + 3 N b + c  (+ N b copy)   the working model, its gradients and moments, the frozen
+                                                   copy of the ``copy`` reference
+                   N b + 16 L + c   (+ N b copy)   with a LoRA adapter of L weights, which peft keeps in float32
+                                                   (weights, gradients, moments: 4 x 4 bytes)
 
     N parameters, b bytes per weight (4 float32 and bf16-mixed, 2 bf16), c = 2 N for bf16-mixed (autocast's bf16
-    copy of the weights, held for the backward pass: an upper bound), else 0; the memorised weights wait in
-    host memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16, 121 GB (113 GiB) in bf16-mixed."""
+    copy of the weights, held for the backward pass: an upper bound), else 0; n_lora = 0 is full fine-tuning.
+    The memorised weights wait in host memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16,
+    121 GB (113 GiB) in bf16-mixed."""
     b = torch.finfo(hf.DTYPES[PRECISIONS[precision][0]]).bits // 8
     weights, cast = n_parameters * b, 2 * n_parameters if precision == "bf16-mixed" else 0
+    trained = 16 * n_lora if n_lora else 3 * weights
     plan = {"memorise_bytes": 4 * weights + cast if memorise else 0,
-            "unlearn_bytes": weights + 3 * n_trainable * b + cast + (weights if reference == "copy" else 0)}
+            "unlearn_bytes": weights + trained + cast + (weights if reference == "copy" else 0)}
     plan["peak_bytes"] = max(plan.values())
     return plan
 
 
+HEADROOM = (1.05, 2**30)  # a plan fits when 1.05 x its bytes + 1 GiB (activations, CUDA context) are free
+
+
 def model_size(cfg: ValidateConfig, vocab: int | None) -> tuple[int, int]:
-    """(parameters, trained parameters) of this run, from the model's shapes on the meta device."""
+    """(parameters, LoRA adapter parameters or 0) of this run, from the model's shapes on the meta device."""
     model = hf.meta_model(dataclasses.replace(cfg, precision="float32").model_spec(vocab))
-    n = hf.n_parameters(model)
-    return n, hf.lora_size(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha)) if cfg.lora_rank else n
+    lora = hf.lora_size(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha)) if cfg.lora_rank else 0
+    return hf.n_parameters(model), lora
 
 
 def plan_precision(cfg: ValidateConfig, size: tuple[int, int], free_bytes: int | None) -> tuple[str, dict]:
     """(precision, memory plan) of this run on a device with ``free_bytes`` free (None: the CPU, unchecked):
-    ``auto`` takes the first of bf16-mixed, bf16 whose plan fits; a plan that does not fit is refused before
-    anything is allocated, with its sizes and what would help."""
+    ``auto`` takes the first of bf16-mixed, bf16 whose plan fits with HEADROOM; a plan that does not fit is
+    refused before anything is allocated, with its sizes and what would help."""
     choices = ("bf16-mixed", "bf16") if cfg.precision == "auto" else (cfg.precision,)
     plans = {p: memory_plan(*size, p, cfg.reference, memorise=cfg.memorise_epochs > 0) for p in choices}
     for precision, plan in plans.items():
-        if free_bytes is None or plan["peak_bytes"] <= free_bytes:
+        if free_bytes is None or HEADROOM[0] * plan["peak_bytes"] + HEADROOM[1] <= free_bytes:
             return precision, plan
     precision, plan = choices[-1], plans[choices[-1]]
     gib = {k: v / 2**30 for k, v in plan.items()}
     raise ValueError(f"{cfg.model} in {precision} needs about {gib['peak_bytes']:.1f} GiB on {cfg.device} for "
                      f"weights, gradients and AdamW moments (memorise {gib['memorise_bytes']:.1f} GiB, unlearn "
-                     f"{gib['unlearn_bytes']:.1f} GiB), more than its {free_bytes / 2**30:.1f} GiB free; use "
+                     f"{gib['unlearn_bytes']:.1f} GiB) and room for activations, more than its "
+                     f"{free_bytes / 2**30:.1f} GiB free; use "
                      f"--precision bf16, --lora RANK, a smaller model, or a GPU with more memory")
 
 
@@ -241,11 +249,11 @@ def nll_per_token(model, data) -> float:
 
 def memorise(model, forget, retain, cfg: ValidateConfig, progress) -> tuple[list[float], int]:
     """Fine-tune on forget + retain (one AdamW run: MEMORISE_WARMUP warm-up steps, then a linear decay to 0 at
-    memorise_epochs; batches of max(batch_size, 64)) until the forget NLL per token is below memorise_nll,
+    memorise_epochs; batches of ``memorise_batch_size``) until the forget NLL per token is below memorise_nll,
     stops falling (less than 2% over 10 epochs), or memorise_epochs pass; returns the forget NLL every 10
     epochs and the epochs run."""
     both = llm_data.TokenSet.concat([forget, retain])
-    micro_batches, per_epoch = shuffled_batches(len(both), max(cfg.batch_size, 64), cfg.seed, "memorise")
+    micro_batches, per_epoch = shuffled_batches(len(both), memorise_batch_size(cfg), cfg.seed, "memorise")
     curve = []
 
     def evaluate(m, step):
@@ -259,7 +267,12 @@ def memorise(model, forget, retain, cfg: ValidateConfig, progress) -> tuple[list
                      schedule="warmup_linear", warmup_steps=MEMORISE_WARMUP, eval_every=10 * per_epoch,
                      device=cfg.device, precision=_precision(cfg), progress=progress, name="memorise")
     history = train(model, token_mean_nll(both), micro_batches, tc, evaluate=evaluate)
+    model.zero_grad(set_to_none=True)  # the last step's gradients would follow the model to host memory
     return curve, history.eval_steps[-1] // per_epoch
+
+
+def memorise_batch_size(cfg: ValidateConfig) -> int:
+    return max(cfg.batch_size, 64)
 
 
 def _precision(cfg: ValidateConfig) -> str:
@@ -272,11 +285,13 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
     if cfg.lora_rank:
         model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
     reference = make_reference(cfg.reference, model, forget)
+    with torch.no_grad():  # log pi_ref(y|x) as the loss reads it: the NPO weights are taken against these
+        reference_logp = reference.forget_logp(model, torch.arange(len(forget), device=cfg.device), forget.trim())
     size = min(cfg.batch_size, len(forget))
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "validate", method, "forget")
     retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "validate", method, "retain")
     losses = unlearning_losses(method, cfg.params(method), forget, retain, reference)
-    record = {"steps": [], "forget_logp": [], "retain_nll": []}
+    record = {"steps": [], "forget_logp": [], "retain_nll": [], "reference_logp": reference_logp.tolist()}
 
     def evaluate(m, step):
         record["steps"].append(step)
@@ -319,8 +334,8 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
     nll = -logp.sum(1) / np.sum(lengths)  # forget NLL per token
     keep = steps >= max(1.0, fit_from * steps[-1])
     fits = rate_fits(steps[keep], nll[keep]) if keep.sum() >= 3 else {"linear_r2": None, "log_r2": None}
-    w0 = weights(method, logp[0], logp[0], lengths, params)
-    w1 = weights(method, logp[-1], logp[0], lengths, params)
+    w0 = weights(method, logp[0], record["reference_logp"], lengths, params)
+    w1 = weights(method, logp[-1], record["reference_logp"], lengths, params)
     metrics = {f"{x}.linear_r2": fits["linear_r2"], f"{x}.log_r2": fits["log_r2"],
                f"{x}.retain_nll_drift": record["retain_nll"][-1] - record["retain_nll"][0],
                f"{x}.forget_nll_per_token.start": float(nll[0]), f"{x}.forget_nll_per_token.end": float(nll[-1]),
@@ -358,12 +373,14 @@ def predictions(metrics: dict, lengths, logp0: dict, params: dict) -> dict:
 
 
 def _key(cfg: ValidateConfig, stage: str) -> str:
+    """A hash of everything the stage's checkpoint depends on (and of the record format, 2)."""
     fields = dataclasses.asdict(cfg)
     if stage == "memorised":
         fields = {k: v for k, v in fields.items() if k not in ("methods", "steps", "lr", "npo_beta", "simnpo_beta",
                                                                 "eval_every", "lora_rank", "lora_alpha",
                                                                 "reference", "batch_size")}
-    return hashlib.sha256(json.dumps({"stage": stage, **fields}, sort_keys=True).encode()).hexdigest()[:16]
+        fields["memorise_batch_size"] = memorise_batch_size(cfg)
+    return hashlib.sha256(json.dumps({"stage": stage, "format": 2, **fields}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
@@ -378,7 +395,7 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     cfg = dataclasses.replace(cfg, precision=precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    report(f"{cfg.model} ({size[0]:,} parameters, {size[1]:,} trained) on {cfg.device} in {precision}: AdamW, "
+    report(f"{cfg.model} ({size[0]:,} parameters, LoRA {size[1]:,}) on {cfg.device} in {precision}: AdamW, "
            f"lr {cfg.memorise_lr:g} (memorise) / {cfg.lr:g} (unlearn), about {plan['peak_bytes'] / 2**30:.1f} GiB "
            f"of weights, gradients and moments")
     forget, retain = forget.to(device), retain.to(device)
@@ -417,7 +434,7 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
            "predictions": predictions(plain, lengths, logp0, {m: cfg.params(m) for m in cfg.methods}),
            "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
            "n_parameters": size[0], "env": environment(cfg.device),
-           "memory_plan": {"n_trained": size[1], **plan,  # and what CUDA measured (activations included)
+           "memory_plan": {"n_lora": size[1], **plan,  # and what CUDA measured (activations included)
                            "measured_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                            else None}}
     doc = to_jsonable(doc)

@@ -100,33 +100,47 @@ SEVEN_B = 6_738_415_616  # Llama-2-7B's published parameter count
 
 def test_memory_plan_by_hand():
     """Llama-2-7B's shape, read from the meta device without allocating: 4 N b to memorise; LoRA unlearning
-    holds the weights plus 3 b per adapter weight, and a copy reference one more model; bf16-mixed adds
-    autocast's 2 N bytes."""
+    holds the weights plus 16 bytes per (float32) adapter weight, and a copy reference one more model;
+    bf16-mixed adds autocast's 2 N bytes."""
     cfg = validate.ValidateConfig(model="llama-7b-shape", precision="bf16", device="cpu", lora_rank=16,
                                   reference="copy")
     n, lora = validate.model_size(cfg, None)
     assert n == SEVEN_B and lora == 16 * 32 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
     plan = validate.memory_plan(n, lora, "bf16", "copy")
     assert plan["memorise_bytes"] == 4 * n * 2 == plan["peak_bytes"]
-    assert plan["unlearn_bytes"] == n * 2 + 3 * lora * 2 + n * 2
-    assert validate.memory_plan(n, n, "float32", "cached", memorise=False) == {
+    assert plan["unlearn_bytes"] == n * 2 + 16 * lora + n * 2
+    assert validate.memory_plan(n, 0, "float32", "cached", memorise=False) == {
         "memorise_bytes": 0, "unlearn_bytes": 16 * n, "peak_bytes": 16 * n}
-    assert validate.memory_plan(n, n, "bf16-mixed", "cached")["peak_bytes"] == 18 * n
+    assert validate.memory_plan(n, 0, "bf16-mixed", "cached")["peak_bytes"] == 18 * n
 
 
-@pytest.mark.parametrize("free_gib, precision", [(139, "bf16-mixed"), (80, "bf16")])
+def test_the_lora_term_is_what_peft_trains():
+    """peft keeps adapters in float32 even on a bf16 model: 4 bytes per weight, times weights, gradients and
+    two moments."""
+    from unlearn.models import hf
+
+    model = hf.load_model(hf.ModelSpec("tiny", dtype="bf16", lora=hf.LoraSpec(rank=4)))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trained} == {torch.float32}
+    n_lora = sum(p.numel() for p in trained)
+    base = validate.memory_plan(1000, 0, "bf16", "cached", memorise=False)["unlearn_bytes"] - 3 * 1000 * 2
+    assert validate.memory_plan(1000, n_lora, "bf16", "cached", memorise=False)["unlearn_bytes"] == (
+        base + 4 * sum(p.numel() * p.element_size() for p in trained))
+
+
+@pytest.mark.parametrize("free_gib, precision", [(139, "bf16-mixed"), (119, "bf16"), (80, "bf16")])
 def test_auto_precision_on_a_gpu_takes_what_fits(free_gib, precision):
     cfg = validate.ValidateConfig(model="llama-7b-shape", device="cuda")  # an H200's or an H100's free memory
-    assert validate.plan_precision(cfg, (SEVEN_B, SEVEN_B), free_gib * 2**30)[0] == precision
+    assert validate.plan_precision(cfg, (SEVEN_B, 0), free_gib * 2**30)[0] == precision
 
 
 def test_a_run_that_does_not_fit_the_gpu_is_refused_naming_the_need():
     cfg = validate.ValidateConfig(model="llama-7b-shape", precision="float32", device="cuda")
     with pytest.raises(ValueError, match=r"llama-7b-shape in float32 needs about 100.4 GiB on cuda .* 80.0 GiB free; "
                                          r"use --precision bf16"):
-        validate.plan_precision(cfg, (SEVEN_B, SEVEN_B), 80 * 2**30)
-    with pytest.raises(ValueError, match=r"in bf16 needs about 50.2 GiB .* 40.0 GiB free"):
-        validate.plan_precision(dataclasses.replace(cfg, precision="auto"), (SEVEN_B, SEVEN_B), 40 * 2**30)
+        validate.plan_precision(cfg, (SEVEN_B, 0), 80 * 2**30)
+    with pytest.raises(ValueError, match=r"in bf16 needs about 50.2 GiB .* 53.0 GiB free"):
+        validate.plan_precision(dataclasses.replace(cfg, precision="auto"), (SEVEN_B, 0), 53 * 2**30)
 
 
 @pytest.mark.parametrize("precision, bytes_per_weight", [("bf16", 8), ("bf16-mixed", 18)])

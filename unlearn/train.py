@@ -53,8 +53,9 @@ class TrainConfig:
     eval_every: call ``evaluate`` every this many steps (0: only before the first and after the last step).
     eval_at: further steps at which to call ``evaluate`` (e.g. a log-spaced grid); the state evaluated at
         step s is the one after s updates.
-    precision: "float64" or "float32" cast the model; "bf16" runs forward passes under bf16 autocast and keeps
-        the parameters (and log-probs, see ``unlearn.logprobs``) in float32.
+    precision: "float64" or "float32" cast the model; "bf16" runs forward passes under bf16 autocast and leaves
+        the parameters in their dtype (float32: mixed precision; a bf16 model stays bf16); log-probs are float32
+        either way (``unlearn.logprobs``).
     progress: show a tqdm bar; None shows it only on a terminal.
     """
 
