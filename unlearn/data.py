@@ -147,7 +147,6 @@ class TokenSet(Rows):
         width = int(columns.max()) + 1 if len(columns) else 1
         return TokenSet(**{f.name: getattr(self, f.name)[..., :width] for f in fields(self)})
 
-
     @staticmethod
     def from_ids(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> TokenSet:
         """From (prompt ids, response ids incl. EOS) pairs (the prompt holds at least one id)."""
