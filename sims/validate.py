@@ -63,8 +63,8 @@ TASKS = ("markov", "facts", "jsonl")
 # tiny 3e-3, llama-20m-shape 1e-3 (3e-3 diverged) and llama-100m-shape 2e-4 (6e-4 diverged) measured on the CPU,
 # llama-7b-shape 5e-5 extrapolated (the usable rate fell about like 1/width). Unlearning: slow enough that NPO
 # is still moving after the first 20% of steps, where the rate fits start (llama-20m-shape: at 3e-4 NPO
-# saturated within 30 steps, at 3e-5 it did not); 1e-5 is the NPO paper's rate for 7B models and a local
-# checkpoint's default.
+# saturated within 30 steps, at 3e-5 it did not); llama-100m-shape 1e-5 ran (README); 1e-5 is the NPO paper's
+# rate for 7B models and a local checkpoint's default.
 LEARNING_RATES = {"tiny": (3e-3, 1e-3), "llama-20m-shape": (1e-3, 3e-5), "llama-100m-shape": (2e-4, 1e-5),
                   "llama-7b-shape": (5e-5, 1e-5), "checkpoint": (1e-5, 1e-5)}
 MEMORISE_WARMUP = 10  # optimizer steps
@@ -395,7 +395,8 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     cfg = dataclasses.replace(cfg, precision=precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    report(f"{cfg.model} ({size[0]:,} parameters, LoRA {size[1]:,}) on {cfg.device} in {precision}: AdamW, "
+    lora = f", LoRA adapter of {size[1]:,}" if size[1] else ""
+    report(f"{cfg.model} ({size[0]:,} parameters{lora}) on {cfg.device} in {precision}: AdamW, "
            f"lr {cfg.memorise_lr:g} (memorise) / {cfg.lr:g} (unlearn), about {plan['peak_bytes'] / 2**30:.1f} GiB "
            f"of weights, gradients and moments")
     forget, retain = forget.to(device), retain.to(device)
