@@ -5,6 +5,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,34 @@ def test_reduced_precisions_run_end_to_end(precision, bytes_per_weight, tmp_path
 
     state = load_file(next((tmp_path / "validate.ckpt").glob("memorised-*.safetensors")))
     assert {t.dtype for t in state.values()} == {torch.bfloat16 if precision == "bf16" else torch.float32}
+
+
+def test_the_memorised_checkpoint_key_follows_the_memorising_batch():
+    """Memorising uses batches of max(batch_size, 64): 32 and 64 memorise alike and share a checkpoint, 128 does
+    not; the unlearning settings do not touch the memorised key."""
+    key = lambda **kw: validate._key(validate.ValidateConfig(device="cpu", **kw), "memorised")  # noqa: E731
+    assert key(batch_size=32) == key(batch_size=64) == key(batch_size=32, lr=0.1, steps=7)
+    assert key(batch_size=128) != key(batch_size=64)
+
+
+def test_npo_weights_are_taken_against_the_recorded_reference():
+    """A reference 1 nat below the step-0 log-probs moves NPO's step-0 weights off 1 by 2 sigma(beta) - 1."""
+    logp = [[-2.0, -3.0], [-4.0, -5.0]]
+    record = {"steps": [0, 5], "forget_logp": logp, "retain_nll": [1.0, 1.5], "reference_logp": [-3.0, -4.0]}
+    params = validate.ValidateConfig(device="cpu").params("NPO")
+    metrics, _ = validate.measure("NPO", record, np.array([2, 3]), params, fit_from=0.2)
+    expected = 2 / (1 + np.exp(-params.beta)) - 1
+    assert metrics["npo.weight_step0_max_abs_dev_from_1"] == pytest.approx(expected)
+
+
+def test_memorising_leaves_no_gradients_and_zero_epochs_save_no_model(tmp_path):
+    cfg = validate.ValidateConfig(device="cpu", memorise_epochs=2, n_forget=4, n_retain=4)
+    forget, retain, vocab, _ = validate.task_data(cfg)
+    from unlearn.models import hf
+
+    model = hf.load_model(cfg.model_spec(vocab))
+    validate.memorise(model, forget, retain, cfg, progress=False)
+    assert all(p.grad is None for p in model.parameters())
+    argv = ["validate", "--memorise-epochs", "0", "--methods", "NPO", "--steps", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert not list((tmp_path / "validate.ckpt").glob("memorised-*"))
