@@ -25,6 +25,17 @@ def test_figures_help_explains_presets_and_overrides():
         assert word in out
 
 
+def test_validate_help_names_every_architecture():
+    from unlearn.models.hf import ARCHITECTURES
+
+    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "validate", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    options = out[out.index("options:"):]
+    model_help = options[options.index("--model MODEL"):options.index("--task TASK")]
+    for name in ARCHITECTURES:
+        assert name in model_help
+
+
 def test_show_config_prints_the_resolved_config(capsys):
     assert main(["figures", "npo-synthetic", "--preset", "fast", "--set", "seed=7", "--show-config"]) == 0
     out = capsys.readouterr().out

@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_re.set_defaults(func=cmd_relearn)
     p_val = sub.add_parser("validate", help="check the toy models' predictions on a causal LM",
                            description=VALIDATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_and_task(p_val, "tiny", "tiny, llama-100m-shape, llama-7b-shape, or a model directory")
+    _add_model_and_task(p_val, "tiny", "tiny, llama-20m-shape, llama-100m-shape, llama-7b-shape, or a model "
+                                       "directory")
     p_val.add_argument("--methods", default="GA,NPO,SimNPO", help="comma-separated (default GA,NPO,SimNPO)")
     p_val.add_argument("--steps", type=int, default=300, help="unlearning steps per method (default 300)")
     p_val.add_argument("--lr", type=float, help="unlearning AdamW learning rate (default: by model, above)")

@@ -206,11 +206,12 @@ class AdamW:
     def _update(self, live: list[torch.nn.Parameter], lr: float, beta1: float, beta2: float) -> None:
         for p in live:
             if id(p) not in self.state:
-                self.state[id(p)] = ([0], torch.zeros_like(p), torch.zeros_like(p))
+                self.state[id(p)] = ([0], torch.zeros_like(_local(p)), torch.zeros_like(_local(p)))
         states = [self.state[id(p)] for p in live]
         for t, _, _ in states:
             t[0] += 1
-        grads, m, v = [p.grad for p in live], [s[1] for s in states], [s[2] for s in states]
+        weights, grads = [_local(p) for p in live], [_local(p.grad) for p in live]
+        m, v = [s[1] for s in states], [s[2] for s in states]
         torch._foreach_lerp_(m, grads, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
@@ -221,7 +222,14 @@ class AdamW:
         for p, d in zip(live, denom, strict=True):
             if id(p) in self.scales:
                 d.div_(self.scales[id(p)])  # p -= step * m / (d / scale) = step * scale * m / d
-        torch._foreach_addcdiv_(live, m, denom, [(lr / (1 - beta1 ** t[0])) * -1 for t, _, _ in states])
+        torch._foreach_addcdiv_(weights, m, denom, [(lr / (1 - beta1 ** t[0])) * -1 for t, _, _ in states])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter or gradient (a DTensor), sharing its storage; a plain tensor as
+    it is. The update is elementwise, so each rank updates its own shard, with no DTensor dispatch (which also
+    lacks some foreach ops, e.g. _foreach_clamp_min in torch 2.11)."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, scales: dict[int, torch.Tensor]):
