@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_checks.sh bench      pytest -m gpu; unlearn bench llm on llama-7b-shape (bf16, LoRA 16,
 #                                            gradient checkpointing, 2 x 512 tokens)        ~4 min on an H200
-#   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  ~6 min
+#   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  ~8 min
 #
 # Results land in benchmarks/results/ as llm-MODEL-DEVICE.json, validate-MODEL-DEVICE/ and
 # gpu-checks-STAGE-MODEL-DEVICE.log (the device, versions, every command and its output) and, when $OUT is
@@ -17,7 +17,7 @@ stage=${1:-}
 case $stage in bench|validate) ;; *) echo "usage: gpu_checks.sh bench|validate" >&2; exit 2 ;; esac
 MODEL=${MODEL:-llama-7b-shape}
 DEVICE=${DEVICE:-cuda}
-STEPS=${STEPS:-200}
+STEPS=${STEPS:-300}
 MEMORISE_EPOCHS=${MEMORISE_EPOCHS:-150}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}

@@ -63,10 +63,12 @@ TASKS = ("markov", "facts", "jsonl")
 # tiny 3e-3, llama-20m-shape 1e-3 (3e-3 diverged) and llama-100m-shape 2e-4 (6e-4 diverged) measured on the CPU,
 # llama-7b-shape 5e-5 extrapolated (the usable rate fell about like 1/width). Unlearning: slow enough that NPO
 # is still moving after the first 20% of steps, where the rate fits start (llama-20m-shape: at 3e-4 NPO
-# saturated within 30 steps, at 3e-5 it did not); llama-100m-shape 1e-5 ran (README); 1e-5 is the NPO paper's
-# rate for 7B models and a local checkpoint's default.
+# saturated within 30 steps, at 3e-5 it did not), fast enough that GA's collapse ends before them (at
+# llama-100m-shape 3e-6 moved it from step ~50 to ~120); 3e-5 at width 256 and 1e-5 at width 768 both ran
+# (README), and llama-7b-shape's 2e-6 is their 1/width extrapolation to width 4096. 1e-5, the NPO paper's
+# rate for real 7B models, is a local checkpoint's default.
 LEARNING_RATES = {"tiny": (3e-3, 1e-3), "llama-20m-shape": (1e-3, 3e-5), "llama-100m-shape": (2e-4, 1e-5),
-                  "llama-7b-shape": (5e-5, 1e-5), "checkpoint": (1e-5, 1e-5)}
+                  "llama-7b-shape": (5e-5, 2e-6), "checkpoint": (1e-5, 1e-5)}
 MEMORISE_WARMUP = 10  # optimizer steps
 PRECISIONS = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", "bf16"), "bf16": ("bf16", "bf16")}
 # name -> (the weights' dtype, unlearn.train precision: "bf16" runs forward passes under bf16 autocast)
