@@ -7,10 +7,11 @@
 #
 # Results land in benchmarks/results/ as llm-MODEL-DEVICE.json, validate-MODEL-DEVICE/ and
 # gpu-checks-STAGE-MODEL-DEVICE.log (the device, versions, every command and its output) and, when $OUT is
-# set, are copied there too, the log even when a step fails. MODEL, DEVICE, STEPS, MEMORISE_EPOCHS, RESULTS
-# and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu RESULTS=/tmp/r to try it on a CPU). The
-# package is used from this checkout (PYTHONPATH), so a machine with torch, transformers and peft needs no
-# install. The exit status is that of the first failing step.
+# set, there too: the log as it is written (so that a run killed at its time limit still shows how far it
+# got), the results at the end. A validate stage run again on the same machine resumes from its checkpoint.
+# MODEL, DEVICE, STEPS, MEMORISE_EPOCHS, RESULTS and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu
+# RESULTS=/tmp/r to try it on a CPU). The package is used from this checkout (PYTHONPATH), so a machine with
+# torch, transformers and peft needs no install. The exit status is that of the first failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
@@ -28,26 +29,27 @@ files=()
 status=0
 mkdir -p "$RESULTS"
 : > "$log"
+[ -z "${OUT:-}" ] || : > "$OUT/${log##*/}"
 
 unlearn() { "$PY" -m unlearn.cli "$@"; }
+logged() { tee -a "$log" ${OUT:+"$OUT/${log##*/}"}; }  # stdin to the terminal and the log(s)
 run() {  # log the command, run it with its output in the log; a failure is remembered, not fatal
-  echo "\$ $*" | tee -a "$log"
-  "$@" 2>&1 | tee -a "$log"
+  echo "\$ $*" | logged
+  "$@" 2>&1 | logged
   local rc=$?
-  [ "$rc" -eq 0 ] || { echo "(exit status $rc)" | tee -a "$log"; [ "$status" -ne 0 ] || status=$rc; }
+  [ "$rc" -eq 0 ] || { echo "(exit status $rc)" | logged; [ "$status" -ne 0 ] || status=$rc; }
   return "$rc"
 }
 finish() {
   if [ -n "${OUT:-}" ]; then
-    cp "$log" "$OUT/"
     for f in "${files[@]}"; do [ -e "$f" ] && cp "$f" "$OUT/"; done
   fi
   exit "$status"
 }
 trap finish EXIT
 
-date -u | tee -a "$log"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } 2>&1 | tee -a "$log"
+date -u | logged
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } 2>&1 | logged
 run "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" || exit
 

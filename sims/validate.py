@@ -30,7 +30,8 @@ device. Learning rates default by model (``LEARNING_RATES``): AdamW's usable rat
 
 Checkpoints: the memorised model and each finished method's measurements are written to OUT/validate.ckpt
 (atomically) under a key of everything they depend on, so an interrupted run resumes without redoing finished
-work, and a changed setting never reads a stale entry.
+work, and a changed setting never reads a stale entry. Each stage's wall time is kept with it (validate.json's
+``seconds``) and printed as the stage ends, so a log shows how far a run got.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,32 +413,40 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
         model.load_state_dict(load_file(str(state_path), device=str(device)))
         memorised_info = json.loads(info_path.read_text())
     else:
+        start = time.perf_counter()
         curve, epochs = memorise(model, forget, retain, cfg, progress)
-        memorised_info = {"forget_nll_per_token": curve, "epochs": epochs}
+        memorised_info = {"forget_nll_per_token": curve, "epochs": epochs, "seconds": time.perf_counter() - start}
         if epochs:  # a model that did not train is its own checkpoint
             atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                                                          p))
             atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(memorised_info)))
     nll = memorised_info["forget_nll_per_token"]
-    report(f"memorised: forget NLL per token {nll[0]:.3g} -> {nll[-1]:.3g} in {memorised_info['epochs']} epochs")
+    report(f"memorised: forget NLL per token {nll[0]:.3g} -> {nll[-1]:.3g} in {memorised_info['epochs']} epochs"
+           f"{_took(memorised_info)}")
     model = model.cpu()  # the memorised weights wait in host memory; each method unlearns a copy on the device
     lengths = forget.n_tokens.cpu().numpy()
-    metrics, curves, logp0 = {}, {}, {}
+    metrics, curves, logp0, seconds = {}, {}, {}, {"memorise": memorised_info.get("seconds")}
     for method in cfg.methods:
         path = ckpt / f"{method}-{_key(cfg, method)}.json"
         if path.is_file():
             record = json.loads(path.read_text())
         else:
+            start = time.perf_counter()
             record = unlearn_method(model, method, forget, retain, cfg, progress)
+            record["seconds"] = time.perf_counter() - start
             atomic_write(path, lambda p, r=record: Path(p).write_text(json.dumps(r)))
         found, curves[method] = measure(method, record, lengths, cfg.params(method), cfg.fit_from)
+        x = method.lower()
+        report(f"{method}: {cfg.steps} steps{_took(record)}; forget NLL per token "
+               f"{found[f'{x}.forget_nll_per_token.start']:.3g} -> {found[f'{x}.forget_nll_per_token.end']:.3g}")
         metrics.update({f"validate.{k}": v for k, v in found.items()})
-        logp0[method] = record["forget_logp"][0]
+        logp0[method], seconds[method] = record["forget_logp"][0], record.get("seconds")
     plain = {k.removeprefix("validate."): v for k, v in metrics.items()}
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
            "predictions": predictions(plain, lengths, logp0, {m: cfg.params(m) for m in cfg.methods}),
            "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
            "n_parameters": size[0], "env": environment(cfg.device),
+           "seconds": seconds,  # wall time of each stage, as first run (a resumed run reads it back)
            "memory_plan": {"n_lora": size[1], **plan,  # and what CUDA measured (activations included)
                            "measured_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                            else None}}
@@ -448,6 +458,12 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     atomic_write(out / "validate.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return doc
+
+
+def _took(record: dict) -> str:
+    """' (N s)' for a stage that recorded its wall time (entries checkpointed before times were kept have
+    none)."""
+    return f" ({record['seconds']:.1f} s)" if record.get("seconds") is not None else ""
 
 
 def plot(doc: dict):

@@ -57,6 +57,10 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(first, tmp_pat
     assert ran == ["NPO", "SimNPO"]
     again = json.loads((tmp_path / "validate.json").read_text())
     assert again["metrics"] == doc["metrics"]
+    # each stage's wall time is kept with its checkpoint: the finished ones read back, the redone ones anew
+    assert set(doc["seconds"]) == {"memorise", "GA", "NPO", "SimNPO"} and all(v > 0 for v in doc["seconds"].values())
+    assert {k: again["seconds"][k] for k in ("memorise", "GA")} == {k: doc["seconds"][k] for k in ("memorise", "GA")}
+    assert again["seconds"]["NPO"] != doc["seconds"]["NPO"]
 
 
 def test_validate_on_jsonl_files(tmp_path):
