@@ -64,6 +64,35 @@ def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_adamw_updates_an_fsdp2_shard_through_its_local_tensor(monkeypatch, tmp_path):
+    """A sharded (DTensor) parameter, as FSDP2 holds it, takes the same step as a plain one, without handing a
+    DTensor to a foreach op: torch 2.11 has no DTensor rule for _foreach_clamp_min (simulated here)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    clamp_min = torch._foreach_clamp_min
+
+    def without_dtensor_rule(tensors, scalar):
+        assert not any(isinstance(t, DTensor) for t in tensors), "a DTensor reached _foreach_clamp_min"
+        return clamp_min(tensors, scalar)
+
+    monkeypatch.setattr(torch, "_foreach_clamp_min", without_dtensor_rule)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        weight, grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.ones(4, 3)
+        plain = torch.nn.Parameter(weight.clone())
+        sharded = torch.nn.Parameter(distribute_tensor(weight.clone(), mesh, [Shard(0)]))
+        plain.grad, sharded.grad = grad.clone(), distribute_tensor(grad.clone(), mesh, [Shard(0)])
+        for p in (plain, sharded):
+            AdamW([p], 0.1, (0.9, 0.999), 1e-8, {}).step()
+        assert not torch.equal(plain.detach(), weight)
+        assert torch.equal(sharded.detach().full_tensor(), plain.detach())
+    finally:
+        dist.destroy_process_group()
+
+
 def test_same_seed_is_bitwise_identical():
     inputs, labels = make_data()
     cfg = TrainConfig(steps=10, lr=0.01, optimizer="adamw", progress=False, eval_every=3)
