@@ -511,16 +511,6 @@ def sample_weights(model: torch.nn.Module, split: Split, method: str, params: Me
     return forget_weights(get_method(method).forget, params, SequenceStats(stats.logp, stats.n_tokens, logp_ref=ref))
 
 
-def _check_method(method: str, ref_retain_logits: torch.Tensor | None):
-    """The Method, refusing what the Markov world cannot feed it."""
-    m = get_method(method)
-    if m.needs["forget"] not in ((), ("logp_ref",)):
-        raise ValueError(f"method {method!r} needs alternative responses, which the Markov world does not have")
-    if "kl" in m.needs["retain"] and ref_retain_logits is None:
-        raise ValueError(f"method {method!r} needs the reference's retain logits (ref_retain_logits)")
-    return m
-
-
 def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequence[MethodParams], forget: Split,
                       retain: Split, ref_logp: torch.Tensor, ref_retain_logits: torch.Tensor | None = None) -> Callable:
     """losses_fn for ``unlearn.train`` on the Markov world (``unlearn.losses.unlearning_losses``): batch =

@@ -61,6 +61,16 @@ class TestHandValues:
         """u' = sigma(u), u(0) = 0 integrates to t = u + 1 - e^{-u}: u = 1 at t = 2 - 1/e = 1.6321206."""
         assert T.ga_ode_closed_form(2 - math.exp(-1), 1.0, 0.0) == pytest.approx(1.0, abs=1e-12)
 
+    @given(a=st.floats(-10.0, 10.0), k=st.floats(1e-3, 2.0), t=st.floats(0.0, 1e6))
+    @settings(max_examples=50)
+    def test_ga_ode_closed_form_solves_its_implicit_equation(self, a, k, t):
+        """F(u) = u + e^a (1 - e^{-u}) - k t = 0 within the stated error: the Newton step F / F' that would correct
+        u is below ~eps max(1, e^a, k t), margins a up to 10 included (e^{-C} overflowed at a > ~6.5 before the
+        Wright omega form)."""
+        u = T.ga_ode_closed_form(t, k, a)
+        newton_step = (u - math.exp(a) * math.expm1(-u) - k * t) / (1 + math.exp(a - u))
+        assert abs(newton_step) <= 1e-14 * max(1.0, math.exp(a), k * t)
+
     def test_npo_ode_asymptote(self):
         """beta = 1, a = 0: K = 2 (1 + 1) = 4, so u(t) = log(4 k t + 1): at k = t = 1, log 5 = 1.6094379."""
         assert T.npo_ode_asymptote(1.0, 1.0, 0.0, 1.0) == pytest.approx(1.6094379, abs=1e-7)
