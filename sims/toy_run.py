@@ -27,6 +27,7 @@ from unlearn.rng import generator
 from unlearn.train import resolve_device
 
 MODELS = {"markov": markov.Setup(), "markov-fast": markov.Setup(**markov.FAST_SETUP)}
+REFERENCES = ("cached", "copy")  # the adapter reference needs LoRA, which `unlearn run` does not train
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,16 @@ class RunConfig:
     seed: int = 0
     eval_limit: int | None = None
     device: str = "cpu"
+    reference: str = "cached"  # Hugging Face models: cached or copy (unlearn.reference); toy models: cached
 
     def __post_init__(self):
         if self.model not in MODELS:
             self.language_model()  # an architecture name or a model directory, and a valid task
+        if self.reference not in REFERENCES:
+            raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
+        if self.model in MODELS and self.reference != "cached":
+            raise ValueError(f"the toy models ({', '.join(MODELS)}) use the cached reference; "
+                             f"--reference {self.reference} is for Hugging Face models")
         get_method(self.method)
         self.params()  # validates beta, gamma, lam, mismatch
         if self.mask is not None:
@@ -92,9 +99,10 @@ def _save(out: Path, model, masks, cfg: RunConfig, doc: dict) -> dict:
 
 
 def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:
-    """``unlearn run`` on a Hugging Face model (a directory or a named architecture) and task: a cached
-    reference, masks from NLL gradients summed over the forget and retain sets, forget and retain NLL per
-    token before and after."""
+    """``unlearn run`` on a Hugging Face model (a directory or a named architecture) and task: the reference of
+    ``cfg.reference`` (cached: the forget log-probs and, for *+KL methods, the retain logits, n_retain x T x V
+    floats on the device; copy: a frozen model), masks from NLL gradients summed over the forget and retain
+    sets, forget and retain NLL per token before and after."""
     from sims import validate
     from unlearn.losses import unlearning_losses
     from unlearn.models import hf
@@ -106,6 +114,9 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
     device = resolve_device(cfg.device)
     forget, retain = forget.to(device), retain.to(device)
     model = hf.load_model(vcfg.model_spec(vocab))
+    reference = make_reference(cfg.reference, model, forget, retain,
+                               with_logits="kl" in get_method(cfg.method).needs["retain"])
+    losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference)  # refuses what it cannot run
 
     def scores(kind):
         gradients = lambda: (attribution.nll_gradients(model, forget), attribution.nll_gradients(model, retain))
@@ -113,7 +124,6 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                                   generator=generator(cfg.seed, "mask-random"))
 
     masks = attribution.masks_for(cfg.mask, model, scores, generator(cfg.seed, "mask-threshold")) if cfg.mask else None
-    reference = make_reference("cached", model, forget)
     size = min(cfg.batch_size, len(forget))
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "run", "forget")
     retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "run", "retain")
@@ -124,8 +134,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
     before = evaluate(model, 0)
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=max(1, cfg.steps // 10),
                      device=str(device), progress=progress, name=f"unlearn {cfg.method}")
-    history = train(model, unlearning_losses(cfg.method, cfg.params(), forget, retain, reference),
-                    lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
+    history = train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
                     evaluate=evaluate, masks=masks)
     doc = {"config": dataclasses.asdict(cfg), "before": before,
            "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history)}

@@ -48,6 +48,7 @@ def test_relearn_on_a_run_folder(run_dir):
     (["run", "--method", "NPOO"], "unknown method 'NPOO'"),
     (["run", "--beta", "0"], "beta must be a finite number > 0"),
     (["run", "--model", "llama"], "model 'llama': not a toy model (markov, markov-fast)"),
+    (["run", "--reference", "copy"], "the toy models (markov, markov-fast) use the cached reference"),
 ])
 def test_bad_run_arguments_fail_before_work(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
@@ -86,3 +87,26 @@ def test_run_with_a_mask_on_a_hugging_face_model(tmp_path, capsys):
         assert torch.equal(weights[name][~mask], start[name][~mask]), name
     assert main(["relearn", str(out)]) == 2
     assert "takes runs of the toy models" in capsys.readouterr().err
+
+
+def test_a_kl_method_on_a_hugging_face_model_runs_alike_with_either_reference(tmp_path):
+    """NPO+KL on the tiny Llama: the cached reference (forget log-probs and retain logits taken once) and a frozen
+    copy give the same run, step for step."""
+    docs = {}
+    for reference in ("cached", "copy"):
+        argv = ["run", "--model", "tiny", "--method", "NPO+KL", "--steps", "4", "--lr", "1e-2",
+                "--reference", reference, "--out", str(tmp_path / reference)]
+        assert main(argv) == 0
+        docs[reference] = json.loads((tmp_path / reference / "run.json").read_text())
+    assert docs["cached"]["after"]["forget_nll"] > docs["cached"]["before"]["forget_nll"]
+    cached, copy = docs["cached"]["history"], docs["copy"]["history"]
+    assert cached["loss"] == pytest.approx(copy["loss"], rel=1e-5, abs=1e-6)
+    assert cached["terms"]["retain"] == pytest.approx(copy["terms"]["retain"], rel=1e-5, abs=1e-6)
+    assert docs["cached"]["after"] == pytest.approx(docs["copy"]["after"], rel=1e-5)
+
+
+def test_a_method_without_its_data_is_refused_before_training(tmp_path, capsys):
+    argv = ["run", "--model", "tiny", "--method", "GA+Mismatch+KL", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "needs alternative responses to the forget prompts" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -170,7 +170,8 @@ Unlearn the cached original Markov transformer (`markov`: the SimNPO paper's set
 presets' smaller world and model; either is pretrained once and cached) with one method, and write DIR/run.json
 (settings, forget KL / retain KL / entropy before and after, the training history) and DIR/model.safetensors.
 With a Hugging Face model (a directory, or tiny / llama-...-shape) the data is --task's (markov, facts, or
-jsonl with --forget/--retain), the reference is cached, and forget/retain NLL per token are recorded.
+jsonl with --forget/--retain), the reference is --reference's, and forget/retain NLL per token are recorded;
+methods that read alternative responses (IDK+RT, DPO*, GA+Mismatch+KL) run on the toy models only.
 
 masks (--mask): wagle:R, magnitude:R or random:R keep the top fraction R in (0, 1] of weights by that score
 (WAGLE: |(theta - g_r/mu) * g_f|, with --mu) and freeze the rest bitwise; a .safetensors file gives the
@@ -190,7 +191,8 @@ def cmd_run(args) -> int:
     cfg = RunConfig(model=args.model, task=args.task, forget=args.forget, retain=args.retain, method=args.method,
                     beta=args.beta, gamma=args.gamma, lam=args.lam,
                     mismatch=args.mismatch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, mask=args.mask,
-                    mu=args.mu, seed=args.seed, eval_limit=args.eval_limit, device=args.device)
+                    mu=args.mu, seed=args.seed, eval_limit=args.eval_limit, device=args.device,
+                    reference=args.reference)
     doc = unlearn_toy(cfg, Path(args.out))
     before, after = doc["before"], doc["after"]
     print(" ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before) + f"; wrote {args.out}/run.json")
@@ -272,10 +274,10 @@ def cmd_bench_llm(args) -> int:
     return _bench_report(bench.bench_llm(cfg, device), cfg, device, args)
 
 
-def _add_model_and_task(parser: argparse.ArgumentParser, model: str, model_help: str) -> None:
+def _add_model_and_task(parser: argparse.ArgumentParser, model: str, model_help: str, task_note: str = "") -> None:
     """--model, and the data of a Hugging Face model: --task, --forget, --retain (run and validate)."""
     parser.add_argument("--model", default=model, help=model_help)
-    parser.add_argument("--task", default="markov", help="markov, facts or jsonl (Hugging Face models; default markov)")
+    parser.add_argument("--task", default="markov", help=f"markov, facts or jsonl{task_note} (default markov)")
     parser.add_argument("--forget", metavar="FILE", help="forget set for --task jsonl")
     parser.add_argument("--retain", metavar="FILE", help="retain set for --task jsonl")
 
@@ -305,10 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="one unlearning run on a toy model (optionally with a weight mask)",
                            description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_and_task(p_run, "markov", "markov or markov-fast (default markov), or a Hugging Face model directory "
-                                         "or architecture (tiny, llama-...-shape)")
+                                         "or architecture (tiny, llama-...-shape)", "; Hugging Face models only")
     p_run.add_argument("--method", default="NPO", help="a method of docs/methods.md, e.g. GA, NPO, SimNPO, GA+RT, "
-                                                       "NPO+RT, GA+Mismatch+KL (default NPO)")
-    p_run.add_argument("--beta", type=float, default=0.1, help="NPO/SimNPO/DPO inverse temperature (default 0.1)")
+                                                       "NPO+KL, GA+Mismatch+KL (toy models) (default NPO)")
+    p_run.add_argument("--beta", type=float, default=0.1,
+                       help="NPO/SimNPO/DPO inverse temperature (default 0.1 for every method; the SimNPO "
+                            "experiments use 4)")
     p_run.add_argument("--gamma", type=float, default=0.0, help="SimNPO margin (default 0)")
     p_run.add_argument("--lam", type=float, default=1.0, help="weight of the retain term (default 1)")
     p_run.add_argument("--mismatch", type=float, default=1.0, help="GA+Mismatch+KL's mismatch weight (default 1)")
@@ -318,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--mask", metavar="KIND:R|FILE", help="train only the masked weights (see above)")
     p_run.add_argument("--mu", type=float, default=1e-6, help="WAGLE's Hessian scale mu (default 1e-6, as released)")
     p_run.add_argument("--seed", type=int, default=0, help="batch order, mask draws (default 0)")
-    p_run.add_argument("--eval-limit", type=int, help="evaluate on the first N sequences of each test split")
+    p_run.add_argument("--eval-limit", type=int,
+                       help="toy models: evaluate on the first N sequences of each test split (default all)")
+    p_run.add_argument("--reference", choices=("cached", "copy"), default="cached",
+                       help="Hugging Face models: cached (log-probs, and retain logits for *+KL methods, computed "
+                            "once) or copy (a frozen model: less memory than cached logits of a large vocabulary) "
+                            "(default cached)")
     p_run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p_run.add_argument("--out", required=True, metavar="DIR", help="the run folder to write")
     p_run.set_defaults(func=cmd_run)
