@@ -50,7 +50,7 @@ from unlearn.ensemble import Ensemble, member_kl, member_logprobs
 from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
 from unlearn.losses import token_mean_nll
 from unlearn.models.transformer import Transformer, TransformerConfig
-from unlearn.objectives import GA_MISMATCH, MethodParams, SequenceStats, Term, get_method
+from unlearn.objectives import GA_MISMATCH, MethodParams, SequenceStats, forget_weights, get_method
 from unlearn.reference import Cached
 from unlearn.rng import generator as make_generator
 from unlearn.train import PRECISIONS, History, TrainConfig, resolve_device, shuffled_batches, train
@@ -489,26 +489,15 @@ FAST_SETUP = dict(n_retain=4000, n_forget1=2000, n_forget2=2000, n_layer=2, d_mo
 # ------------------------------------------------------------------------------------------- unlearning
 
 
-def forget_weights(term: Term, params: MethodParams, stats: SequenceStats) -> torch.Tensor:
-    """W_b = dL_b/dlogp_b of a forget term, by autograd through the objective itself (so these are exactly the
-    weights that drive training): NPO 2 sigma(beta (logp - logp_ref)), SimNPO (2/|y|) sigma(beta logp/|y| + gamma),
-    GA 1 (theory.objectives.npo_weight / simnpo_weight give the same in closed form)."""
-    logp = stats.logp.detach().double().requires_grad_(True)
-    cast = {k: v.detach().double() for k in ("n_tokens", "logp_ref") if (v := getattr(stats, k)) is not None}
-    with torch.enable_grad():
-        loss = term(replace(stats, logp=logp, **cast), params)
-        (weights,) = torch.autograd.grad(loss.sum(), logp)
-    return weights
-
-
 def sample_weights(model: torch.nn.Module, split: Split, method: str, params: MethodParams,
                    ref_logp: torch.Tensor | None = None, batch_size: int = 1024) -> torch.Tensor:
     """The per-sequence weight of ``method``'s forget term on every sequence of ``split`` at the model's current
-    parameters (float64, (n,)), for the weight-allocation experiment (SimNPO paper Figs 3-4; ``forget_weights``).
+    parameters (float64, (n,)), for the weight-allocation experiment (SimNPO paper Figs 3-4;
+    ``unlearn.objectives.forget_weights``).
     ``ref_logp``: the reference model's per-sequence log-probs on ``split`` (NPO-type methods only)."""
     stats = per_sequence_stats(model, split, batch_size)
     ref = None if ref_logp is None else ref_logp.to(stats.logp.device)
-    return forget_weights(get_method(method).forget, params, SequenceStats(stats.logp, stats.n_tokens, logp_ref=ref))
+    return forget_weights(method, params, SequenceStats(stats.logp, stats.n_tokens, logp_ref=ref))
 
 
 def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequence[MethodParams], forget: Split,

@@ -14,9 +14,9 @@
    log-likelihood and the retain NLL per token. Fits use the steps after the first ``fit_from`` fraction (the
    early transient is neither linear nor logarithmic, as in the collapse experiment).
 4. Measure, beside each the toy model's prediction (``PREDICTIONS``): forget NLL against steps with linear and
-   log-step fits (NPO paper Theorem 2: GA linear, NPO logarithmic), the per-sequence weights against |y| at the
-   first and last evaluation (NPO exactly 1 at step 0; SimNPO proportional to 1/|y|: SimNPO paper Sec. 4,
-   ``theory.allocation``), and the retain drift.
+   log-step fits (NPO paper Theorem 2: GA linear, NPO logarithmic), the per-sequence weights dL/dlogp (by
+   autograd through the objective) against |y| at the first and last evaluation (NPO exactly 1 at step 0;
+   SimNPO's 2/|y| factor: SimNPO paper Sec. 4, ``theory.allocation``), and the retain drift.
 
 Precision, optimizer and memory (``PRECISIONS``, ``memory_plan``): AdamW everywhere, its moments in the
 weights' dtype. ``float32`` (the CPU default); ``bf16-mixed``: float32 weights and moments, bf16 autocast
@@ -52,11 +52,10 @@ import torch
 from sims import markov
 from sims.curves import rate_fits
 from sims.experiment import atomic_write, environment, to_jsonable
-from theory import objectives as theory
 from unlearn import data as llm_data
 from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.models import hf
-from unlearn.objectives import MethodParams
+from unlearn.objectives import MethodParams, SequenceStats, forget_weights
 from unlearn.reference import MODES, batched_logprobs, make_reference
 from unlearn.train import StopRun, TrainConfig, resolve_device, shuffled_batches, train
 
@@ -78,10 +77,13 @@ METHODS = ("GA", "NPO", "SimNPO")
 PREDICTIONS = {
     "ga.linear_r2": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2): linear_r2 >= log_r2",
     "npo.log_r2": "NPO's forget NLL grows like log t (NPO paper Thm. 2): log_r2 >= linear_r2",
-    "npo.weight_step0_max_abs_dev_from_1": "NPO's weights 2 sigma(beta (logp - logp_ref)) are exactly 1 at step 0",
+    "npo.weight_step0_max_abs_dev_from_1": "NPO's weights 2 sigma(beta (logp - logp_ref)) are exactly 1 at step 0, "
+                                           "where the model is its reference (cached: the reference numbers line "
+                                           "up with the data; adapter, copy: the reference reproduces the model)",
     "npo.pearson_weight_length.step0": "undefined at step 0: every NPO weight is 1 (GA-like)",
     "simnpo.pearson_weight_length.step0": "SimNPO's weight (2/|y|) sigma(beta lbar + gamma) falls with |y|: the "
-                                          "closed form at the measured likelihoods",
+                                          "correlation of 1/|y| with |y| if length alone set it (equal likelihood "
+                                          "per token lbar); a spread of lbar moves the measurement toward 0",
 }
 
 
@@ -321,13 +323,10 @@ def _pearson(x, y) -> float | None:
 
 
 def weights(method: str, logp, logp_ref, length, params: MethodParams) -> np.ndarray:
-    """Per-sequence forget weights dL/dlogp in closed form (``theory.objectives``)."""
-    logp, logp_ref, length = (np.asarray(v, float) for v in (logp, logp_ref, length))
-    if method == "GA":
-        return np.ones_like(logp)
-    if method == "NPO":
-        return theory.npo_weight(logp - logp_ref, params.beta)
-    return theory.simnpo_weight(logp, length, params.beta, params.gamma)
+    """Per-sequence forget weights dL/dlogp at recorded log-likelihoods, by autograd through the objective the
+    run trained with (``unlearn.objectives.forget_weights``): the weights of a step taken there."""
+    logp, logp_ref, length = (torch.as_tensor(np.asarray(v, float)) for v in (logp, logp_ref, length))
+    return forget_weights(method, params, SequenceStats(logp, length, logp_ref=logp_ref)).numpy()
 
 
 def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: float) -> tuple[dict, dict]:
@@ -353,24 +352,15 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
     return metrics, curves
 
 
-def predictions(metrics: dict, lengths, logp0: dict, params: dict) -> dict:
+def predictions(metrics: dict, lengths) -> dict:
     """The toy models' prediction beside each measurement: a number where theory gives one, and its rule."""
-    out = {}
-    for key, rule in PREDICTIONS.items():
-        method = key.split(".")[0]
-        if not any(k.startswith(method + ".") for k in metrics):  # the method did not run
-            continue
-        value = None
-        if key == "npo.weight_step0_max_abs_dev_from_1":
-            value = 0.0
-        elif key == "simnpo.pearson_weight_length.step0":
-            value = _pearson(weights("SimNPO", logp0["SimNPO"], logp0["SimNPO"], lengths, params["SimNPO"]), lengths)
-        elif key == "ga.linear_r2":
-            value = metrics.get("ga.log_r2")  # predicted: at least the log fit's R^2
-        elif key == "npo.log_r2":
-            value = metrics.get("npo.linear_r2")
-        out[f"validate.{key}"] = {"value": value, "rule": rule}
-    return out
+    lengths = np.asarray(lengths, float)
+    values = {"npo.weight_step0_max_abs_dev_from_1": 0.0,
+              "simnpo.pearson_weight_length.step0": _pearson(1 / lengths, lengths),  # 2/|y| at equal lbar
+              "ga.linear_r2": metrics.get("ga.log_r2"),  # predicted: at least the other fit's R^2
+              "npo.log_r2": metrics.get("npo.linear_r2")}
+    return {f"validate.{key}": {"value": values.get(key), "rule": rule} for key, rule in PREDICTIONS.items()
+            if any(k.startswith(key.split(".")[0] + ".") for k in metrics)}  # the methods that ran
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -425,7 +415,7 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
            f"{_took(memorised_info)}")
     model = model.cpu()  # the memorised weights wait in host memory; each method unlearns a copy on the device
     lengths = forget.n_tokens.cpu().numpy()
-    metrics, curves, logp0, seconds = {}, {}, {}, {"memorise": memorised_info.get("seconds")}
+    metrics, curves, seconds = {}, {}, {"memorise": memorised_info.get("seconds")}
     for method in cfg.methods:
         path = ckpt / f"{method}-{_key(cfg, method)}.json"
         if path.is_file():
@@ -440,10 +430,10 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
         report(f"{method}: {cfg.steps} steps{_took(record)}; forget NLL per token "
                f"{found[f'{x}.forget_nll_per_token.start']:.3g} -> {found[f'{x}.forget_nll_per_token.end']:.3g}")
         metrics.update({f"validate.{k}": v for k, v in found.items()})
-        logp0[method], seconds[method] = record["forget_logp"][0], record.get("seconds")
+        seconds[method] = record.get("seconds")
     plain = {k.removeprefix("validate."): v for k, v in metrics.items()}
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
-           "predictions": predictions(plain, lengths, logp0, {m: cfg.params(m) for m in cfg.methods}),
+           "predictions": predictions(plain, lengths),
            "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
            "n_parameters": size[0], "env": environment(cfg.device),
            "seconds": seconds,  # wall time of each stage, as first run (a resumed run reads it back)

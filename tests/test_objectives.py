@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from theory import objectives as T
 from unlearn.logprobs import sequence_kl, sequence_logprobs
-from unlearn.objectives import METHODS, MethodParams, SequenceStats, get_method, per_sequence_losses
+from unlearn.objectives import METHODS, MethodParams, SequenceStats, forget_weights, get_method, per_sequence_losses
 
 B, L, V = 4, 6, 5
 
@@ -138,3 +138,18 @@ def test_missing_statistics_are_named():
 def test_impossible_hyperparameters_are_refused(kwargs, key):
     with pytest.raises(ValueError, match=key):
         MethodParams(**kwargs)
+
+
+@given(seed=st.integers(0, 2**16), beta=st.floats(0.05, 8.0), gamma=st.floats(0.0, 3.0))
+def test_forget_weights_are_the_closed_forms(seed, beta, gamma):
+    """forget_weights (autograd through the term) = theory.objectives' weights: GA 1, NPO 2 sigma(beta r),
+    SimNPO (2/|y|) sigma(beta lbar + gamma), to float64 rounding."""
+    g = torch.Generator().manual_seed(seed)
+    logp, logp_ref = -30 * torch.rand(2, 8, generator=g, dtype=torch.float64)
+    n = torch.randint(1, 40, (8,), generator=g)
+    s, p = SequenceStats(logp.float(), n, logp_ref=logp_ref.float()), MethodParams(beta=beta, gamma=gamma)
+    r = (s.logp.double() - s.logp_ref.double()).numpy()
+    np.testing.assert_array_equal(forget_weights("GA", p, s).numpy(), np.ones(8))
+    np.testing.assert_allclose(forget_weights("NPO", p, s).numpy(), T.npo_weight(r, beta), rtol=1e-12)
+    np.testing.assert_allclose(forget_weights("SimNPO", p, s).numpy(),
+                               T.simnpo_weight(s.logp.double().numpy(), n.numpy(), beta, gamma), rtol=1e-12)

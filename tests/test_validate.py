@@ -33,8 +33,8 @@ def test_validate_writes_the_promised_metrics_and_figure(first):
     assert m["validate.npo.weight_step0_max_abs_dev_from_1"] == 0.0  # NPO starts GA-like, exactly
     assert m["validate.npo.pearson_weight_length.step0"] is None  # all weights 1: no correlation to speak of
     assert m["validate.simnpo.pearson_weight_length.step0"] < -0.3  # short responses weigh more (1/|y|)
-    assert doc["predictions"]["validate.simnpo.pearson_weight_length.step0"]["value"] == pytest.approx(
-        m["validate.simnpo.pearson_weight_length.step0"])
+    # predicted from length alone: with two lengths (20 and 5) 1/|y| is a linear function of |y|, r = -1
+    assert doc["predictions"]["validate.simnpo.pearson_weight_length.step0"]["value"] == pytest.approx(-1.0)
     for x in ("ga", "npo", "simnpo"):
         assert m[f"validate.{x}.forget_nll_per_token.end"] > m[f"validate.{x}.forget_nll_per_token.start"]
     assert doc["memorised"]["forget_nll_per_token"][-1] < doc["memorised"]["forget_nll_per_token"][0]

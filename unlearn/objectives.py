@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +175,19 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+def forget_weights(method: str, params: MethodParams, stats: SequenceStats) -> torch.Tensor:
+    """W_b = dL_b/dlogp_b of ``method``'s forget term (float64, (B,)), by autograd through the term itself, so
+    these are exactly the weights that drive training: GA 1, NPO 2 sigma(beta (logp - logp_ref)), SimNPO
+    (2/|y|) sigma(beta logp/|y| + gamma) (``theory.objectives.npo_weight`` / ``simnpo_weight`` in closed form).
+    Reads logp, n_tokens and logp_ref (methods with alternative responses have no single forget weight)."""
+    logp = stats.logp.detach().double().requires_grad_(True)
+    cast = {k: v.detach().double() for k in ("n_tokens", "logp_ref") if (v := getattr(stats, k)) is not None}
+    with torch.enable_grad():
+        loss = get_method(method).forget(replace(stats, logp=logp, **cast), params)
+        (weights,) = torch.autograd.grad(loss.sum(), logp)
+    return weights
 
 
 def per_sequence_losses(
