@@ -19,6 +19,7 @@ from pathlib import Path
 from sims import markov
 from sims.experiment import atomic_write, to_jsonable
 from unlearn import attribution
+from unlearn.config import require_at_least_one
 from unlearn.losses import token_mean_nll
 from unlearn.models.transformer import Transformer
 from unlearn.objectives import MethodParams, get_method
@@ -65,9 +66,7 @@ class RunConfig:
         self.params()  # validates beta, gamma, lam, mismatch
         if self.mask is not None:
             attribution.parse_mask_spec(self.mask)
-        for key in ("steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least_one(self, "steps", "batch_size")
 
     def params(self) -> MethodParams:
         return MethodParams(beta=self.beta, gamma=self.gamma, lam=self.lam, mismatch=self.mismatch)
@@ -189,6 +188,7 @@ def relearn_toy(folder: Path, subset: str, frac: float = 0.2, epochs: int = 3, b
     relearn.json in the folder."""
     if subset not in SUBSETS:
         raise ValueError(f"unknown relearning subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    require_at_least_one({"draws": draws, "epochs": epochs, "batch_size": batch_size})
     dev = resolve_device(device)
     cfg, unlearned = load_run(folder, dev)
     world = markov.make_world(MODELS[cfg.model].world_config())

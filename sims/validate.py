@@ -40,7 +40,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from sims import markov
 from sims.curves import rate_fits
 from sims.experiment import atomic_write, environment, to_jsonable
 from unlearn import data as llm_data
+from unlearn.config import require_at_least_one, require_positive
 from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.models import hf
 from unlearn.objectives import MethodParams, SequenceStats, forget_weights
@@ -140,12 +140,8 @@ class ValidateConfig:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(MODES)}")
         if self.reference == "adapter" and self.lora_rank is None:
             raise ValueError("the adapter reference needs LoRA (--lora RANK)")
-        for key in ("steps", "batch_size", "eval_every", "n_forget", "n_retain", "max_length"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "npo_beta", "simnpo_beta", "memorise_lr"):
-            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
-                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        require_at_least_one(self, "steps", "batch_size", "eval_every", "n_forget", "n_retain", "max_length")
+        require_positive(self, "lr", "npo_beta", "simnpo_beta", "memorise_lr")
         if self.memorise_epochs < 0:
             raise ValueError(f"memorise_epochs must be >= 0, got {self.memorise_epochs}")
         if not hf.ModelSpec(self.model).is_architecture:

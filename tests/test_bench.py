@@ -26,9 +26,19 @@ def test_bench_toy_writes_a_speedup_per_model_and_size(tmp_path, capsys):
     assert doc["config"]["members"] == [2, 3]
 
 
-def test_bench_toy_refuses_bad_sizes(capsys):
-    assert main(["bench", "toy", "--members", "0,8"]) == 2
-    assert "--members must be positive" in capsys.readouterr().err
+@pytest.mark.parametrize("members", ["0,8", "8,x"])
+def test_bench_toy_refuses_bad_sizes(members, capsys):
+    assert main(["bench", "toy", "--members", members]) == 2
+    assert f"--members must be comma-separated positive integers, got '{members}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lora", "0"], "lora_rank must be >= 1, got 0"),
+    (["--seq-len", "0"], "seq_len must be >= 1, got 0"),
+])
+def test_bench_llm_refuses_bad_sizes_before_any_case_starts(argv, message, capsys):
+    assert main(["bench", "llm", "--quick", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_show_config_prints_the_resolved_config(capsys):
     (["figures", "npo-synthetic", "--set", "beta=1"], "--set beta: unknown config key"),
     (["figures", "npo-synthetic", "--set", "steps=many"], "--set steps='many': expected an integer"),
     (["figures", "npo-synthetic", "--set", "sweep_betas=0,1"], "sweep_betas: every beta must be > 0"),
-    (["figures", "npo-synthetic", "--set", "sweep_lr=-0.1"], "sweep_lr must be > 0"),
+    (["figures", "npo-synthetic", "--set", "sweep_lr=-0.1"], "sweep_lr must be a finite number > 0"),
     (["figures", "npo-synthetic", "--set", "methods=GA,NPOO"], "methods: unknown method 'NPOO'; valid methods"),
     (["figures", "npo-synthetic", "--preset", "huge"], None),
 ])

@@ -65,6 +65,15 @@ def test_a_mask_file_for_another_model_is_refused(tmp_path, capsys):
     assert "'not.a.parameter' is not a trainable parameter of this model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--subset", "random", "--draws", "0"], "draws must be >= 1, got 0"),
+    (["--epochs", "0"], "epochs must be >= 1, got 0"),
+])
+def test_relearn_refuses_bad_sizes_before_work(run_dir, argv, message, capsys):
+    assert main(["relearn", str(run_dir), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_relearn_refuses_a_folder_without_a_run(tmp_path, capsys):
     assert main(["relearn", str(tmp_path)]) == 2
     assert "no run.json; is this a folder written by `unlearn run`?" in capsys.readouterr().err

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from unlearn.config import require_at_least_one
+from unlearn.models import hf
+
 MEMBERS = (8, 32, 128)
 
 
@@ -212,6 +215,13 @@ class LLMBench:
     gradient_checkpointing: bool = False
     full_finetuning: bool = True  # also NPO cached vs copy without LoRA (AdamW on every weight)
 
+    def __post_init__(self):  # checked here, before any case starts its process
+        if self.dtype not in hf.DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(hf.DTYPES)}")
+        require_at_least_one(self, "lora_rank", "batch_size", "seq_len", "steps")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
 
 QUICK_LLM = LLMBench(model="llama-20m-shape", batch_size=2, seq_len=128, steps=2)
 CASES = (  # (label, method, reference, LoRA?)
@@ -238,7 +248,6 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
 
     from unlearn.data import TokenSet
     from unlearn.losses import unlearning_losses
-    from unlearn.models import hf
     from unlearn.objectives import MethodParams
     from unlearn.reference import make_reference
     from unlearn.train import TrainConfig, train
@@ -339,8 +348,7 @@ def _row(label: str, r: dict) -> str:
 def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None] = print) -> dict:
     """Every case of CASES side by side, each in its own process; ratios against the ``copy`` reference."""
     cases = [c for c in CASES if cfg.full_finetuning or c[3]]
-    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    peak = matmul_rate(dtype, device, n=8192 if device.type == "cuda" else 1024)
+    peak = matmul_rate(hf.DTYPES[cfg.dtype], device, n=8192 if device.type == "cuda" else 1024)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the settings run in their own processes: leave them this one's memory
     report(f"matmul rate ({cfg.dtype}, {device}): {peak / 1e12:.2f} TFLOP/s, the MFU denominator")

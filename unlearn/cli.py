@@ -143,9 +143,12 @@ def cmd_bench_toy(args) -> int:
 
     cfg = bench.QUICK if args.quick else bench.ToyBench()
     if args.members:
-        members = tuple(int(m) for m in args.members.split(","))
-        if min(members) < 1:
-            raise ValueError(f"--members must be positive integers, got {args.members!r}")
+        try:
+            members = tuple(int(m) for m in args.members.split(","))
+            if min(members) < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--members must be comma-separated positive integers, got {args.members!r}") from None
         cfg = dataclasses.replace(cfg, members=members)
     device = resolve_device(args.device)
     return _bench_report(bench.bench_toy(cfg, device), cfg, device, args)
@@ -340,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_re.add_argument("--epochs", type=int, default=3, help="relearning epochs (default 3)")
     p_re.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p_re.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    p_re.add_argument("--draws", type=int, default=3, help="random subsets to draw (default 3)")
+    p_re.add_argument("--draws", type=int, default=3,
+                      help="random subsets to draw, with --subset random (default 3; the relearn figure and the "
+                           "SimNPO paper draw 5)")
     p_re.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p_re.set_defaults(func=cmd_relearn)
     p_val = sub.add_parser("validate", help="check the toy models' predictions on a causal LM",
@@ -379,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_llm.add_argument("--lora", type=int, metavar="RANK", help="LoRA rank (default 16)")
     p_llm.add_argument("--seq-len", type=int, help="tokens per sequence (default 256; --quick 128)")
     p_llm.add_argument("--batch-size", type=int, help="sequences per batch (default 2)")
-    p_llm.add_argument("--dtype", help="float32 (default) or bf16")
+    p_llm.add_argument("--dtype", choices=("float32", "bf16"), help="weights' dtype (default float32)")
     p_llm.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p_llm.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p_llm.add_argument("--out", metavar="FILE", help="also write the results as JSON")

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -86,10 +86,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def require_at_least_one(cfg: Any, *keys: str) -> None:
-    """Each named integer field of ``cfg`` must be >= 1; the error names the first that is not."""
-    for key in keys:
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    """Each named integer field of ``cfg`` must be >= 1 (of a mapping, such as a function's arguments: each
+    entry when none is named); the error names the first that is not."""
+    for key in keys or (cfg if isinstance(cfg, Mapping) else ()):
+        value = cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
 
 
 def require_positive(cfg: Any, *keys: str) -> None:

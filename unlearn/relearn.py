@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from unlearn.config import require_at_least_one
 from unlearn.train import History, TrainConfig, shuffled_batches, train
 
 SUBSETS = ("shortest", "random")
@@ -46,8 +47,7 @@ def relearn(model: torch.nn.Module, losses_fn: Callable[[torch.nn.Module, torch.
     after every epoch (History.eval_steps are the epoch boundaries). ``losses_fn(model, index)`` returns the
     per-sequence NLL of the examples at ``index`` (positions in the relearning subset); batches come from
     ``unlearn.train.shuffled_batches`` on the stream (seed, "relearn", *keys)."""
-    if epochs < 1 or batch_size < 1 or n < 1:
-        raise ValueError(f"need epochs, batch_size and n >= 1, got {epochs}, {batch_size}, {n}")
+    require_at_least_one({"epochs": epochs, "batch_size": batch_size, "n": n})
     micro_batches, per_epoch = shuffled_batches(n, batch_size, seed, "relearn", *keys)
     device = next(model.parameters()).device
     cfg = TrainConfig(steps=epochs * per_epoch, lr=lr, optimizer="adamw", precision=precision, device=str(device),

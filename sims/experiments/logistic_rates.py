@@ -40,6 +40,7 @@ from sims.experiment import Experiment, Result
 from sims.experiments import npo_synthetic
 from sims.plotting import METHOD_COLORS, beta_colors, panel_label
 from theory import logistic as theory
+from unlearn.config import require_at_least_one, require_positive
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -75,16 +76,12 @@ class Config:
                 raise ValueError(f"betas: every beta must be a finite number > 0, got {beta!r}")
         if len(set(self.betas)) != len(self.betas):
             raise ValueError(f"betas must be distinct, got {self.betas}")
-        for key in ("n_forget", "d", "steps", "rf_steps", "rf_pretrain_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        require_at_least_one(self, "n_forget", "d", "steps", "rf_steps", "rf_pretrain_steps")
         if self.n_forget > self.d:
             raise ValueError(f"n_forget must be <= d (Theorem 2 is high-dimensional), got {self.n_forget} > {self.d}")
         if self.n_record < 10:
             raise ValueError(f"n_record must be >= 10, got {self.n_record}")
-        for key in ("eta", "rf_lr"):
-            if not (np.isfinite(getattr(self, key)) and getattr(self, key) > 0):
-                raise ValueError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        require_positive(self, "eta", "rf_lr")
         if not self.theta_init_norm >= 0:
             raise ValueError(f"theta_init_norm must be >= 0, got {self.theta_init_norm!r}")
 

@@ -23,6 +23,7 @@ from sims import logistic
 from sims.curves import value_at_crossing
 from sims.experiment import Experiment, Result
 from sims.plotting import METHOD_COLORS, band, beta_colors, panel_label, path
+from unlearn.config import require_at_least_one, require_positive
 from unlearn.models.logistic import random_feature_matrix
 from unlearn.objectives import METHODS, MethodParams
 from unlearn.rng import generator
@@ -100,13 +101,9 @@ class Config:
         for alpha in self.alphas:
             if alpha not in TABLE1:
                 raise ValueError(f"alphas: {alpha!r} is not one of the paper's settings {sorted(TABLE1)}")
-        for key in ("seeds", "d", "n_features", "n_forget", "n_retain", "n_eval", "pretrain_steps", "steps",
-                    "eval_every", "sweep_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("pretrain_lr", "sweep_lr", "lr_multiplier"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        require_at_least_one(self, "seeds", "d", "n_features", "n_forget", "n_retain", "n_eval", "pretrain_steps",
+                             "steps", "eval_every", "sweep_steps")
+        require_positive(self, "pretrain_lr", "sweep_lr", "lr_multiplier")
         for beta in self.sweep_betas:
             if not beta > 0:
                 raise ValueError(f"sweep_betas: every beta must be > 0, got {beta!r}")

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearn.config import require_at_least_one
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -42,9 +44,7 @@ class TransformerConfig:
     d_model: int = 128
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "n_layer", "d_model"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, "vocab_size", "max_len", "n_layer", "d_model")
 
 
 @dataclass(frozen=True)
