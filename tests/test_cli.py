@@ -69,6 +69,16 @@ def test_missing_gpu_fails_with_a_clear_message(capsys, tmp_path):
     assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("package", ["transformers", "peft"])
+def test_a_missing_llm_extra_is_named_with_its_install_command(package, monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as it would without the package
+    argv = ["validate", "--lora", "2", "--steps", "1", "--memorise-epochs", "0", "--out", str(tmp_path / "v")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"Hugging Face models need {package}, which is not installed" in err
+    assert "pip install 'unlearn-mechanics[llm]'" in err
+
+
 def test_non_finite_loss_keeps_what_was_computed(tmp_path, capsys):
     """An absurd learning rate overflows GA to inf; the run stops naming the step and the method, and the
     history up to that step is written where the figure would have gone."""

@@ -285,6 +285,9 @@ def _add_model_and_task(parser: argparse.ArgumentParser, model: str, model_help:
     parser.add_argument("--retain", metavar="FILE", help="retain set for --task jsonl")
 
 
+LLM_EXTRA = ("transformers", "peft")  # pyproject's optional [llm] dependencies
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearn",
@@ -350,20 +353,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_re.set_defaults(func=cmd_relearn)
     p_val = sub.add_parser("validate", help="check the toy models' predictions on a causal LM",
                            description=VALIDATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_and_task(p_val, "tiny", "tiny, llama-20m-shape, llama-100m-shape, llama-7b-shape, or a model "
-                                       "directory")
-    p_val.add_argument("--methods", default="GA,NPO,SimNPO", help="comma-separated (default GA,NPO,SimNPO)")
+    _add_model_and_task(p_val, "tiny", "tiny (default), llama-20m-shape, llama-100m-shape, llama-7b-shape, or a "
+                                       "model directory")
+    p_val.add_argument("--methods", default="GA,NPO,SimNPO",
+                       help="comma-separated, of GA, NPO and SimNPO (default all three)")
     p_val.add_argument("--steps", type=int, default=300, help="unlearning steps per method (default 300)")
     p_val.add_argument("--lr", type=float, help="unlearning AdamW learning rate (default: by model, above)")
     p_val.add_argument("--memorise-lr", type=float, help="memorising AdamW learning rate (default: by model)")
     p_val.add_argument("--batch-size", type=int, default=32, help="forget sequences per step (default 32)")
     p_val.add_argument("--memorise-epochs", type=int, default=300, help="most epochs of memorising (default 300)")
     p_val.add_argument("--lora", type=int, metavar="RANK", help="unlearn through a LoRA adapter of this rank")
-    p_val.add_argument("--reference", default="cached", help="cached, adapter (needs --lora) or copy")
-    p_val.add_argument("--precision", default="auto", help="float32, bf16-mixed, bf16, or auto (above)")
+    p_val.add_argument("--reference", default="cached",
+                       help="cached (default), adapter (needs --lora) or copy: where NPO's log pi_ref comes from")
+    p_val.add_argument("--precision", default="auto", help="float32, bf16-mixed, bf16, or auto (default; above)")
     p_val.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p_val.add_argument("--prompt-format", default="auto", help="auto, chat or plain (files and facts)")
-    p_val.add_argument("--seed", type=int, default=0)
+    p_val.add_argument("--seed", type=int, default=0,
+                       help="the task's draws, the initial weights of an architecture, batch order (default 0)")
     p_val.add_argument("--device", default="auto", help="cpu, cuda, or auto (default): cuda when a GPU is visible")
     p_val.add_argument("--out", default="validate", metavar="DIR", help="output folder (default validate)")
     p_val.set_defaults(func=cmd_validate)
@@ -400,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, RuntimeError) as err:
         print(f"unlearn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name not in LLM_EXTRA:
+            raise
+        print(f"unlearn {args.command}: error: Hugging Face models need {err.name}, which is not installed: "
+              "pip install 'unlearn-mechanics[llm]' (from a clone: pip install -e '.[llm]')", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,7 @@
 
 NPO and DPO read log pi_ref(y|x) of every forget sequence; *+KL methods read the reference's next-token
 distributions on retain batches. Three ways to provide them, all giving the same losses and gradients
-(tests/test_reference.py):
+(tests/test_hf.py):
 
     cached   log pi_ref(y|x) of each forget sequence computed once, before training, from the model itself
              (which is the reference at step 0); no reference model in memory at all. Also caches retain

@@ -7,7 +7,7 @@
             loss = sum_k sum_members mean_b losses_fn(model, micro)[k] / len(micro_batches)
             loss.backward()                                     # under bf16 autocast if asked
         stop with NonFiniteLossError if the loss is NaN or inf   # before the update: the model stays finite
-        grad *= mask;  clip;  p *= 1 - lr*scale*wd*mask;  optimizer.step();  scheduler.step()
+        grad *= mask;  clip;  p *= 1 - lr*scale*wd*mask;  optimizer.step() at the schedule's lr for the step
 
 The reduction is the only one in the project: ``losses_fn`` returns per-sequence losses by term (the
 ``unlearn.objectives`` contract), each term is averaged over its batch (last axis), summed over any leading

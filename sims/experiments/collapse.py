@@ -89,7 +89,9 @@ def collapse_evaluator(world: markov.MarkovWorld, device, limit: int | None):
 
 
 def growth_fits(steps, nll, fit_from: int) -> dict[str, float]:
-    """linear_r2, log_r2 of NLL against t and log t, and the exponent of NLL_t - NLL_0 against t, for t >= fit_from."""
+    """linear_r2, log_r2 of NLL against t and log t, and the exponent of NLL_t - NLL_0 against t, for t >= fit_from
+    and over the evaluations above the start (NLL_t > NLL_0, where log(NLL_t - NLL_0) exists; all three fits use
+    the same points)."""
     t, y = np.asarray(steps, float), np.asarray(nll, float)
     keep = (t >= max(fit_from, 1)) & (y > y[0])
     fits = rate_fits(t[keep], y[keep])

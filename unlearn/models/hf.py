@@ -2,7 +2,7 @@
 from a config with random weights (no download, ever).
 
     load_model(ModelSpec("path/to/llama"))                       AutoModelForCausalLM, local files only
-    load_model(ModelSpec("tiny"))                                a 2-layer Llama for tests (~0.1M parameters)
+    load_model(ModelSpec("tiny"))                                a 2-layer Llama for tests (27k parameters at vocab 128)
     load_model(ModelSpec("llama-7b-shape", dtype="bf16", lora=LoraSpec(rank=16)))   Llama-2-7B's shape, random
 
 The output contract is the one every model of the project follows: ``model(input_ids, attention_mask=...)``
