@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sims import markov
 from sims.experiment import atomic_write, to_jsonable
-from unlearn import attribution
+from unlearn import attribution, distributed
 from unlearn.config import require_at_least_one
 from unlearn.losses import token_mean_nll
 from unlearn.models.transformer import Transformer
@@ -84,13 +84,16 @@ class RunConfig:
 
 
 def _save(out: Path, model, masks, cfg: RunConfig, doc: dict) -> dict:
+    """Write the run folder (rank 0 only under torchrun; the weights gathered from the shards first)."""
     from safetensors.torch import save_file
 
+    state = distributed.full_state_dict(model)  # collective when sharded: every rank takes part
+    if not distributed.is_main():
+        return doc
     doc["moved_fraction"] = None if masks is None else \
         sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "model.safetensors", lambda p: save_file(
-        {k: v.detach().contiguous() for k, v in model.state_dict().items()}, p))
+    atomic_write(out / "model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in state.items()}, p))
     if masks is not None:
         attribution.save_masks(masks, out / "mask.safetensors", {"spec": cfg.mask})
     atomic_write(out / "run.json", lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
@@ -101,43 +104,62 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
     """``unlearn run`` on a Hugging Face model (a directory or a named architecture) and task: the reference of
     ``cfg.reference`` (cached: the forget log-probs and, for *+KL methods, the retain logits, n_retain x T x V
     floats on the device; copy: a frozen model), masks from NLL gradients summed over the forget and retain
-    sets, forget and retain NLL per token before and after."""
+    sets, forget and retain NLL per token before and after.
+
+    Under ``torchrun --nproc_per_node N -m unlearn.cli run ...`` the model is sharded with FSDP2
+    (``unlearn.distributed``): every rank builds the same model, data and reference, takes its slice of each
+    seeded global batch, and the run follows the one-process run up to reduction order; the recorded losses
+    are averaged over ranks and rank 0 writes the folder. Masks need the whole model: one process only."""
     from sims import validate
     from unlearn.losses import unlearning_losses
     from unlearn.models import hf
     from unlearn.reference import make_reference
     from unlearn.train import TrainConfig, shuffled_batches, train
 
-    vcfg = cfg.language_model()
-    forget, retain, vocab, _ = validate.task_data(vcfg)
-    device = resolve_device(cfg.device)
-    forget, retain = forget.to(device), retain.to(device)
-    model = hf.load_model(vcfg.model_spec(vocab))
-    reference = make_reference(cfg.reference, model, forget, retain,
-                               with_logits="kl" in get_method(cfg.method).needs["retain"])
-    losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference)  # refuses what it cannot run
+    with distributed.process_group(cfg.device) as (rank, world, device):
+        if world > 1 and cfg.mask:
+            raise ValueError(f"--mask selects weights of the whole model, which FSDP2 shards over the {world} "
+                             "ranks; run masked runs in one process")
+        vcfg = dataclasses.replace(cfg.language_model(), device=str(device))
+        forget, retain, vocab, _ = validate.task_data(vcfg)
+        size = min(cfg.batch_size, len(forget))
+        distributed.check_batches(len(forget), size, world, "--batch-size on the forget set")
+        distributed.check_batches(len(retain), min(size, len(retain)), world, "--batch-size on the retain set")
+        forget, retain = forget.to(device), retain.to(device)
+        model = hf.load_model(vcfg.model_spec(vocab))
+        reference = make_reference(cfg.reference, model, forget, retain,
+                                   with_logits="kl" in get_method(cfg.method).needs["retain"])
+        losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference)  # refuses what it can't run
 
-    def scores(kind):
-        gradients = lambda: (attribution.nll_gradients(model, forget), attribution.nll_gradients(model, retain))
-        return attribution.scores(kind, model, gradients=gradients, mu=cfg.mu,
-                                  generator=generator(cfg.seed, "mask-random"))
+        def scores(kind):
+            gradients = lambda: (attribution.nll_gradients(model, forget), attribution.nll_gradients(model, retain))
+            return attribution.scores(kind, model, gradients=gradients, mu=cfg.mu,
+                                      generator=generator(cfg.seed, "mask-random"))
 
-    masks = attribution.masks_for(cfg.mask, model, scores, generator(cfg.seed, "mask-threshold")) if cfg.mask else None
-    size = min(cfg.batch_size, len(forget))
-    forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "run", "forget")
-    retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "run", "retain")
+        masks = (attribution.masks_for(cfg.mask, model, scores, generator(cfg.seed, "mask-threshold"))
+                 if cfg.mask else None)
+        forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "run", "forget")
+        retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "run", "retain")
 
-    def evaluate(m, step):
-        return {"forget_nll": validate.nll_per_token(m, forget), "retain_nll": validate.nll_per_token(m, retain)}
+        def micro_batches(step):
+            return [(distributed.rank_slice(forget_batches(step)[0], rank, world),
+                     distributed.rank_slice(retain_batches(step)[0], rank, world), None)]
 
-    before = evaluate(model, 0)
-    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=max(1, cfg.steps // 10),
-                     device=str(device), progress=progress, name=f"unlearn {cfg.method}")
-    history = train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
-                    evaluate=evaluate, masks=masks)
-    doc = {"config": dataclasses.asdict(cfg), "before": before,
-           "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history)}
-    return _save(out, model, masks, cfg, doc)
+        def evaluate(m, step):  # every rank runs the same passes over the whole sets (FSDP2 gathers in each)
+            return {"forget_nll": validate.nll_per_token(m, forget), "retain_nll": validate.nll_per_token(m, retain)}
+
+        before = evaluate(model, 0)
+        if world > 1:
+            model = distributed.wrap(model, "fsdp")
+        tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=max(1, cfg.steps // 10),
+                         device=str(device), progress=progress if distributed.is_main() else False,
+                         name=f"unlearn {cfg.method}")
+        history = train(model, losses, micro_batches, tc, evaluate=evaluate, masks=masks)
+        history.loss = distributed.mean_over_ranks(history.loss)
+        history.terms = {k: distributed.mean_over_ranks(v) for k, v in history.terms.items()}
+        doc = {"config": dataclasses.asdict(cfg), "world_size": world, "before": before,
+               "after": {k: v[-1] for k, v in history.evals.items()}, "history": vars(history)}
+        return _save(out, model, masks, cfg, doc)
 
 
 def unlearn_toy(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""Data-parallel unlearning: 2 processes on the CPU (gloo), FSDP2 and DDP, follow the single-process losses."""
+"""Data-parallel unlearning: 2 processes on the CPU (gloo), FSDP2 and DDP, follow the single-process losses;
+`unlearn run` under torchrun too."""
 
 import json
 import os
@@ -7,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from unlearn.distributed import rank_slice, warmup_steps
+from unlearn.distributed import check_batches, rank_slice, warmup_steps
 
 
 def _free_port() -> str:
@@ -17,21 +19,60 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _losses(*args: str) -> list[float]:
+def _run(*args: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` in one process, or under torchrun with ``ranks`` processes."""
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", _free_port()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, *(launch if ranks > 1 else []), "-m", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def _losses(*args: str, ranks: int = 1) -> list[float]:
+    out = _run("unlearn.distributed", *args, ranks=ranks)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["loss"]
 
 
 @pytest.mark.parametrize("shard", ["fsdp", "ddp"])
 def test_two_processes_follow_the_single_process_run(shard):
-    single = _losses("-m", "unlearn.distributed", "--steps", "4")
-    double = _losses("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-                     "-m", "unlearn.distributed", "--shard", shard, "--steps", "4")
+    single = _losses("--steps", "4")
+    double = _losses("--shard", shard, "--steps", "4", ranks=2)
     assert len(single) == len(double) == 4
     assert single[-1] < single[0]  # the run does move
     assert double == pytest.approx(single, rel=1e-5)
+
+
+RUN = ["unlearn.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
+       "--lr", "1e-2"]
+
+
+def test_unlearn_run_under_torchrun_follows_the_one_process_run(tmp_path):
+    """`torchrun --nproc_per_node 2 -m unlearn.cli run` (FSDP2, gloo): the same losses, evaluations and final
+    weights as one process, written once, by rank 0."""
+    from safetensors.torch import load_file
+
+    docs, weights = {}, {}
+    for ranks in (1, 2):
+        out = _run(*RUN, "--out", str(tmp_path / str(ranks)), ranks=ranks)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.count("wrote") == 1  # rank 0 reports
+        docs[ranks] = json.loads((tmp_path / str(ranks) / "run.json").read_text())
+        weights[ranks] = load_file(str(tmp_path / str(ranks) / "model.safetensors"))
+    assert (docs[1]["world_size"], docs[2]["world_size"]) == (1, 2)
+    assert docs[1]["history"]["loss"][-1] != docs[1]["history"]["loss"][0]  # the run does move
+    assert docs[2]["history"]["loss"] == pytest.approx(docs[1]["history"]["loss"], rel=1e-5)
+    assert docs[2]["after"] == pytest.approx(docs[1]["after"], rel=1e-5)
+    assert weights[2].keys() == weights[1].keys()
+    for name, value in weights[1].items():
+        assert torch.allclose(weights[2][name], value, atol=1e-5), name
+
+
+def test_unlearn_run_under_torchrun_refuses_masks_and_uneven_batches(tmp_path):
+    out = _run(*RUN, "--mask", "wagle:0.5", "--out", str(tmp_path / "m"), ranks=2)
+    assert out.returncode != 0 and "run masked runs in one process" in out.stderr
+    out = _run(*RUN[:-4], "--batch-size", "3", "--out", str(tmp_path / "b"), ranks=2)
+    assert out.returncode != 0 and "do not split evenly over 2 ranks" in out.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "b").exists()
 
 
 def test_rank_slices_and_warmup():
@@ -42,3 +83,6 @@ def test_rank_slices_and_warmup():
     with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
         rank_slice(index, 0, 3)
     assert warmup_steps(64, 4, 1) == 16 and warmup_steps(64, 4, 4) == 4
+    check_batches(32, 4, 2, "forget")  # 8 batches of 4
+    with pytest.raises(ValueError, match=r"forget: batches of \[2, 4\] sequences \(of 30\) do not split evenly"):
+        check_batches(30, 4, 4, "forget")  # the last batch holds 2

@@ -175,6 +175,9 @@ presets' smaller world and model; either is pretrained once and cached) with one
 With a Hugging Face model (a directory, or tiny / llama-...-shape) the data is --task's (markov, facts, or
 jsonl with --forget/--retain), the reference is --reference's, and forget/retain NLL per token are recorded;
 methods that read alternative responses (IDK+RT, DPO*, GA+Mismatch+KL) run on the toy models only.
+On several GPUs (or CPU processes), `torchrun --nproc_per_node N -m unlearn.cli run --model ... --device cuda`
+shards the model with FSDP2; each rank takes its slice of every batch (--batch-size must split evenly) and
+rank 0 writes DIR.
 
 masks (--mask): wagle:R, magnitude:R or random:R keep the top fraction R in (0, 1] of weights by that score
 (WAGLE: |(theta - g_r/mu) * g_f|, with --mu) and freeze the rest bitwise; a .safetensors file gives the
@@ -190,6 +193,7 @@ DIR/relearn.json (SimNPO paper Fig. 6's relearning attack).
 
 def cmd_run(args) -> int:
     from sims.toy_run import RunConfig, unlearn_toy
+    from unlearn.distributed import is_main
 
     cfg = RunConfig(model=args.model, task=args.task, forget=args.forget, retain=args.retain, method=args.method,
                     beta=args.beta, gamma=args.gamma, lam=args.lam,
@@ -197,6 +201,8 @@ def cmd_run(args) -> int:
                     mu=args.mu, seed=args.seed, eval_limit=args.eval_limit, device=args.device,
                     reference=args.reference)
     doc = unlearn_toy(cfg, Path(args.out))
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     before, after = doc["before"], doc["after"]
     print(" ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before) + f"; wrote {args.out}/run.json")
     return 0

@@ -1,5 +1,6 @@
 """Data-parallel unlearning under ``torchrun``: FSDP2 (``torch.distributed.fsdp.fully_shard``) or DDP.
 
+    torchrun --nproc_per_node N -m unlearn.cli run --model DIR|ARCH ...           (FSDP2; sims.toy_run)
     torchrun --nproc_per_node N -m unlearn.distributed [--shard fsdp|ddp] ...      (the check below)
 
 Every rank builds the same model from the same seed, wraps it (FSDP2: each decoder layer, then the root, so
@@ -9,7 +10,8 @@ draw identically (``unlearn.train.shuffled_batches``), and rank r takes position
 batch of size N * per_rank. The loop's per-rank batch means, averaged over ranks by the gradient reduction,
 equal the global batch mean when every rank holds as many sequences, so N processes follow the single-process
 trajectory up to floating-point reduction order. Warm-up is given in sequences and converted to steps from
-the world size (``warmup_steps``). Only rank 0 shows progress and writes files (``is_main``).
+the world size (``warmup_steps``). Only rank 0 shows progress and writes files (``is_main``); a sharded model's
+weights are gathered for it by ``full_state_dict``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -27,26 +31,65 @@ from torch import nn
 SHARDING = ("fsdp", "ddp")
 
 
-def setup() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) under torchrun (nccl on GPUs, gloo on CPUs); (0, 1, cpu) without it."""
+@contextmanager
+def process_group(device: str = "cpu") -> Iterator[tuple[int, int, torch.device]]:
+    """(rank, world size, device) for the body. Under torchrun the process group is open for the body: nccl
+    and GPU LOCAL_RANK when ``device`` is cuda, gloo and the CPU otherwise; without it, (0, 1, device)."""
+    from unlearn.train import resolve_device
+
+    device = resolve_device(device)  # a missing GPU is refused here, on every rank
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cpu")
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+        yield 0, 1, device
+        return
+    cuda = device.type == "cuda"
     if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    return rank, dist.get_world_size(), device
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        dist.destroy_process_group()
 
 
 def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0, or the only process (also after a torchrun process group has closed: torchrun's RANK)."""
+    return dist.get_rank() == 0 if dist.is_initialized() else int(os.environ.get("RANK", "0")) == 0
 
 
 def warmup_steps(warmup_sequences: int, per_rank_batch: int, world_size: int) -> int:
     """Warm-up steps for a warm-up measured in sequences: the same number of sequences whatever N."""
     return math.ceil(warmup_sequences / (per_rank_batch * world_size))
+
+
+def check_batches(n: int, batch_size: int, world_size: int, name: str) -> None:
+    """Every global batch of ``shuffled_batches(n, batch_size)`` (the last one included) splits evenly over the
+    ranks; else an error before any work, naming the set and what would."""
+    sizes = {batch_size} | ({n % batch_size} if n % batch_size else set())
+    if any(size % world_size for size in sizes):
+        raise ValueError(f"{name}: batches of {sorted(sizes)} sequences (of {n}) do not split evenly over "
+                         f"{world_size} ranks; choose a batch size that divides {n} and is a multiple of "
+                         f"{world_size}")
+
+
+def mean_over_ranks(values: list[float]) -> list[float]:
+    """The average over ranks of per-rank values (a loss per step: each rank's is its shard's mean, so their
+    average is the global batch mean); the values themselves without a process group."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on the CPU: gathered from the shards on rank 0 (an empty dict elsewhere) for a
+    sharded model, ``state_dict()`` otherwise."""
+    if not dist.is_initialized():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def rank_slice(index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -88,38 +131,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=4)
     parser.add_argument("--warmup-sequences", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per rank)")
     args = parser.parse_args(argv)
-    rank, world, device = setup()
-    model = hf.load_model(hf.ModelSpec("tiny", device=str(device)))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 128, (16, 13), generator=g)
-    mask = torch.zeros(16, 12, dtype=torch.bool)
-    mask[:, 4:] = True
-    data = TokenSet(ids[:, :-1], torch.ones(16, 12, dtype=torch.bool), ids[:, 1:], mask).to(device)
-    forget, retain = data.take(slice(0, 8)), data.take(slice(8, 16))
-    reference = make_reference("cached", model, forget)  # before wrapping: every rank caches every sequence
-    if world > 1:
-        model = wrap(model, args.shard)
-    order, _ = shuffled_batches(len(forget), args.global_batch, 0, "distributed-check")
+    with process_group(args.device) as (rank, world, device):
+        model = hf.load_model(hf.ModelSpec("tiny", device=str(device)))
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, 128, (16, 13), generator=g)
+        mask = torch.zeros(16, 12, dtype=torch.bool)
+        mask[:, 4:] = True
+        data = TokenSet(ids[:, :-1], torch.ones(16, 12, dtype=torch.bool), ids[:, 1:], mask).to(device)
+        forget, retain = data.take(slice(0, 8)), data.take(slice(8, 16))
+        reference = make_reference("cached", model, forget)  # before wrapping: every rank caches every sequence
+        if world > 1:
+            model = wrap(model, args.shard)
+        check_batches(len(forget), args.global_batch, world, "the check's forget set")
+        order, _ = shuffled_batches(len(forget), args.global_batch, 0, "distributed-check")
 
-    def micro_batches(step):
-        index = rank_slice(order(step)[0].to(device), rank, world)
-        return [(index, index, None)]
+        def micro_batches(step):
+            index = rank_slice(order(step)[0].to(device), rank, world)
+            return [(index, index, None)]
 
-    per_rank = args.global_batch // world
-    cfg = TrainConfig(steps=args.steps, lr=1e-3, optimizer="adamw", schedule="warmup_linear",
-                      warmup_steps=warmup_steps(args.warmup_sequences, per_rank, world), device=str(device),
-                      progress=False, name="distributed check")
-    history = train(model, unlearning_losses("NPO+RT", MethodParams(beta=0.5), forget, retain, reference),
-                    micro_batches, cfg)
-    losses = torch.tensor(history.loss, dtype=torch.float64)
-    if world > 1:  # each rank's loss is its shard's mean: the global mean is their average
-        dist.all_reduce(losses)
-        losses /= world
-    if is_main():
-        print(json.dumps({"world_size": world, "shard": args.shard, "loss": losses.tolist()}))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+        per_rank = args.global_batch // world
+        cfg = TrainConfig(steps=args.steps, lr=1e-3, optimizer="adamw", schedule="warmup_linear",
+                          warmup_steps=warmup_steps(args.warmup_sequences, per_rank, world), device=str(device),
+                          progress=False, name="distributed check")
+        history = train(model, unlearning_losses("NPO+RT", MethodParams(beta=0.5), forget, retain, reference),
+                        micro_batches, cfg)
+        losses = mean_over_ranks(history.loss)
+        if is_main():
+            print(json.dumps({"world_size": world, "shard": args.shard, "loss": losses}))
     return 0
 
 
