@@ -373,11 +373,49 @@ def _key(cfg: ValidateConfig, stage: str) -> str:
     return hashlib.sha256(json.dumps({"stage": stage, "format": 2, **fields}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _timed(run: Callable[[], dict]) -> dict:
+    """``run()``'s record with its wall time under ``seconds``."""
+    start = time.perf_counter()
+    record = run()
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def memorised_model(cfg: ValidateConfig, vocab: int | None, forget, retain, ckpt: Path, progress):
+    """(model, record) after step 2 of the module docstring, read from its checkpoint when there is one."""
+    from safetensors.torch import load_file, save_file
+
+    model = hf.load_model(cfg.model_spec(vocab))
+    state_path = ckpt / f"memorised-{_key(cfg, 'memorised')}.safetensors"
+    info_path = state_path.with_suffix(".json")
+    if state_path.is_file() and info_path.is_file():
+        model.load_state_dict(load_file(str(state_path), device=str(next(model.parameters()).device)))
+        return model, json.loads(info_path.read_text())
+
+    def run():
+        curve, epochs = memorise(model, forget, retain, cfg, progress)
+        return {"forget_nll_per_token": curve, "epochs": epochs}
+
+    record = _timed(run)
+    if record["epochs"]:  # a model that did not train is its own checkpoint
+        atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
+        atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(record)))
+    return model, record
+
+
+def method_record(memorised, method: str, forget, retain, cfg: ValidateConfig, ckpt: Path, progress) -> dict:
+    """``unlearn_method``'s record (step 3), read from its checkpoint when there is one, else written there."""
+    path = ckpt / f"{method}-{_key(cfg, method)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    record = _timed(lambda: unlearn_method(memorised, method, forget, retain, cfg, progress))
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(record)))
+    return record
+
+
 def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
                  report: Callable[[str], None] = print) -> dict:
     """Everything of the module docstring; writes OUT/validate.json and OUT/validate.png and returns the JSON."""
-    from safetensors.torch import load_file, save_file
-
     forget, retain, vocab, description = task_data(cfg)
     device = resolve_device(cfg.device)
     size = model_size(cfg, vocab)
@@ -392,35 +430,15 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
     forget, retain = forget.to(device), retain.to(device)
     ckpt = out / "validate.ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
-    model = hf.load_model(cfg.model_spec(vocab))
-    state_path = ckpt / f"memorised-{_key(cfg, 'memorised')}.safetensors"
-    info_path = state_path.with_suffix(".json")
-    if state_path.is_file() and info_path.is_file():
-        model.load_state_dict(load_file(str(state_path), device=str(device)))
-        memorised_info = json.loads(info_path.read_text())
-    else:
-        start = time.perf_counter()
-        curve, epochs = memorise(model, forget, retain, cfg, progress)
-        memorised_info = {"forget_nll_per_token": curve, "epochs": epochs, "seconds": time.perf_counter() - start}
-        if epochs:  # a model that did not train is its own checkpoint
-            atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                                                         p))
-            atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(memorised_info)))
-    nll = memorised_info["forget_nll_per_token"]
-    report(f"memorised: forget NLL per token {nll[0]:.3g} -> {nll[-1]:.3g} in {memorised_info['epochs']} epochs"
-           f"{_took(memorised_info)}")
+    model, memorised = memorised_model(cfg, vocab, forget, retain, ckpt, progress)
+    nll = memorised["forget_nll_per_token"]
+    report(f"memorised: forget NLL per token {nll[0]:.3g} -> {nll[-1]:.3g} in {memorised['epochs']} epochs"
+           f"{_took(memorised)}")
     model = model.cpu()  # the memorised weights wait in host memory; each method unlearns a copy on the device
     lengths = forget.n_tokens.cpu().numpy()
-    metrics, curves, seconds = {}, {}, {"memorise": memorised_info.get("seconds")}
+    metrics, curves, seconds = {}, {}, {"memorise": memorised.get("seconds")}
     for method in cfg.methods:
-        path = ckpt / f"{method}-{_key(cfg, method)}.json"
-        if path.is_file():
-            record = json.loads(path.read_text())
-        else:
-            start = time.perf_counter()
-            record = unlearn_method(model, method, forget, retain, cfg, progress)
-            record["seconds"] = time.perf_counter() - start
-            atomic_write(path, lambda p, r=record: Path(p).write_text(json.dumps(r)))
+        record = method_record(model, method, forget, retain, cfg, ckpt, progress)
         found, curves[method] = measure(method, record, lengths, cfg.params(method), cfg.fit_from)
         x = method.lower()
         report(f"{method}: {cfg.steps} steps{_took(record)}; forget NLL per token "
@@ -429,21 +447,25 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
         seconds[method] = record.get("seconds")
     plain = {k.removeprefix("validate."): v for k, v in metrics.items()}
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
-           "predictions": predictions(plain, lengths),
-           "memorised": memorised_info, "curves": curves, "lengths": lengths.tolist(),
-           "n_parameters": size[0], "env": environment(cfg.device),
+           "predictions": predictions(plain, lengths), "memorised": memorised, "curves": curves,
+           "lengths": lengths.tolist(), "n_parameters": size[0], "env": environment(cfg.device),
            "seconds": seconds,  # wall time of each stage, as first run (a resumed run reads it back)
            "memory_plan": {"n_lora": size[1], **plan,  # and what CUDA measured (activations included)
                            "measured_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                            else None}}
     doc = to_jsonable(doc)
-    atomic_write(out / "validate.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
-    fig = plot(doc)
+    write_report(doc, out)
+    return doc
+
+
+def write_report(doc: dict, out: Path) -> None:
+    """OUT/validate.json and OUT/validate.png (``plot``), each written atomically."""
     import matplotlib.pyplot as plt
 
+    atomic_write(out / "validate.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
+    fig = plot(doc)
     atomic_write(out / "validate.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
-    return doc
 
 
 def _took(record: dict) -> str:
