@@ -1,6 +1,6 @@
 """GPU checks (``-m gpu``; skipped without a CUDA device): bf16 numerics of the log-prob path and the
-references on a GPU, the toy ensemble on a GPU against the CPU, and ``unlearn validate`` on a GPU (the path
-of the 7B check, at a small size)."""
+references on a GPU, the toy ensemble on a GPU against the CPU, ``unlearn validate`` on a GPU (the path
+of the 7B check, at a small size), and ``unlearn run`` under torchrun with nccl."""
 
 import pytest
 import torch
@@ -56,3 +56,25 @@ def test_validate_on_the_gpu_plans_its_memory_and_keeps_the_predictions(tmp_path
     assert 16 * doc["n_parameters"] <= plan["measured_peak_bytes"] <= plan["peak_bytes"] + 2**30
     assert doc["metrics"]["validate.npo.weight_step0_max_abs_dev_from_1"] == 0.0
     assert doc["memorised"]["forget_nll_per_token"][-1] < doc["memorised"]["forget_nll_per_token"][0]
+
+
+def test_unlearn_run_under_torchrun_on_the_gpu_follows_the_plain_run(tmp_path):
+    """`torchrun --nproc_per_node 1 -m unlearn.cli run --device cuda`: the nccl process group, the rank's GPU and
+    the gathered state dict give the plain run's losses (more GPUs than one would shard it; one GPU cannot
+    host two nccl ranks)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    argv = ["-m", "unlearn.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
+            "--lr", "1e-2", "--device", "cuda"]
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29533"]
+    docs = []
+    for prefix, name in (([], "plain"), (launch, "torchrun")):
+        out = subprocess.run([sys.executable, *prefix, *argv, "--out", str(tmp_path / name)], capture_output=True,
+                             text=True, env=os.environ, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        docs.append(json.loads((tmp_path / name / "run.json").read_text()))
+    assert docs[1]["world_size"] == 1
+    assert docs[1]["history"]["loss"] == pytest.approx(docs[0]["history"]["loss"], rel=1e-5)

@@ -396,8 +396,9 @@ def rate_constants(geometry: ForgetGeometry, eta: float, method: str, beta: floa
         back = min(max(0.0, -eta0 * float(c_min.min())), 700.0)  # how far a step may push a clock backwards
         slope_lo = eta0 * np.exp(back) * (1.0 + back)
         monotone = bool((slope_lo * N * max_phi * beta_plus <= 1).all() and (eta0 * E * P * max_phi <= 1).all())
-        L_new = float(np.min(c_lo * np.exp(np.minimum(-eta0 * c_lo, 700.0))))
-        H_new = float(np.max(E * (B + P * kappa)))
+        with np.errstate(over="ignore"):  # a band too wide overflows to L' = -inf or H' = inf: refused below
+            L_new = float(np.min(c_lo * np.exp(np.minimum(-eta0 * c_lo, 700.0))))
+            H_new = float(np.max(E * (B + P * kappa)))
         return L_new, H_new, float(nu.max()), float(kappa.max()), monotone
 
     def failed(reason):
