@@ -58,10 +58,35 @@ class TestHandValues:
         p, q = np.log([0.5, 0.5]), np.log([0.25, 0.75])
         assert T.categorical_kl(p, q) == pytest.approx(0.1438410, abs=1e-7)
 
-    @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
-    def test_nonpositive_beta_is_refused(self, beta):
-        with pytest.raises(ValueError, match="beta"):
-            T.npo_loss(0.0, beta)
+    @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan"), float("inf")])
+    @pytest.mark.parametrize("fn", [
+        lambda b: T.npo_loss(0.0, b), lambda b: T.npo_weight(0.0, b), lambda b: T.npo_curvature(0.0, b),
+        lambda b: T.npo_bounds(0.0, b), lambda b: T.simnpo_loss(-1.0, 2, b), lambda b: T.simnpo_weight(-1.0, 2, b),
+        lambda b: T.dpo_loss(0.0, 0.0, b), lambda b: T.dpo_weights(0.0, 0.0, b)])
+    def test_impossible_beta_is_refused_everywhere(self, fn, beta):
+        with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+            fn(beta)
+
+    @pytest.mark.parametrize("fn", [T.simnpo_loss, T.simnpo_weight])
+    def test_an_empty_response_is_refused(self, fn):
+        with pytest.raises(ValueError, match="length must be >= 1"):
+            fn([-1.0, -2.0], [3, 0], 1.0)
+        with pytest.raises(ValueError, match="length must be >= 1"):
+            T.simnpo_small_beta_limit(-1.0, 0)
+
+    def test_npo_curvature(self):
+        """r = 0, beta = 1: 2 * 1 * (1/2)(1/2) = 0.5; r = log 3, beta = 1: sigma = 3/4, 2 (3/4)(1/4) = 0.375."""
+        assert T.npo_curvature(0.0, 1.0) == 0.5
+        assert T.npo_curvature(math.log(3), 1.0) == pytest.approx(0.375, abs=1e-12)
+
+    def test_npo_bounds(self):
+        """r = 1, beta = 2: (2, 2 + log 2); r = -1: (0, log 2)."""
+        assert T.npo_bounds(1.0, 2.0) == (pytest.approx(2.0), pytest.approx(2 + T.LOG2))
+        assert T.npo_bounds(-1.0, 2.0) == (pytest.approx(0.0), pytest.approx(T.LOG2))
+
+    def test_softplus_does_not_overflow(self):
+        """softplus(1000) = 1000, softplus(-1000) = e^-1000 (0 in float64), softplus(0) = log 2."""
+        assert T.softplus([1000.0, -1000.0, 0.0]).tolist() == [1000.0, 0.0, pytest.approx(T.LOG2)]
 
 
 @given(r=ratios, beta=betas)
@@ -146,3 +171,48 @@ def test_simnpo_is_npo_on_mean_likelihood(logp, length, beta):
 def test_dpo_without_winner_is_npo(r, beta):
     """Dropping the positive term (r_w = 0) turns DPO into NPO."""
     assert T.dpo_loss(0.0, r, beta) == pytest.approx(T.npo_loss(r, beta), rel=1e-12, abs=1e-300)
+
+
+@given(r=st.floats(-20.0, 20.0), beta=st.floats(1e-2, 10.0))
+def test_npo_curvature_is_derivative_of_weight(r, beta):
+    """d^2 L/dr^2 equals the central finite difference of W = dL/dr, and is positive."""
+    h = 1e-6
+    fd = (T.npo_weight(r + h, beta) - T.npo_weight(r - h, beta)) / (2 * h)
+    assert T.npo_curvature(r, beta) == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    assert T.npo_curvature(r, beta) >= 0
+
+
+@given(r_w=st.floats(-20.0, 20.0), r_l=st.floats(-20.0, 20.0), beta=st.floats(1e-2, 10.0))
+def test_dpo_weights_are_derivatives_of_loss(r_w, r_l, beta):
+    """(dL/dlogp_w, dL/dlogp_l) by central differences; w_w = -w_l, and w_l in [0, 2]."""
+    h = 1e-6
+    w_w, w_l = T.dpo_weights(r_w, r_l, beta)
+    fd_w = (T.dpo_loss(r_w + h, r_l, beta) - T.dpo_loss(r_w - h, r_l, beta)) / (2 * h)
+    fd_l = (T.dpo_loss(r_w, r_l + h, beta) - T.dpo_loss(r_w, r_l - h, beta)) / (2 * h)
+    assert (w_w, w_l) == (pytest.approx(fd_w, rel=1e-5, abs=1e-7), pytest.approx(fd_l, rel=1e-5, abs=1e-7))
+    assert w_w == -w_l and 0.0 <= w_l <= 2.0
+
+
+@given(logp=logps, length=lengths, beta=betas, gamma=st.floats(0.0, 10.0))
+def test_simnpo_bounds_with_a_margin(logp, length, beta, gamma):
+    """2 max(lbar + gamma/beta, 0) <= L <= that + (2/beta) log 2: NPO's bounds at r = lbar + gamma/beta."""
+    lo, hi = T.npo_bounds(logp / length + gamma / beta, beta)
+    loss = T.simnpo_loss(logp, length, beta, gamma)
+    tol = 1e-12 * max(1.0, abs(hi))
+    assert lo - tol <= loss <= hi + tol
+
+
+@given(logp=st.floats(-50.0, -1e-3), length=lengths, beta=st.floats(1e-2, 10.0), gamma=st.floats(0.0, 5.0))
+def test_simnpo_weight_is_derivative_of_loss(logp, length, beta, gamma):
+    h = 1e-5
+    fd = (T.simnpo_loss(logp + h, length, beta, gamma) - T.simnpo_loss(logp - h, length, beta, gamma)) / (2 * h)
+    assert T.simnpo_weight(logp, length, beta, gamma) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+@given(seed=st.integers(0, 2**16), size=st.integers(2, 20))
+def test_categorical_kl_is_nonnegative_and_zero_only_at_equality(seed, size):
+    """Gibbs' inequality: KL(p || q) >= 0, = 0 at q = p, > 0 for q != p (here q a random other distribution)."""
+    g = np.random.default_rng(seed)
+    log_p, log_q = (np.log(g.dirichlet(np.ones(size))) for _ in range(2))
+    assert T.categorical_kl(log_p, log_p) == pytest.approx(0.0, abs=1e-12)
+    assert T.categorical_kl(log_p, log_q) > 0

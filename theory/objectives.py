@@ -31,8 +31,16 @@ def softplus(z: ArrayLike) -> np.ndarray:
 
 
 def _check_beta(beta: float) -> None:
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
+    if not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+
+
+def _lengths(length: ArrayLike) -> np.ndarray:
+    """|y| as float64, refusing a response of fewer than 1 token (lbar = logp/|y| would not exist)."""
+    length = np.asarray(length, dtype=np.float64)
+    if not np.all(length >= 1):
+        raise ValueError(f"length must be >= 1 (response tokens), got {length.min()!r}")
+    return length
 
 
 # ---------------------------------------------------------------- GA ---------------------------------------
@@ -118,7 +126,7 @@ def simnpo_loss(logp: ArrayLike, length: ArrayLike, beta: float, gamma: float = 
     Bounds: 2 max(lbar + gamma/beta, 0) <= L <= that + (2/beta) log 2 (as for NPO with r -> lbar + gamma/beta).
     """
     _check_beta(beta)
-    lbar = np.asarray(logp, dtype=np.float64) / np.asarray(length, dtype=np.float64)
+    lbar = np.asarray(logp, dtype=np.float64) / _lengths(length)
     return (2.0 / beta) * softplus(beta * lbar + gamma)
 
 
@@ -130,14 +138,14 @@ def simnpo_weight(logp: ArrayLike, length: ArrayLike, beta: float, gamma: float 
     beta -> 0 (gamma = 0): w' -> 1/|y|, length-weighted GA.
     """
     _check_beta(beta)
-    length = np.asarray(length, dtype=np.float64)
+    length = _lengths(length)
     lbar = np.asarray(logp, dtype=np.float64) / length
     return (2.0 / length) * expit(beta * lbar + gamma)
 
 
 def simnpo_small_beta_limit(logp: ArrayLike, length: ArrayLike) -> np.ndarray:
     """lim_{beta->0} [L_SimNPO - (2/beta) log 2] = logp/|y| at gamma = 0: length-normalised GA."""
-    return np.asarray(logp, dtype=np.float64) / np.asarray(length, dtype=np.float64)
+    return np.asarray(logp, dtype=np.float64) / _lengths(length)
 
 
 # ---------------------------------------------------------------- DPO --------------------------------------
