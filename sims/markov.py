@@ -53,7 +53,7 @@ from unlearn.models.transformer import Transformer, TransformerConfig
 from unlearn.objectives import GA_MISMATCH, MethodParams, SequenceStats, forget_weights, get_method
 from unlearn.reference import Cached
 from unlearn.rng import generator as make_generator
-from unlearn.train import PRECISIONS, History, TrainConfig, resolve_device, shuffled_batches, train
+from unlearn.train import PRECISIONS, History, TrainConfig, forward_precision, resolve_device, shuffled_batches, train
 
 CHAINS = tuple(SUBSETS)  # ("retain", "forget1", "forget2"); Split.chain indexes this tuple
 PRETRAIN_DATA = {"all": ("retain", "forget1", "forget2"), "without_forget2": ("retain", "forget1"),
@@ -615,7 +615,7 @@ class _Unlearning:
             model.to(PRECISIONS[precision])  # before the reference pass, so that logp = logp_ref exactly at step 0
         forget, retain = world.forget_set().to(device), world["retain_train"].to(device)
         with_kl = any("kl" in get_method(name).needs["retain"] for name in methods)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with forward_precision(device, precision):
             ref_logp = per_sequence_stats(model, forget).logp
             ref_retain_logits = _reference_logits(model, retain) if with_kl else None
         return _Unlearning(forget, retain, ref_logp, ref_retain_logits,

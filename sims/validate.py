@@ -57,7 +57,7 @@ from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.models import hf
 from unlearn.objectives import MethodParams, SequenceStats, forget_weights
 from unlearn.reference import MODES, batched_logprobs, make_reference
-from unlearn.train import StopRun, TrainConfig, resolve_device, shuffled_batches, train
+from unlearn.train import StopRun, TrainConfig, forward_precision, resolve_device, shuffled_batches, train
 
 TASKS = ("markov", "facts", "jsonl")
 # (memorise lr, unlearning lr) by model, AdamW; README "Real causal LMs" has the runs behind them. Memorising:
@@ -286,8 +286,9 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
     model = copy.deepcopy(memorised).to(cfg.device)
     if cfg.lora_rank:
         model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
-    reference = make_reference(cfg.reference, model, forget)
-    with torch.no_grad():  # log pi_ref(y|x) as the loss reads it: the NPO weights are taken against these
+    with torch.no_grad(), forward_precision(cfg.device, _precision(cfg)):  # as the loss and the evaluations run
+        reference = make_reference(cfg.reference, model, forget)
+        # log pi_ref(y|x) as the loss reads it: the NPO weights are taken against these
         reference_logp = reference.forget_logp(model, torch.arange(len(forget), device=cfg.device), forget.trim())
     size = min(cfg.batch_size, len(forget))
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "validate", method, "forget")

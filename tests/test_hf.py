@@ -4,6 +4,7 @@ adapter off equal to the base model, the three references giving the same losses
 files failing with messages that name the file, line and field."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -102,6 +103,8 @@ def test_lora_targets_for_gpt2_and_unknown_models():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     assert hf.lora_targets(gpt2) == ("c_attn", "c_proj", "c_fc")
+    lora = hf.LoraSpec(rank=4)  # GPT-2's projections are Conv1D, not Linear: the planned size counts them too
+    assert hf.lora_size(gpt2, lora) == hf.n_parameters(hf.add_lora(gpt2, lora), trainable_only=True) > 0
 
     class Odd(torch.nn.Module):
         def __init__(self):
@@ -162,6 +165,44 @@ def test_cached_adapter_and_copy_references_give_the_same_losses_and_gradients(t
             torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["cached", "copy"])
+def test_under_bf16_autocast_every_reference_starts_npo_exactly_ga_like(tokenizer, mode):
+    """Built under the run's autocast (unlearn.train.forward_precision), each reference reproduces the loss's own
+    log pi at step 0, so every NPO loss is (2/beta) log 2 exactly; a cache taken in float32 misses it by the
+    bf16 rounding of log pi (checked to be visible here, so the test can fail)."""
+    from unlearn.train import forward_precision
+
+    forget = _tokens(tokenizer)
+    model = tiny(len(tokenizer))
+    bf16 = forward_precision("cpu", "bf16")
+    index = torch.arange(len(forget))
+
+    def npo_losses(reference):
+        with bf16:
+            return unlearning_losses("NPO", MethodParams(beta=0.5), forget, forget, reference)(
+                model, (index, index, None))["forget"].detach()
+
+    with bf16:
+        reference = make_reference(mode, model, forget)
+    assert torch.equal(npo_losses(reference), torch.full((len(forget),), 4 * math.log(2)))
+    float32_cache = npo_losses(make_reference("cached", model, forget))
+    assert (float32_cache - 4 * math.log(2)).abs().max() > 1e-4
+
+
+def test_dropout_is_off_in_every_loaded_model(tmp_path):
+    """A GPT-2 checkpoint with dropout 0.1 everywhere loads with every dropout probability 0: two passes in train
+    mode agree, so a cached reference equals the model at step 0."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32, resid_pdrop=0.1,
+                               embd_pdrop=0.1, attn_pdrop=0.1)).save_pretrained(tmp_path)
+    model = hf.load_model(hf.ModelSpec(str(tmp_path)))
+    assert model.training
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(ids).logits, model(ids).logits)
+
+
 def test_cached_reference_equals_recomputed(tokenizer):
     forget = _tokens(tokenizer)
     model = tiny(len(tokenizer))
@@ -187,6 +228,12 @@ def test_jsonl_and_tofu_files_are_read(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps([{"question": "q", "answer": "a"}]))
     assert [(e.prompt, e.response) for e in D.read_examples(tmp_path / "a.jsonl")] == [("p1", "r1"), ("p2", "r2")]
     assert D.read_examples(tmp_path / "b.json")[0].source.endswith("b.json item 0")
+    # valid JSON Lines that str.splitlines would break: a line separator inside a string; a byte-order mark
+    rows = [{"prompt": "p\u2028q", "response": "r\x85s"}, {"prompt": "p2", "response": "r2"}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8-sig")
+    examples = D.read_examples(tmp_path / "c.jsonl")
+    assert [(e.prompt, e.response) for e in examples] == [(r["prompt"], r["response"]) for r in rows]
+    assert examples[1].source.endswith("c.jsonl:2")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -203,6 +250,13 @@ def test_bad_data_files_name_file_line_and_field(tmp_path, content, message):
     (tmp_path / "bad.jsonl").write_bytes(content)
     with pytest.raises(ValueError, match=message.replace("(", "\\(")):
         D.read_examples(tmp_path / "bad.jsonl")
+
+
+def test_unreadable_data_paths_are_named(tmp_path):
+    with pytest.raises(ValueError, match="nope.jsonl: no such file"):
+        D.read_examples(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match=f"{tmp_path}: cannot be read"):
+        D.read_examples(tmp_path)
 
 
 def test_a_response_that_does_not_fit_is_refused(tokenizer):

@@ -234,9 +234,13 @@ CASES = (  # (label, method, reference, LoRA?)
 def _peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    import resource
+    try:  # this process's own peak RSS: ru_maxrss would carry the launching process's over across exec
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # not Linux
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: torch.device) -> dict:
@@ -250,7 +254,7 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     from unlearn.losses import unlearning_losses
     from unlearn.objectives import MethodParams
     from unlearn.reference import make_reference
-    from unlearn.train import TrainConfig, train
+    from unlearn.train import TrainConfig, forward_precision, train
 
     before = _peak_bytes(device) if device.type == "cpu" else 0
     if device.type == "cuda":
@@ -269,7 +273,9 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     forget, retain = data.take(slice(0, B)), data.take(slice(B, 2 * B))
     if reference == "mask":  # WAGLE mask construction: two summed-gradient passes, the scores, the threshold
         return mask_case(model, forget, retain, before, device)
-    ref = make_reference(reference, model, forget)
+    precision = "float32" if cfg.dtype == "float32" else "bf16"
+    with forward_precision(device, precision):  # a cached reference as the loss computes log pi
+        ref = make_reference(reference, model, forget)
     losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref)
     stamps = []
 
@@ -281,7 +287,7 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
 
     steps = cfg.warmup + cfg.steps
     tc = TrainConfig(steps=steps, lr=1e-5, optimizer="adamw", eval_every=1, device=str(device),
-                     precision="float32" if cfg.dtype == "float32" else "bf16", progress=False, name=method)
+                     precision=precision, progress=False, name=method)
     index = torch.arange(B, device=device)
     train(model, losses, lambda step: [(index, index, None)], tc, evaluate=stamp)
     times = [b - a for a, b in zip(stamps[cfg.warmup:-1], stamps[cfg.warmup + 1:], strict=True)]

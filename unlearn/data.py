@@ -63,9 +63,11 @@ def read_examples(path: str | Path) -> list[Example]:
     """Prompt/response pairs from a JSONL or JSON file (module docstring); errors name file, line and field."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark, if any, is not data
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
+    except OSError as err:  # a directory, no permission
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 (byte {err.start})") from None
@@ -80,7 +82,7 @@ def read_examples(path: str | Path) -> list[Example]:
         located = [(f"{path} item {i}", item) for i, item in enumerate(items)]
     else:
         located = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):  # JSON strings may hold U+2028 etc. unescaped
             if not line.strip():
                 continue
             try:

@@ -1,8 +1,8 @@
 """One explicit training loop for every model in the project: full-batch toys and mini-batch LLMs alike.
 
     for step in range(steps):
-        evaluate every ``eval_every`` steps (before the update), and once more after the last one;
-            an evaluation that raises StopRun ends the run there
+        evaluate every ``eval_every`` steps (before the update; eval mode, the steps' precision) and after the
+            last one; an evaluation that raises StopRun ends the run there
         for micro in micro_batches(step):                       # gradient accumulation
             loss = sum_k sum_members mean_b losses_fn(model, micro)[k] / len(micro_batches)
             loss.backward()                                     # under bf16 autocast if asked
@@ -133,6 +133,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but no CUDA GPU is visible to torch")
     return device
+
+
+def forward_precision(device: torch.device, precision: str):
+    """The context of every forward pass of a run at ``precision``: bf16 autocast for "bf16", none otherwise.
+    The training steps and evaluations run in it, and so must the building of a cached reference, so that
+    log pi_ref is computed as the loss computes log pi (at step 0 they are then equal, and NPO's weights 1)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -352,14 +359,17 @@ def train(
     optimizer = make_optimizer(params, cfg, scales)
     history = History()
 
+    autocast = forward_precision(device, cfg.precision)
+
     def run_eval(step) -> bool:
-        """Evaluate at ``step``; False when the evaluation asked the run to stop (StopRun)."""
+        """Evaluate at ``step`` (in eval mode, under the steps' autocast); False when the evaluation asked the run
+        to stop (StopRun)."""
         if evaluate is None:
             return True
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 history.record_eval(step, evaluate(model, step))
         except StopRun as stop:
             history.record_eval(step, stop.values)
@@ -368,7 +378,6 @@ def train(
             model.train(was_training)
         return True
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     hide = None if cfg.progress is None else not cfg.progress  # tqdm: None = only on a terminal
     bar = tqdm(range(cfg.steps), desc=cfg.name, disable=hide, leave=False, dynamic_ncols=True)
     eval_at = set(cfg.eval_at)

@@ -11,9 +11,14 @@ returns an object whose ``.logits`` are (B, T, V) with logits[b, t] the distribu
 Precision: "float32", or "bf16" (weights in bfloat16; log-probs are still taken in float32 by
 ``unlearn.logprobs``). LoRA goes through peft (rank, alpha, dropout 0): target modules are found from the
 architecture (Llama/Mistral/Qwen: the attention and MLP projections; GPT-2: c_attn, c_proj, c_fc; otherwise
-every Linear but the output head) unless given. The adapter's base is the frozen reference that
+every Linear or Conv1D but the output head) unless given. The adapter's base is the frozen reference that
 ``unlearn.reference`` switches back on with ``adapter`` mode. A tokenizer without a pad token gets its EOS
-token as pad (padding is always masked out of losses and attention), and the model's config learns the id.
+token as pad (padding is always masked out of losses and attention).
+
+Dropout is switched off in every model loaded here (the config's dropout probabilities are set to 0 before
+the model is built): unlearning compares the model with its reference, and with dropout (GPT-2 checkpoints
+carry 0.1) log pi_theta would be noisy, a cached log pi_ref would hold one draw of that noise, and NPO's
+weights would not be exactly 1 at step 0.
 """
 
 from __future__ import annotations
@@ -98,23 +103,34 @@ def architecture_config(name: str, vocab_size: int | None = None):
     return LlamaConfig(**kwargs, tie_word_embeddings=False)
 
 
+def without_dropout(config):
+    """``config`` with every dropout probability (``*dropout*``, ``*pdrop``: Llama's attention_dropout, GPT-2's
+    resid/embd/attn_pdrop, ...) set to 0, in place."""
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return config
+
+
 def load_model(spec: ModelSpec) -> nn.Module:
-    """The model of ``spec`` on its device, in train mode, with LoRA and gradient checkpointing if asked."""
-    from transformers import AutoModelForCausalLM
+    """The model of ``spec`` on its device, in train mode without dropout (module docstring), with LoRA and
+    gradient checkpointing if asked."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from unlearn.train import resolve_device
 
     device = resolve_device(spec.device)
     dtype = DTYPES[spec.dtype]
     if spec.is_architecture:
-        config = architecture_config(spec.name, spec.vocab_size)
+        config = without_dropout(architecture_config(spec.name, spec.vocab_size))
         with torch.random.fork_rng(devices=[]), torch.device(device):  # from_config draws from the global stream
             torch.manual_seed(spec.seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn_implementation)
     else:
         path = Path(spec.name)
         check_directory(path)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
+        config = without_dropout(AutoConfig.from_pretrained(path, local_files_only=True))
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True, dtype=dtype,
                                                      attn_implementation=spec.attn_implementation).to(device)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -138,20 +154,29 @@ def meta_model(spec: ModelSpec) -> nn.Module:
         return AutoModelForCausalLM.from_config(config, dtype=DTYPES[spec.dtype])
 
 
+def _projections(model: nn.Module):
+    """(leaf name, module, in + out features) of every linear projection: nn.Linear, and transformers' Conv1D
+    (GPT-2's c_attn, c_proj, c_fc: a Linear with its weight stored (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear | Conv1D):
+            yield name.rsplit(".", 1)[-1], m, sum(m.weight.shape)
+
+
 def lora_size(model: nn.Module, spec: LoraSpec) -> int:
-    """Parameters of a LoRA adapter on ``model``: rank * (in + out features) for every targeted Linear."""
+    """Parameters of a LoRA adapter on ``model``: rank * (in + out features) for every targeted projection."""
     targets = set(spec.targets or lora_targets(model))
-    return sum(spec.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+    return sum(spec.rank * features for name, _, features in _projections(model) if name in targets)
 
 
 def lora_targets(model: nn.Module) -> tuple[str, ...]:
-    """Module names for LoRA: by model_type (LORA_TARGETS), else every Linear's leaf name but the head's."""
+    """Module names for LoRA: by model_type (LORA_TARGETS), else every projection's leaf name but the head's."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in LORA_TARGETS:
         return LORA_TARGETS[model_type]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+    names = {name for name, m, _ in _projections(model) if m is not head}
     if not names:
         raise ValueError(f"found no Linear modules for LoRA in {type(model).__name__}; pass LoraSpec(targets=...)")
     return tuple(sorted(names))
@@ -161,10 +186,12 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     """A peft LoRA model (dropout 0, so that the adapter-off reference is deterministic): only the adapter
     trains; ``with model.disable_adapter():`` gives the base model back."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
     targets = list(spec.targets or lora_targets(model))
+    conv1d = any(isinstance(m, Conv1D) for name, m, _ in _projections(model) if name in targets)  # (in, out) weights
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
-                        task_type="CAUSAL_LM")
+                        fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
@@ -181,15 +208,13 @@ def load_tokenizer(name: str):
     return ensure_pad_token(tokenizer)
 
 
-def ensure_pad_token(tokenizer, model: nn.Module | None = None):
-    """Give a tokenizer without a pad token its EOS token as pad (refusing one with neither), and tell the
-    model's config."""
+def ensure_pad_token(tokenizer):
+    """Give a tokenizer without a pad token its EOS token as pad (refusing one with neither). The model needs no
+    pad id: padding is masked by position, and a pad = EOS label inside the response is still the EOS."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError("the tokenizer has neither a pad nor an EOS token; add one before unlearning")
         tokenizer.pad_token = tokenizer.eos_token
-    if model is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
 
 
