@@ -78,3 +78,13 @@ def test_unlearn_run_under_torchrun_on_the_gpu_follows_the_plain_run(tmp_path):
         docs.append(json.loads((tmp_path / name / "run.json").read_text()))
     assert docs[1]["world_size"] == 1
     assert docs[1]["history"]["loss"] == pytest.approx(docs[0]["history"]["loss"], rel=1e-5)
+
+
+def test_loading_a_model_on_the_gpu_leaves_the_global_cuda_generator_alone():
+    from unlearn.models import hf
+
+    state = torch.cuda.get_rng_state()
+    first = hf.load_model(hf.ModelSpec("tiny", device="cuda")).state_dict()
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    again = hf.load_model(hf.ModelSpec("tiny", device="cuda")).state_dict()  # the same seed, the same weights
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -123,7 +123,10 @@ def load_model(spec: ModelSpec) -> nn.Module:
     dtype = DTYPES[spec.dtype]
     if spec.is_architecture:
         config = without_dropout(architecture_config(spec.name, spec.vocab_size))
-        with torch.random.fork_rng(devices=[]), torch.device(device):  # from_config draws from the global stream
+        # from_config draws from the device's global stream: seeded here, and restored afterwards (the weights
+        # depend on the device type, as CPU and CUDA generators differ)
+        cuda = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"), torch.device(device):
             torch.manual_seed(spec.seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn_implementation)
     else:
