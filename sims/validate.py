@@ -374,6 +374,15 @@ def _key(cfg: ValidateConfig, stage: str) -> str:
     return hashlib.sha256(json.dumps({"stage": stage, "format": 2, **fields}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """A stage's JSON record; one that cannot be read is named, with what to do (written atomically, it only
+    breaks when edited or copied by hand)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({err}); delete it to redo that stage") from None
+
+
 def _timed(run: Callable[[], dict]) -> dict:
     """``run()``'s record with its wall time under ``seconds``."""
     start = time.perf_counter()
@@ -391,7 +400,7 @@ def memorised_model(cfg: ValidateConfig, vocab: int | None, forget, retain, ckpt
     info_path = state_path.with_suffix(".json")
     if state_path.is_file() and info_path.is_file():
         model.load_state_dict(load_file(str(state_path), device=str(next(model.parameters()).device)))
-        return model, json.loads(info_path.read_text())
+        return model, _read_checkpoint(info_path)
 
     def run():
         curve, epochs = memorise(model, forget, retain, cfg, progress)
@@ -408,7 +417,7 @@ def method_record(memorised, method: str, forget, retain, cfg: ValidateConfig, c
     """``unlearn_method``'s record (step 3), read from its checkpoint when there is one, else written there."""
     path = ckpt / f"{method}-{_key(cfg, method)}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return _read_checkpoint(path)
     record = _timed(lambda: unlearn_method(memorised, method, forget, retain, cfg, progress))
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(record)))
     return record

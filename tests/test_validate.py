@@ -173,6 +173,24 @@ def test_the_memorised_checkpoint_key_follows_the_memorising_batch():
     assert key(batch_size=128) != key(batch_size=64)
 
 
+def test_every_unlearning_setting_keys_the_method_checkpoints():
+    """A changed beta, learning rate, step count or reference never reads a method's stale record."""
+    base = validate.ValidateConfig(device="cpu")
+    for method in validate.METHODS:
+        keys = {validate._key(dataclasses.replace(base, **change), method) for change in (
+            {}, {"npo_beta": 1.0}, {"simnpo_beta": 1.0}, {"lr": 1e-4}, {"steps": 7}, {"reference": "copy"})}
+        assert len(keys) == 6
+
+
+def test_an_unreadable_checkpoint_is_named(first, tmp_path, capsys):
+    out, _ = first
+    shutil.copytree(out / "validate.ckpt", tmp_path / "validate.ckpt")
+    broken = next((tmp_path / "validate.ckpt").glob("GA-*.json"))
+    broken.write_text('{"steps": [0, 5')
+    assert main([*ARGS, "--out", str(tmp_path)]) == 2
+    assert f"{broken}: not a readable checkpoint" in capsys.readouterr().err
+
+
 def test_npo_weights_are_taken_against_the_recorded_reference():
     """A reference 1 nat below the step-0 log-probs moves NPO's step-0 weights off 1 by 2 sigma(beta) - 1."""
     logp = [[-2.0, -3.0], [-4.0, -5.0]]
