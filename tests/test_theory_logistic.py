@@ -253,3 +253,43 @@ class TestSoftmaxRemark:
             theta[0] = -s * x / 25.0
             norms.append(np.linalg.norm(T.softmax_ga_gradient(theta, x, 0)[0]))
         assert norms == sorted(norms) and norms[0] == pytest.approx(5 * 2 / 3) and norms[-1] == pytest.approx(5.0)
+
+
+class TestDrift:
+    def test_hand_values(self):
+        """At u = 0 both pushes are sigma(-a) (NPO's weight is 1 at its reference): a = 0 gives 1/2, a = log 3
+        gives 1/4; GA at u = a gives sigma(0) = 1/2."""
+        for method, beta in (("GA", None), ("NPO", 0.7)):
+            assert T.drift(0.0, 0.0, method, beta) == pytest.approx(0.5, abs=1e-15)
+            assert T.drift(0.0, math.log(3), method, beta) == pytest.approx(0.25, abs=1e-15)
+        assert T.drift(1.3, 1.3, "GA") == 0.5
+
+    @given(u=st.floats(0.0, 30.0), a=st.floats(-3.0, 3.0), beta=st.floats(0.1, 5.0))
+    @settings(max_examples=50)
+    def test_pushes_lie_in_the_unit_interval_and_npo_decays_like_its_asymptote(self, u, a, beta):
+        """0 < g < 1 for both; GA's push grows with u, NPO's is below GA's once the sample is below its reference
+        (u > 0), and g e^{beta u} -> 2 (1 + e^a)^beta (the ``npo_ode_asymptote`` constant K) as u grows."""
+        ga, npo = T.drift(u, a, "GA"), T.drift(u, a, "NPO", beta)
+        assert 0 < npo <= ga < 1 or (u == 0 and npo == pytest.approx(ga, rel=1e-12))
+        assert T.drift(u + 1, a, "GA") >= ga
+        K = 2 * (1 + math.exp(a)) ** beta
+        far = 40.0 / beta + 10
+        assert T.drift(far, a, "NPO", beta) * math.exp(beta * far) == pytest.approx(K, rel=1e-3)
+
+
+def test_near_orthogonality_threshold_separates_holding_from_failing_data():
+    """C0 is where rate_constants stops holding: at 0.98 C0 the constants exist, at 1.05 C0 they do not; with
+    no off-diagonal coupling at all (orthonormal features) there is no threshold."""
+    n, theta = 6, np.full(6, 0.05)
+    coupling = (np.ones((n, n)) - np.eye(n)) / (n - 1)
+    geometry = T.forget_geometry(np.linalg.cholesky(np.eye(n) + 0.5 * coupling), theta)
+    c0 = T.near_orthogonality_threshold(geometry, 1.0, "NPO", 1.0)
+    base = max(geometry.neg_row_sum, geometry.pos_row_sum)
+
+    def holds(c):
+        scaled = T.ForgetGeometry(**{**vars(geometry), "neg_row_sum": geometry.neg_row_sum * c / base,
+                                     "pos_row_sum": geometry.pos_row_sum * c / base})
+        return T.rate_constants(scaled, 1.0, "NPO", 1.0).holds
+
+    assert 0 < c0 < np.inf and holds(0.98 * c0) and not holds(1.05 * c0)
+    assert T.near_orthogonality_threshold(T.forget_geometry(np.eye(n), theta), 1.0, "NPO", 1.0) == np.inf
