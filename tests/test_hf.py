@@ -98,6 +98,24 @@ def test_sizes_on_the_meta_device_match_the_built_model(tokenizer):
     assert hf.lora_size(meta, lora) == hf.n_parameters(tiny(len(tokenizer), lora), trainable_only=True)
 
 
+def test_lora_on_a_mixture_of_experts_model_adapts_attention_only():
+    """Qwen2-MoE: the adapter goes on q/k/v/o (not the experts' fused weights nor the shared-expert gate), and
+    the planned size is what peft trains."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    model = Qwen2MoeForCausalLM(Qwen2MoeConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                               moe_intermediate_size=8, shared_expert_intermediate_size=16,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                               num_experts=4, num_experts_per_tok=2))
+    assert hf.lora_targets(model) == hf.ATTENTION
+    lora = hf.LoraSpec(rank=2)
+    planned = hf.lora_size(model, lora)
+    adapted = hf.add_lora(model, lora)
+    assert planned == hf.n_parameters(adapted, trainable_only=True) > 0
+    trained = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trained} == set(hf.ATTENTION)
+
+
 def test_lora_targets_for_gpt2_and_unknown_models():
     from transformers import GPT2Config, GPT2LMHeadModel
 

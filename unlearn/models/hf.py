@@ -10,7 +10,8 @@ returns an object whose ``.logits`` are (B, T, V) with logits[b, t] the distribu
 
 Precision: "float32", or "bf16" (weights in bfloat16; log-probs are still taken in float32 by
 ``unlearn.logprobs``). LoRA goes through peft (rank, alpha, dropout 0): target modules are found from the
-architecture (Llama/Mistral/Qwen: the attention and MLP projections; GPT-2: c_attn, c_proj, c_fc; otherwise
+architecture (Llama/Mistral/Qwen: the attention and MLP projections; Mixtral, Qwen-MoE: attention only;
+GPT-2: c_attn, c_proj, c_fc; otherwise
 every Linear or Conv1D but the output head) unless given. The adapter's base is the frozen reference that
 ``unlearn.reference`` switches back on with ``adapter`` mode. A tokenizer without a pad token gets its EOS
 token as pad (padding is always masked out of losses and attention).
@@ -42,11 +43,12 @@ ARCHITECTURES = {
     "llama-7b-shape": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
 }
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_TARGETS = {  # model_type -> module names
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3"), (*ATTENTION, "gate_proj", "up_proj", "down_proj")),
+    # mixture-of-experts models: attention only (their experts are fused parameters, not Linear modules, and a
+    # router such as Qwen2-MoE's shared_expert_gate must not get an adapter)
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe"), ATTENTION),
     "gpt2": ("c_attn", "c_proj", "c_fc"),
 }
 
