@@ -353,3 +353,32 @@ def test_time_ratio_tends_to_one_for_deep_targets(beta, length, depth):
     assert exact / heur - 1 == pytest.approx(x / math.expm1(x), rel=1e-7)
     deeper = A.time_to_forget_exact("NPO", length, beta, -2 * depth) / A.time_to_forget("NPO", length, beta, -2 * depth)
     assert deeper - 1 <= exact / heur - 1 + 1e-12  # both round to 0 once x is large
+
+
+def test_ga_lbar_trajectory_by_hand():
+    """GA pushes every sample at rate eta |y|: lbar0 = -0.5, |y| = 4, eta = 0.25, t = 3 gives -0.5 - 3 = -3.5."""
+    assert A.ga_lbar_trajectory(3.0, 4, eta=0.25, lbar0=-0.5) == pytest.approx(-3.5, abs=1e-15)
+
+
+@given(beta=betas, length=lengths, gamma=st.floats(0.0, 3.0), t1=st.floats(0.0, 50.0), dt=st.floats(1e-3, 50.0))
+@settings(max_examples=50)
+def test_predicted_weights_fall_as_unlearning_proceeds(beta, length, gamma, t1, dt):
+    """Along the exact flow lbar falls, so NPO's weight (from 1 at t = 0) and SimNPO's (below 2/|y|) fall too,
+    while GA's stays 1: the bounded losses stop pushing forgotten samples."""
+    t = np.array([t1, t1 + dt])
+    npo = A.predicted_weight("NPO", t, length, beta)
+    simnpo = A.predicted_weight("SimNPO", t, length, beta, gamma=gamma)
+    assert A.predicted_weight("NPO", 0.0, length, beta) == pytest.approx(1.0, abs=1e-12)
+    assert npo[1] <= npo[0] * (1 + 1e-12) and 0 <= npo[1] <= 1 + 1e-12
+    assert simnpo[1] <= simnpo[0] * (1 + 1e-12) and 0 <= simnpo[0] < 2 / length
+    assert (A.predicted_weight("GA", t, length, None) == 1).all()
+
+
+@given(beta=betas, depth=depths, scale=st.floats(0.1, 10.0))
+def test_npo_fastest_length_scales_as_one_over_beta_depth(beta, depth, scale):
+    """|y*| = x_min/(beta |target|): doubling beta or the depth halves it, exact (x_min = 2) and heuristic."""
+    for exact in (True, False):
+        base = A.npo_fastest_length(beta, -depth, exact)
+        assert A.npo_fastest_length(scale * beta, -depth, exact) == pytest.approx(base / scale, rel=1e-12)
+        assert A.npo_fastest_length(beta, -scale * depth, exact) == pytest.approx(base / scale, rel=1e-12)
+    assert A.npo_fastest_length(beta, -depth) * beta * depth == pytest.approx(2.0, rel=1e-12)
