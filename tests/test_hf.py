@@ -277,6 +277,25 @@ def test_unreadable_data_paths_are_named(tmp_path):
         D.read_examples(tmp_path)
 
 
+def test_a_plain_prompt_and_its_response_are_tokenized_as_one_text():
+    """With a byte-level BPE (GPT-2's kind, trained here) "Answer: Lisbon" is "Answer", ":", " Lisbon": the
+    example's ids are those of the whole text plus EOS, and the response mask covers " Lisbon" and the EOS (split
+    apart, the template's trailing space would be a token of its own and the response would lose its space)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = "Question: Where was Ada born?\nAnswer: Lisbon"
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer, core.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    core.train_from_iterator([text] * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<eos>")
+    data = D.tokenize_examples([D.Example("Where was Ada born?", "Lisbon", "f:1")], bpe, 64, "plain")
+    ids = torch.cat([data.input_ids[0, :1], data.labels[0]]).tolist()
+    assert ids == bpe(text)["input_ids"] + [bpe.eos_token_id]
+    assert bpe.decode(data.labels[0][data.mask[0]]) == " Lisbon<eos>"
+
+
 def test_a_response_that_does_not_fit_is_refused(tokenizer):
     with pytest.raises(ValueError, match="f:7: prompt .* exceed max_length=6; the response would be truncated"):
         D.tokenize_examples([D.Example("Where was Ada born ?", "Lisbon , near the sea", "f:7")], tokenizer, 6)

@@ -8,7 +8,8 @@ are not UTF-8, an empty file.
 Tokenisation (``tokenize_examples``): the prompt is formatted by the tokenizer's chat template (one user turn,
 generation prompt added) when ``prompt_format`` is "chat", by ``plain_template`` when it is "plain", and by
 the template the tokenizer has, else the plain one, when it is "auto" (a tokenizer without a chat template
-asked for "chat" is an error that says so). ids = prompt ids + response ids + EOS; the model reads
+asked for "chat" is an error that says so). A plain prompt and its response are tokenized as one text and split
+where the response begins (``prompt_and_response_ids``). ids = prompt ids + response ids + EOS; the model reads
 ids[:-1] and is scored on ids[1:] where the label is a response token or the EOS, so the response mask covers
 the response and its EOS only (``unlearn.logprobs``). An example whose response does not fit in
 ``max_length`` after the prompt is an error naming its line; prompts are never truncated silently either.
@@ -181,6 +182,22 @@ def format_prompt(tokenizer, prompt: str, prompt_format: str = "auto",
     return plain_template.format(prompt=prompt), False
 
 
+def prompt_and_response_ids(tokenizer, prompt_text: str, response: str, chat: bool) -> tuple[list[int], list[int]]:
+    """Token ids of a formatted prompt and of its response. A plain prompt and its response are tokenized as one
+    text, as a base model read such text in pretraining ("Answer: Paris" is "Answer", ":", " Paris", not
+    "Answer", ":", " ", "Paris"), and split before the first token that ends inside the response (a token
+    straddling the boundary, like " Paris", belongs to the response). A chat prompt ends in its template's own
+    tokens and is tokenized apart from the response, as are both with a slow tokenizer (it has no offsets)."""
+    if chat or not getattr(tokenizer, "is_fast", False):
+        return (tokenizer(prompt_text, add_special_tokens=not chat)["input_ids"],
+                tokenizer(response, add_special_tokens=False)["input_ids"])
+    whole = tokenizer(prompt_text + response, return_offsets_mapping=True)
+    pairs = list(zip(whole["input_ids"], whole["offset_mapping"], strict=True))
+    cut = next((i for i, (_, (_, end)) in enumerate(pairs) if end > len(prompt_text)), len(pairs))
+    # special tokens the tokenizer appends (an EOS of its own) cover no text: the caller adds the EOS
+    return [i for i, _ in pairs[:cut]], [i for i, (start, end) in pairs[cut:] if end > start]
+
+
 def tokenize_examples(examples: list[Example], tokenizer, max_length: int, prompt_format: str = "auto",
                       plain_template: str = PLAIN_TEMPLATE) -> TokenSet:
     """The TokenSet of ``examples`` (module docstring). A chat-templated prompt carries its own special tokens;
@@ -190,8 +207,8 @@ def tokenize_examples(examples: list[Example], tokenizer, max_length: int, promp
     sequences = []
     for ex in examples:
         text, chat = format_prompt(tokenizer, ex.prompt, prompt_format, plain_template)
-        prompt = tokenizer(text, add_special_tokens=not chat)["input_ids"]
-        response = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt, response = prompt_and_response_ids(tokenizer, text, ex.response, chat)
+        response = response + [tokenizer.eos_token_id]
         if not prompt:  # the first response token needs a context to be predicted from
             prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
         if len(prompt) + len(response) > max_length:
