@@ -10,11 +10,10 @@ returns an object whose ``.logits`` are (B, T, V) with logits[b, t] the distribu
 
 Precision: "float32", or "bf16" (weights in bfloat16; log-probs are still taken in float32 by
 ``unlearn.logprobs``). LoRA goes through peft (rank, alpha, dropout 0): target modules are found from the
-architecture (Llama/Mistral/Qwen: the attention and MLP projections; Mixtral, Qwen-MoE: attention only;
-GPT-2: c_attn, c_proj, c_fc; otherwise
-every Linear or Conv1D but the output head) unless given. The adapter's base is the frozen reference that
-``unlearn.reference`` switches back on with ``adapter`` mode. A tokenizer without a pad token gets its EOS
-token as pad (padding is always masked out of losses and attention).
+architecture (Llama/Mistral/Qwen: the attention and MLP projections; Mixtral, Qwen-MoE: attention only; GPT-2:
+c_attn, c_proj, c_fc; otherwise every Linear or Conv1D but the output head) unless given. The adapter's base is
+the frozen reference that ``unlearn.reference`` switches back on with ``adapter`` mode. A tokenizer without a
+pad token gets its EOS token as pad (padding is always masked out of losses and attention).
 
 Dropout is switched off in every model loaded here (the config's dropout probabilities are set to 0 before
 the model is built): unlearning compares the model with its reference, and with dropout (GPT-2 checkpoints
@@ -183,7 +182,8 @@ def lora_targets(model: nn.Module) -> tuple[str, ...]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = {name for name, m, _ in _projections(model) if m is not head}
     if not names:
-        raise ValueError(f"found no Linear modules for LoRA in {type(model).__name__}; pass LoraSpec(targets=...)")
+        raise ValueError(f"found no Linear or Conv1D modules for LoRA in {type(model).__name__}; pass "
+                         "LoraSpec(targets=...)")
     return tuple(sorted(names))
 
 
