@@ -70,6 +70,28 @@ def test_bf16_logits_give_float32_statistics():
     assert sequence_kl(logits, logits, mask).dtype == torch.float32
 
 
+def naive_kl(logits, ref_logits, mask):
+    """The definition, looped: mean over masked positions of sum_v p_ref(v) (log p_ref(v) - log p(v))."""
+    out = torch.zeros(logits.shape[0], dtype=torch.float64)
+    for b in range(logits.shape[0]):
+        terms = [torch.nn.functional.kl_div(torch.log_softmax(logits[b, t].double(), -1),
+                                            torch.log_softmax(ref_logits[b, t].double(), -1),
+                                            log_target=True, reduction="sum")
+                 for t in range(logits.shape[1]) if mask[b, t]]
+        out[b] = sum(terms) / len(terms) if terms else 0.0
+    return out
+
+
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), T=st.integers(1, 7), V=st.integers(2, 9))
+def test_kl_equals_the_looped_definition(seed, B, T, V):
+    """Forward KL(pi_ref || pi_theta) per response token, as torch's kl_div computes it position by position;
+    prompt and padding positions (mask False) never enter, and a sequence without any gets 0."""
+    g = torch.Generator().manual_seed(seed)
+    logits, ref = (3 * torch.randn(B, T, V, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = torch.rand(B, T, generator=g) < 0.6
+    torch.testing.assert_close(sequence_kl(logits, ref, mask), naive_kl(logits, ref, mask), rtol=1e-10, atol=1e-12)
+
+
 def test_kl_is_zero_against_itself_and_positive_otherwise():
     g = torch.Generator().manual_seed(3)
     logits, ref = torch.randn(2, 5, 6, generator=g), torch.randn(2, 5, 6, generator=g)

@@ -204,11 +204,18 @@ def test_lr_scale_equals_that_learning_rate():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
-def test_bf16_autocast_trains_on_cpu():
+def test_bf16_autocast_trains_on_cpu_along_the_float32_trajectory():
+    """bf16 autocast keeps float32 weights and follows the float32 run's losses to within 1% at every step (bf16
+    has 8 mantissa bits: 0.2% measured on this model)."""
     inputs, labels = make_data()
-    model = TinyLM()
-    h = train(model, nll, lambda s: [(inputs, labels)], TrainConfig(steps=30, lr=0.1, precision="bf16", progress=False))
-    assert model.out.dtype == torch.float32 and h.loss[-1] < h.loss[0]
+    losses = {}
+    for precision in ("float32", "bf16"):
+        model = TinyLM()
+        losses[precision] = train(model, nll, lambda s: [(inputs, labels)],
+                                  TrainConfig(steps=30, lr=0.1, precision=precision, progress=False)).loss
+    assert model.out.dtype == torch.float32 and losses["bf16"][-1] < losses["bf16"][0] / 2
+    assert losses["bf16"] == pytest.approx(losses["float32"], rel=0.01)
+    assert losses["bf16"] != losses["float32"]  # autocast did run in bf16
 
 
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1e-3), ("steps", -1), ("optimizer", "lion"),
