@@ -294,3 +294,21 @@ class TestAgainstSampling:
             truth = c.transition[seqs[:, :-1]]
             mc = float(np.mean(np.sum(truth * (np.log(truth) - np.log(pred)), axis=-1)))
             assert 0 < mc < 0.6 * M.expected_token_kl(c, length, q)
+
+
+@given(w=st.lists(st.floats(0.1, 10.0), min_size=3, max_size=3), eps=st.floats(0.05, 0.5))
+def test_bayes_predictive_is_the_conditional_of_the_enumerated_mixture(w, eps):
+    """Every sequence of 4 states over N = 7 (subsets of 2): P(s_{t+1} = j | s_0..s_t) from the mixture's joint
+    probabilities, sum_c w_c P_c(s_0..s_t, j) / sum_c w_c P_c(s_0..s_t), each P_c an exact sequence_logprob."""
+    weights = dict(zip(("retain", "forget1", "forget2"), w, strict=True))
+    kw = dict(n_states=7, leakage=eps, subset_size=2)
+    chains = [M.chain(name, **kw) for name in weights]
+    seqs = all_sequences(7, 4)
+    pred = M.bayes_predictive(weights, seqs, **kw)  # (2401, 3, 7)
+    share = np.array(w) / sum(w)
+    for t in range(3):
+        prefixes = seqs[:, : t + 1]
+        extended = np.concatenate([np.repeat(prefixes, 7, axis=0), np.tile(np.arange(7), len(seqs))[:, None]], axis=1)
+        joint = sum(s * np.exp(M.sequence_logprob(c, extended)) for s, c in zip(share, chains, strict=True))
+        joint = joint.reshape(len(seqs), 7)
+        np.testing.assert_allclose(pred[:, t], joint / joint.sum(axis=1, keepdims=True), rtol=1e-10, atol=1e-14)
