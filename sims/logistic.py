@@ -131,16 +131,18 @@ def pretrain(worlds: list[LogisticData], lr: float, steps: int, progress: bool |
 def pretrain_cached(worlds: list[LogisticData], keys: list[dict], lr: float, steps: int,
                     progress: bool | None = None):
     """``pretrain`` through the model cache (``unlearn.cache``): worlds whose key (the config that generated
-    the world, plus lr and steps) is stored are loaded, the others trained side by side and stored."""
-    entries = [cache.load("logistic-pretrain", {**key, "lr": lr, "steps": steps}) for key in keys]
+    the world, plus lr, steps and the device type: CPU and CUDA kernels round differently) is stored are loaded,
+    the others trained side by side and stored."""
+    device = worlds[0].x_forget.device
+    keys = [{**key, "lr": lr, "steps": steps, "device": device.type} for key in keys]
+    entries = [cache.load("logistic-pretrain", key) for key in keys]
     missing = [i for i, entry in enumerate(entries) if entry is None]
     if missing:
         trained = pretrain([worlds[i] for i in missing], lr, steps, progress)
         for j, i in enumerate(missing):
             entries[i] = dict(zip(("theta_ref", "theta_retr", "grad_norm_ref", "grad_norm_retr"),
                                   (t[j] for t in trained), strict=True))
-            cache.store("logistic-pretrain", {**keys[i], "lr": lr, "steps": steps}, entries[i])
-    device = worlds[0].x_forget.device
+            cache.store("logistic-pretrain", keys[i], entries[i])
     return tuple(torch.stack([e[name] for e in entries]).to(device)
                  for name in ("theta_ref", "theta_retr", "grad_norm_ref", "grad_norm_retr"))
 

@@ -14,7 +14,7 @@ METHOD_COLORS = {
 
 
 def beta_colors(betas) -> dict[float, tuple]:
-    """A sequential colour per beta (small beta light, close to GA's end of the map)."""
+    """A sequential colour per beta (viridis: small beta dark purple, large beta yellow-green)."""
     cmap = plt.get_cmap("viridis")
     return {b: cmap(0.15 + 0.75 * i / max(1, len(betas) - 1)) for i, b in enumerate(sorted(betas))}
 

@@ -82,6 +82,14 @@ def test_masks_without_a_global_sort_match_a_sort_on_large_inputs():
     assert torch.equal(torch.cat([m.reshape(-1) for m in masks.values()]), expected)
 
 
+def test_ties_in_non_contiguous_scores_are_kept_in_parameter_order():
+    """Scores that are a transposed view (a layout that .view(-1) cannot flatten): 3 of the 4 twos are kept, the
+    first ones in the row-major order of the parameter's shape."""
+    scores = {"w": torch.tensor([[2.0, 2.0], [1.0, 2.0], [2.0, 0.0]]).t()}  # [[2, 1, 2], [2, 2, 0]]
+    mask = at.top_fraction_masks(scores, 0.5)["w"]
+    assert mask.tolist() == [[True, False, True], [True, False, False]]
+
+
 def test_masked_weights_do_not_move_at_all():
     """AdamW with weight decay and clipping: masked-out entries are bitwise equal to their start."""
     model = tiny()

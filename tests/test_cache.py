@@ -24,6 +24,14 @@ def counting_build(value):
     return build, calls
 
 
+def test_a_key_with_a_tuple_is_found_again():
+    """The stored key went through JSON (tuples become lists): it still matches the key it was stored under."""
+    build, calls = counting_build(2)
+    cache.cached("model", {"betas": (0.1, 1.0)}, build)
+    cache.cached("model", {"betas": (0.1, 1.0)}, build)
+    assert len(calls) == 1
+
+
 def test_a_changed_config_rebuilds_and_an_unchanged_one_loads():
     build, calls = counting_build(1)
     first = cache.cached("model", {"lr": 0.1, "steps": 5}, build)

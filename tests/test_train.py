@@ -152,6 +152,47 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_history():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+class Sqrt(torch.nn.Module):
+    """loss = w0 + sqrt(|w1|): finite at w1 = 0, where its gradient is inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+
+    def loss(self, m, batch):
+        return {"x": (m.w[0] + m.w[1].abs().sqrt()).reshape(1)}
+
+
+def test_an_inf_gradient_of_a_frozen_weight_is_zero_and_of_a_moving_one_stops_the_run():
+    """A mask zeroes the gradient (inf * 0 would be NaN and move the frozen weight); an inf gradient of a weight
+    that would move stops the run before the update, naming the parameter."""
+    model = Sqrt()
+    cfg = TrainConfig(steps=1, lr=0.1, optimizer="sgd", progress=False)
+    train(model, model.loss, lambda s: [None], cfg, masks={"w": torch.tensor([True, False])})
+    assert model.w.tolist() == [pytest.approx(0.9), 0.0]
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at step 0 .* parameter\(s\) w;"):
+        train(model, model.loss, lambda s: [None], cfg)
+    assert model.w.tolist() == [pytest.approx(0.9), 0.0]
+
+
+def test_weight_decay_skips_weights_without_a_gradient_as_torch_adamw_does():
+    ours, theirs = TinyLM(), TinyLM()
+    unused = {m: torch.nn.Parameter(torch.ones(3)) for m in ("ours", "theirs")}
+    ours.register_parameter("unused", unused["ours"])
+    theirs.register_parameter("unused", unused["theirs"])
+    inputs, labels = make_data()
+    train(ours, nll, lambda s: [(inputs, labels)],
+          TrainConfig(steps=3, lr=0.1, optimizer="adamw", weight_decay=0.5, progress=False))
+    reference = torch.optim.AdamW(theirs.parameters(), lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        reference.zero_grad(set_to_none=True)
+        sum(nll(theirs, (inputs, labels))["nll"].mean(-1).reshape(-1)).backward()
+        reference.step()
+    assert torch.equal(ours.unused, torch.ones(3)) and torch.equal(theirs.unused, torch.ones(3))
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_evaluation_schedule():
     """Every eval_every steps, at the extra eval_at steps, and once after the last update."""
     inputs, labels = make_data()

@@ -134,14 +134,14 @@ def top_fraction_masks(scores: Scores, ratio: float, generator: torch.Generator 
         return {name: torch.zeros_like(s, dtype=torch.bool) for name, s in scores.items()}
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     threshold = _kth_largest(scores, k, g, sample_size)
-    masks = {name: s > threshold for name, s in scores.items()}
+    masks = {name: (s > threshold).contiguous() for name, s in scores.items()}
     ties = k - sum(int(m.sum()) for m in masks.values())
     for name, s in scores.items():  # ties at the threshold: first come, first kept
         if ties <= 0:
             break
         at = (s == threshold).reshape(-1)
         take = at.nonzero().squeeze(1)[:ties]
-        masks[name].view(-1)[take] = True
+        masks[name].view(-1)[take] = True  # contiguous, so the view writes through
         ties -= len(take)
     return masks
 

@@ -54,7 +54,7 @@ def load(kind: str, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         warnings.warn(f"unreadable model cache entry {path} ({type(err).__name__}: {err}); rebuilding it",
                       RuntimeWarning, stacklevel=2)
         return None
-    if stored != key:
+    if stored != json.loads(json.dumps(key, sort_keys=True)):  # as stored: tuples come back as lists
         return None
     EVENTS["loaded"] += 1
     return tensors

@@ -7,7 +7,8 @@
             loss = sum_k sum_members mean_b losses_fn(model, micro)[k] / len(micro_batches)
             loss.backward()                                     # under bf16 autocast if asked
         stop with NonFiniteLossError if the loss is NaN or inf   # before the update: the model stays finite
-        grad *= mask;  clip;  p *= 1 - lr*scale*wd*mask;  optimizer.step() at the schedule's lr for the step
+        grad = where(mask, grad, 0);  the same stop if a gradient is NaN or inf
+        clip;  p *= 1 - lr*scale*wd*mask (weights with a gradient);  optimizer.step() at the schedule's lr
 
 The reduction is the only one in the project: ``losses_fn`` returns per-sequence losses by term (the
 ``unlearn.objectives`` contract), each term is averaged over its batch (last axis), summed over any leading
@@ -116,12 +117,14 @@ class StopRun(Exception):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; ``terms`` names the offending loss terms and ``history`` holds everything
-    recorded before that step (the model itself is left as it was before the step)."""
+    """The loss, or a gradient of a weight that would move, became NaN or inf; ``terms`` names the offending
+    loss terms or parameters and ``history`` holds everything recorded before that step (the model itself is
+    left as it was before the step). An ensemble stops as a whole: the members share the step."""
 
-    def __init__(self, step: int, name: str, terms: list[str], history: History):
+    def __init__(self, step: int, name: str, terms: list[str], history: History, what: str = "loss"):
+        where = "term(s)" if what == "loss" else "parameter(s)"
         super().__init__(
-            f"non-finite loss at step {step} of run {name!r} in term(s) {', '.join(terms)}; the run stopped "
+            f"non-finite {what} at step {step} of run {name!r} in {where} {', '.join(terms)}; the run stopped "
             f"before updating the model ({len(history.loss)} steps and {len(history.eval_steps)} evaluations kept)"
         )
         self.step, self.name, self.terms, self.history = step, name, terms, history
@@ -408,13 +411,18 @@ def train(
 
         lr = cfg.lr * lr_factor(step, cfg)
         for p in params:
-            if p.grad is not None and id(p) in mask_of:
-                p.grad.mul_(mask_of[id(p)])
+            if p.grad is not None and id(p) in mask_of:  # where, not *: an inf gradient of a frozen weight is 0
+                p.grad = torch.where(mask_of[id(p)].bool(), p.grad, 0.0)
+        grads = {name: _local(p.grad) for name, p in named.items() if p.grad is not None}
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+            bar.close()
+            bad = [name for name, g in grads.items() if not torch.isfinite(g).all()]
+            raise NonFiniteLossError(step, cfg.name, bad, history, what="gradient")
         if cfg.clip_norm:
             clip_grad_norm_(params, cfg.clip_norm, members)
         if cfg.weight_decay:
             with torch.no_grad():
-                for p in params:
+                for p in (p for p in params if p.grad is not None):  # as torch's AdamW: no gradient, no step
                     decay = lr * cfg.weight_decay
                     decay = decay * scales[id(p)] if id(p) in scales else decay
                     p.mul_(1 - decay * mask_of[id(p)] if id(p) in mask_of else 1 - decay)

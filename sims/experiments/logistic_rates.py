@@ -13,7 +13,7 @@ recorded on a log-spaced grid. The simulated runs go through the shared loop (``
 ``unlearn.train``) as the five members of one ``LogisticHead`` that reads the raw x as its features.
 d = 32768 rather than the issue's example 4096: at d = 4096 the largest off-diagonal row sum of X X^T is
 ~0.48, above the near-orthogonality threshold C0 ~ 0.25 for which explicit constants exist (and
-n_f max|<x_i, x_j>| ~ 1.7); at d = 32768 it is ~0.16 (see ``theory.logistic.check_assumptions``).
+n_f max|<x_i, x_j>| ~ 1.7); at d = 32768 it is ~0.15 (see ``theory.logistic.check_assumptions``).
 RF row: the npo-synthetic world (alpha = 1, d = 16, p = 128 ReLU features, n_f = 200, pi_ref pretrained and
 cached as there), GA and NPO at every beta with learning rate 5e-3 (Table 1's NPO rate); the distance is
 ||Phi_f (theta_t - theta_ref)||, Phi_f the forget set's features.

@@ -41,24 +41,26 @@ METRICS = ("forget_dist", "retain_dist", "forget_kl")
 SWEEP_FORGET_LEVEL = 0.14  # Fig. 3 is read at forget distance 0.14
 PAPER_LAST_MARKER = 1900  # the paper's plots mark every 100 steps up to 1900
 
-# Readings of the paper's figures (notes/npo.md sec. 3; "final" readings are at the last marker, step 1900).
+# Readings of the paper's figures (notes/npo.md sec. 3); its "final" readings are at its last marker, step 1900, so they
+# sit beside our step-1900 values (``*.step1900.*``; ``*.final.*`` is the run's end, step 2000).
 PAPER = {
     "alpha1.forget_dist.start": 1.70, "alpha1.retain_dist.start": 0.016, "alpha0.retain_dist.start": 0.06,
     "alpha1.forget_dist.step200.NPO": 0.04, "alpha1.forget_dist.step200.NPO+RT": 0.04,
     "alpha1.forget_dist.step200.GA": 1.65, "alpha1.forget_dist.step200.GA+RT": 1.65,
-    **{f"alpha1.forget_dist.final.{m}": 0.0 for m in ("GA", "GA+RT", "NPO", "NPO+RT", "DPO+RT")},
-    "alpha1.forget_dist.final.IDK+RT": 0.81,
-    "alpha1.retain_dist.final.NPO+RT": 0.016, "alpha1.retain_dist.final.IDK+RT": 0.016,
-    "alpha1.retain_dist.final.DPO+RT": 0.04, "alpha1.retain_dist.final.NPO": 0.17,
-    "alpha1.retain_dist.final.GA+RT": 0.22,
-    "alpha1.forget_kl.final.GA": 24.0, "alpha1.forget_kl.final.GA+RT": 24.0, "alpha1.forget_kl.final.DPO+RT": 5.5,
-    "alpha1.forget_kl.final.NPO": 4.8, "alpha1.forget_kl.final.NPO+RT": 4.4, "alpha1.forget_kl.final.IDK+RT": 0.0,
-    "alpha0.retain_dist.final.NPO+RT": 0.017, "alpha0.retain_dist.final.DPO+RT": 0.023,
-    "alpha0.retain_dist.final.NPO": 0.038, "alpha0.retain_dist.final.IDK+RT": 0.066,
-    "alpha0.retain_dist.final.GA": 0.175, "alpha0.retain_dist.final.GA+RT": 0.125,
-    "alpha0.forget_kl.final.GA+RT": 0.18, "alpha0.forget_kl.final.NPO": 0.072,
-    "alpha0.forget_kl.final.DPO+RT": 0.058, "alpha0.forget_kl.final.NPO+RT": 0.051,
-    "alpha0.forget_kl.final.IDK+RT": 0.0,
+    **{f"alpha1.forget_dist.step1900.{m}": 0.0 for m in ("GA", "GA+RT", "NPO", "NPO+RT", "DPO+RT")},
+    "alpha1.forget_dist.step1900.IDK+RT": 0.81,
+    "alpha1.retain_dist.step1900.NPO+RT": 0.016, "alpha1.retain_dist.step1900.IDK+RT": 0.016,
+    "alpha1.retain_dist.step1900.DPO+RT": 0.04, "alpha1.retain_dist.step1900.NPO": 0.17,
+    "alpha1.retain_dist.step1900.GA+RT": 0.22,
+    "alpha1.forget_kl.step1900.GA": 24.0, "alpha1.forget_kl.step1900.GA+RT": 24.0,
+    "alpha1.forget_kl.step1900.DPO+RT": 5.5, "alpha1.forget_kl.step1900.NPO": 4.8,
+    "alpha1.forget_kl.step1900.NPO+RT": 4.4, "alpha1.forget_kl.step1900.IDK+RT": 0.0,
+    "alpha0.retain_dist.step1900.NPO+RT": 0.017, "alpha0.retain_dist.step1900.DPO+RT": 0.023,
+    "alpha0.retain_dist.step1900.NPO": 0.038, "alpha0.retain_dist.step1900.IDK+RT": 0.066,
+    "alpha0.retain_dist.step1900.GA": 0.175, "alpha0.retain_dist.step1900.GA+RT": 0.125,
+    "alpha0.forget_kl.step1900.GA+RT": 0.18, "alpha0.forget_kl.step1900.NPO": 0.072,
+    "alpha0.forget_kl.step1900.DPO+RT": 0.058, "alpha0.forget_kl.step1900.NPO+RT": 0.051,
+    "alpha0.forget_kl.step1900.IDK+RT": 0.0,
     "beta_sweep.retain_dist_at_forget_0.14.GA": 0.09, "beta_sweep.retain_dist_at_forget_0.14.beta=0.01": 0.09,
     "beta_sweep.retain_dist_at_forget_0.14.beta=0.1": 0.08, "beta_sweep.retain_dist_at_forget_0.14.beta=0.2": 0.075,
     "beta_sweep.retain_dist_at_forget_0.14.beta=0.5": 0.06, "beta_sweep.retain_dist_at_forget_0.14.beta=1": 0.055,
