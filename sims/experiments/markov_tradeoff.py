@@ -188,19 +188,20 @@ def _runner(paper: dict[str, float]):
 # ------------------------------------------------------------------------------------------------ figure
 
 _STYLE = {"forget1_kl": "-", "forget2_kl": "--"}
+_EXACT_STYLE = {"forget1_kl": ":", "forget2_kl": "-."}  # theory.markov's exact retrained levels
 _MARK = {"forget1_kl": "*", "forget2_kl": "o"}
 _NAME = {"retain_kl": "retain", "forget1_kl": "Forget1", "forget2_kl": "Forget2"}
 
 
 def _markers(ax, series: dict) -> None:
     """The retrained (filled) and original (hollow) models' (retain KL, forget KL) points, star = Forget1,
-    dot = Forget2, and the exact retrained levels of theory.markov as dotted lines."""
+    dot = Forget2, and the exact retrained levels of theory.markov (dotted Forget1, dash-dot Forget2)."""
     for split in FORGETS.values():
         for model, face in (("retrained", "k"), ("original", "none")):
             point = series["measured"][model]
             ax.plot(point["retain_kl"], point[split], _MARK[split], mfc=face, mec="k", ms=9 if split == "forget1_kl"
                     else 6, zorder=5)
-        ax.axhline(series["theory"][split], color="0.5", lw=0.8, ls=":" if split == "forget1_kl" else "-.")
+        ax.axhline(series["theory"][split], color="0.5", lw=0.8, ls=_EXACT_STYLE[split])
 
 
 def _path_panel(ax, series: dict, metrics: dict) -> None:
@@ -222,7 +223,8 @@ def _path_panel(ax, series: dict, metrics: dict) -> None:
                for m in series["runs"]]
     handles += [Line2D([], [], color="k", ls=_STYLE[s], label=_NAME[s]) for s in FORGETS.values()]
     handles += [Line2D([], [], marker="*", color="k", ls="", ms=9, label="retrained (filled) / original (hollow)"),
-                Line2D([], [], color="0.5", ls=":", label="exact retrain-only Bayes KL")]
+                *(Line2D([], [], color="0.5", ls=_EXACT_STYLE[s], label=f"exact retrain-only Bayes KL, {_NAME[s]}")
+                  for s in FORGETS.values())]
     ax.legend(handles=handles, fontsize=7, loc="lower right")
 
 
@@ -230,7 +232,7 @@ def _steps_panel(ax, series: dict, method: str) -> None:
     r = series["runs"][method]
     for split, color in zip(SPLITS, ("0.3", "#ff7f0e", "#9467bd"), strict=True):
         mean, std = np.array(r[split]["mean"]), np.array(r[split]["std"])
-        ax.plot(r["steps"], mean, color=color, label=_NAME[split], ls=_STYLE.get(split, ":"))
+        ax.plot(r["steps"], mean, color=color, label=_NAME[split], ls=_STYLE.get(split, "-"))
         ax.fill_between(r["steps"], mean - std, mean + std, color=color, alpha=0.2, lw=0)
         if split in FORGETS.values():
             ax.axhline(series["measured"]["retrained"][split], color=color, lw=0.7, ls=":")
