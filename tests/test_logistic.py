@@ -78,6 +78,9 @@ def test_pretraining_is_cached_by_config(monkeypatch, tmp_path):
     keys = [{"world": "test", "i": i} for i in range(2)]
     first = logistic.pretrain_cached(ws, keys, 0.05, 200)
     assert len(list(tmp_path.rglob("*.pt"))) == 2
+    # the device type is part of the key: CPU and CUDA kernels round differently
+    assert cache.load("logistic-pretrain", {**keys[0], "lr": 0.05, "steps": 200, "device": "cpu"}) is not None
+    assert cache.load("logistic-pretrain", {**keys[0], "lr": 0.05, "steps": 200, "device": "cuda"}) is None
 
     def fail(*args, **kwargs):
         raise AssertionError("pretrain should not run on a cache hit")

@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--seed", type=int, default=0, help="batch order, mask draws (default 0)")
     p_run.add_argument("--eval-limit", type=int,
                        help="toy models: evaluate on the first N sequences of each test split (default all)")
-    p_run.add_argument("--reference", choices=("cached", "copy"), default="cached",
+    p_run.add_argument("--reference", choices=("cached", "copy"), default="cached",  # sims.toy_run.REFERENCES
                        help="Hugging Face models: cached (log-probs, and retain logits for *+KL methods, computed "
                             "once) or copy (a frozen model: less memory than cached logits of a large vocabulary) "
                             "(default cached)")

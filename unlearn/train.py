@@ -354,6 +354,7 @@ def train(
     params = list(named.values())
     masks = check_masks(model, masks or {})
     mask_of = {id(named[name]): m for name, m in masks.items() if name in named}
+    keep_of = {key: m.bool() for key, m in mask_of.items()}  # for where(): once, not every step
     members = getattr(model, "members", 0) if members is None else members
     if not (isinstance(members, int) and members >= 0):
         raise ValueError(f"members must be an integer >= 0, got {members!r}")
@@ -411,8 +412,8 @@ def train(
 
         lr = cfg.lr * lr_factor(step, cfg)
         for p in params:
-            if p.grad is not None and id(p) in mask_of:  # where, not *: an inf gradient of a frozen weight is 0
-                p.grad = torch.where(mask_of[id(p)].bool(), p.grad, 0.0)
+            if p.grad is not None and id(p) in keep_of:  # where, not *: an inf gradient of a frozen weight is 0
+                p.grad = torch.where(keep_of[id(p)], p.grad, 0.0)
         grads = {name: _local(p.grad) for name, p in named.items() if p.grad is not None}
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
             bar.close()
