@@ -64,10 +64,14 @@ case $stage in
     # the memorised checkpoint (27 GB at 7B in bf16-mixed: float32 weights) stays out of the repository
     scratch=${TMPDIR:-/tmp}/validate-$tag
     files=("$RESULTS/validate-$tag/validate.json" "$RESULTS/validate-$tag/validate.png")
+    # each finished stage's record (validate.ckpt/*.json: the memorised curve, a method's measurements) reaches
+    # $OUT as it is written, so that a run stopped at its time limit keeps the methods it finished
+    [ -z "${OUT:-}" ] || { while sleep 10; do cp "$scratch"/validate.ckpt/*.json "$OUT/" 2>/dev/null; done & }
     if run unlearn validate --model "$MODEL" --task markov --device "$DEVICE" --steps "$STEPS" \
         --memorise-epochs "$MEMORISE_EPOCHS" --out "$scratch"; then
       mkdir -p "$RESULTS/validate-$tag"
       cp "$scratch/validate.json" "$scratch/validate.png" "$RESULTS/validate-$tag/"
     fi
+    [ -z "${OUT:-}" ] || { kill %1 2>/dev/null; cp "$scratch"/validate.ckpt/*.json "$OUT/" 2>/dev/null; }
     ;;
 esac
