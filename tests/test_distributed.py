@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from unlearn.distributed import check_batches, rank_slice, warmup_steps
+from unlearn.distributed import backend, check_batches, rank_slice, warmup_steps
 
 
 def _free_port() -> str:
@@ -31,6 +31,17 @@ def _losses(*args: str, ranks: int = 1) -> list[float]:
     out = _run("unlearn.distributed", *args, ranks=ranks)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["loss"]
+
+
+@pytest.mark.parametrize("device, on_device", [("cpu", "gloo"), ("cuda", "nccl")])
+def test_the_process_group_reduces_cpu_tensors_on_every_device(device, on_device):
+    """``mean_over_ranks`` all-reduces CPU tensors also when the model is on GPUs, and nccl alone has no CPU
+    backend (under it, `unlearn run --device cuda` under torchrun failed: "No backend type associated with
+    device type cpu"); the group's device types map to gloo for the CPU and nccl for CUDA."""
+    from torch.distributed.distributed_c10d import BackendConfig
+
+    backends = BackendConfig(torch.distributed.Backend(backend(torch.device(device)))).get_device_backend_map()
+    assert backends["cpu"] == "gloo" and backends[device] == on_device
 
 
 @pytest.mark.parametrize("shard", ["fsdp", "ddp"])

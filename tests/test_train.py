@@ -1,6 +1,7 @@
 """unlearn.train: the loop's invariants (accumulation, determinism, masks, NaN stop, schedules, precision)."""
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -173,6 +174,24 @@ def test_an_inf_gradient_of_a_frozen_weight_is_zero_and_of_a_moving_one_stops_th
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at step 0 .* parameter\(s\) w;"):
         train(model, model.loss, lambda s: [None], cfg)
     assert model.w.tolist() == [pytest.approx(0.9), 0.0]
+
+
+def test_no_step_keeps_the_previous_steps_gradients_alive():
+    """Peak memory is weights, gradients and moments: by the next step's forward, nothing holds the last step's
+    gradients (a loop variable once did, one more model's worth of gradients through the next backward)."""
+    model, (inputs, labels) = TinyLM(), make_data()
+    last_grads = []
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda q: last_grads.append(weakref.ref(q.grad)))
+
+    def loss(m, batch):
+        assert last_grads == [] or all(ref() is None for ref in last_grads), "a gradient of the last step is alive"
+        last_grads.clear()
+        return nll(m, batch)
+
+    history = train(model, loss, lambda s: [(inputs, labels)],
+                    TrainConfig(steps=3, lr=0.1, optimizer="adamw", progress=False))
+    assert len(history.loss) == 3 and len(last_grads) == len(list(model.parameters()))
 
 
 def test_weight_decay_skips_weights_without_a_gradient_as_torch_adamw_does():

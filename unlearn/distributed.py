@@ -33,8 +33,8 @@ SHARDING = ("fsdp", "ddp")
 
 @contextmanager
 def process_group(device: str = "cpu") -> Iterator[tuple[int, int, torch.device]]:
-    """(rank, world size, device) for the body. Under torchrun the process group is open for the body: nccl
-    and GPU LOCAL_RANK when ``device`` is cuda, gloo and the CPU otherwise; without it, (0, 1, device)."""
+    """(rank, world size, device) for the body. Under torchrun the process group (``backend``) is open for the
+    body, on GPU LOCAL_RANK when ``device`` is cuda, else on the CPU; without torchrun, (0, 1, device)."""
     from unlearn.train import resolve_device
 
     device = resolve_device(device)  # a missing GPU is refused here, on every rank
@@ -45,11 +45,18 @@ def process_group(device: str = "cpu") -> Iterator[tuple[int, int, torch.device]
     if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group(backend(device))
     try:
         yield dist.get_rank(), dist.get_world_size(), device
     finally:
         dist.destroy_process_group()
+
+
+def backend(device: torch.device) -> str:
+    """The process group's backend: gloo on the CPU; with GPUs, nccl for CUDA tensors and gloo for CPU ones
+    (``mean_over_ranks``' losses), as a collective on a tensor whose device type has no backend fails ("No
+    backend type associated with device type cpu" under nccl alone)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def is_main() -> bool:

@@ -242,6 +242,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def non_finite_gradients(named: Mapping[str, torch.nn.Parameter]) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or inf; one device sync when all are finite. A function
+    of its own so that no reference to this step's gradients outlives it: a loop variable holding them would
+    keep them alive through the next step's backward, one more model's worth of gradients at the peak (25 GiB
+    at Llama-2-7B's shape in float32, measured before this was a function: benchmarks/results/README.md)."""
+    grads = [(name, _local(p.grad)) for name, p in named.items() if p.grad is not None]
+    if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+        return []
+    return [name for name, g in grads if not torch.isfinite(g).all()]
+
+
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, scales: dict[int, torch.Tensor]):
     if cfg.optimizer == "sgd":
         return PlainSGD(params, cfg.lr, scales)
@@ -414,10 +425,9 @@ def train(
         for p in params:
             if p.grad is not None and id(p) in keep_of:  # where, not *: an inf gradient of a frozen weight is 0
                 p.grad = torch.where(keep_of[id(p)], p.grad, 0.0)
-        grads = {name: _local(p.grad) for name, p in named.items() if p.grad is not None}
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+        bad = non_finite_gradients(named)
+        if bad:
             bar.close()
-            bad = [name for name, g in grads.items() if not torch.isfinite(g).all()]
             raise NonFiniteLossError(step, cfg.name, bad, history, what="gradient")
         if cfg.clip_norm:
             clip_grad_norm_(params, cfg.clip_norm, members)
