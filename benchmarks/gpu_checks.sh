@@ -2,8 +2,8 @@
 # The project's GPU checks on one CUDA device, in two stages that each fit a 10-minute slot:
 #
 #   bash benchmarks/gpu_checks.sh bench      pytest -m gpu; unlearn bench llm on llama-7b-shape (bf16, LoRA 16,
-#                                            gradient checkpointing, 2 x 512 tokens)        ~4 min on an H200
-#   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  ~8 min
+#                                            gradient checkpointing, 2 x 512 tokens)   4.6 min on an H200
+#   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  7.8 min
 #
 # Results land in benchmarks/results/ as llm-MODEL-DEVICE.json, validate-MODEL-DEVICE/ and
 # gpu-checks-STAGE-MODEL-DEVICE.log (the device, versions, every command and its output) and, when $OUT is
