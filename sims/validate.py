@@ -269,7 +269,6 @@ def memorise(model, forget, retain, cfg: ValidateConfig, progress) -> tuple[list
                      schedule="warmup_linear", warmup_steps=MEMORISE_WARMUP, eval_every=10 * per_epoch,
                      device=cfg.device, precision=_precision(cfg), progress=progress, name="memorise")
     history = train(model, token_mean_nll(both), micro_batches, tc, evaluate=evaluate)
-    model.zero_grad(set_to_none=True)  # the last step's gradients would follow the model to host memory
     return curve, history.eval_steps[-1] // per_epoch
 
 

@@ -176,9 +176,10 @@ def test_an_inf_gradient_of_a_frozen_weight_is_zero_and_of_a_moving_one_stops_th
     assert model.w.tolist() == [pytest.approx(0.9), 0.0]
 
 
-def test_no_step_keeps_the_previous_steps_gradients_alive():
+def test_no_gradient_outlives_its_step():
     """Peak memory is weights, gradients and moments: by the next step's forward, nothing holds the last step's
-    gradients (a loop variable once did, one more model's worth of gradients through the next backward)."""
+    gradients (a loop variable once did, one more model's worth of gradients through the next backward), and an
+    evaluation sees none (its autocast copies of the weights would sit beside them)."""
     model, (inputs, labels) = TinyLM(), make_data()
     last_grads = []
     for p in model.parameters():
@@ -189,9 +190,14 @@ def test_no_step_keeps_the_previous_steps_gradients_alive():
         last_grads.clear()
         return nll(m, batch)
 
+    def evaluate(m, step):
+        assert all(p.grad is None for p in m.parameters()), f"a gradient is alive at the evaluation of step {step}"
+        return {}
+
     history = train(model, loss, lambda s: [(inputs, labels)],
-                    TrainConfig(steps=3, lr=0.1, optimizer="adamw", progress=False))
-    assert len(history.loss) == 3 and len(last_grads) == len(list(model.parameters()))
+                    TrainConfig(steps=3, lr=0.1, optimizer="adamw", eval_every=1, progress=False), evaluate=evaluate)
+    assert len(history.loss) == 3 and history.eval_steps == [0, 1, 2, 3]
+    assert len(last_grads) == len(list(model.parameters()))
 
 
 def test_weight_decay_skips_weights_without_a_gradient_as_torch_adamw_does():

@@ -9,6 +9,7 @@
         stop with NonFiniteLossError if the loss is NaN or inf   # before the update: the model stays finite
         grad = where(mask, grad, 0);  the same stop if a gradient is NaN or inf
         clip;  p *= 1 - lr*scale*wd*mask (weights with a gradient);  optimizer.step() at the schedule's lr
+        grad = None                                             # no evaluation or forward holds a gradient
 
 The reduction is the only one in the project: ``losses_fn`` returns per-sequence losses by term (the
 ``unlearn.objectives`` contract), each term is averaged over its batch (last axis), summed over any leading
@@ -396,13 +397,13 @@ def train(
     hide = None if cfg.progress is None else not cfg.progress  # tqdm: None = only on a terminal
     bar = tqdm(range(cfg.steps), desc=cfg.name, disable=hide, leave=False, dynamic_ncols=True)
     eval_at = set(cfg.eval_at)
+    for p in params:
+        p.grad = None
     for step in bar:
         if step == 0 or step in eval_at or (cfg.eval_every and step % cfg.eval_every == 0):
             if not run_eval(step):
                 bar.close()
                 return history
-        for p in params:
-            p.grad = None
         micro = micro_batches(step)
         step_loss, step_terms = 0.0, {}
         for batch in micro:
@@ -440,6 +441,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
+        for p in params:  # peak memory: an evaluation's autocast copies never sit beside a model's gradients
+            p.grad = None
         if cfg.progress is not False and step % 50 == 0:
             bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
     bar.close()
