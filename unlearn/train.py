@@ -247,7 +247,7 @@ def non_finite_gradients(named: Mapping[str, torch.nn.Parameter]) -> list[str]:
     """Names of the parameters whose gradient holds a NaN or inf; one device sync when all are finite. A function
     of its own so that no reference to this step's gradients outlives it: a loop variable holding them would
     keep them alive through the next step's backward, one more model's worth of gradients at the peak (25 GiB
-    at Llama-2-7B's shape in float32, measured before this was a function: benchmarks/results/README.md)."""
+    at Llama-2-7B's shape in float32, as an H200 run showed before this was a function: README, Real causal LMs)."""
     grads = [(name, _local(p.grad)) for name, p in named.items() if p.grad is not None]
     if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
         return []
