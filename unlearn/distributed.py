@@ -141,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per rank)")
     args = parser.parse_args(argv)
     with process_group(args.device) as (rank, world, device):
+        n = 8  # forget sequences, and as many retain ones
+        check_batches(n, args.global_batch, world, "the check's forget set")  # before any work
         model = hf.load_model(hf.ModelSpec("tiny", device=str(device)))
         g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, 128, (16, 13), generator=g)
-        mask = torch.zeros(16, 12, dtype=torch.bool)
+        ids = torch.randint(0, 128, (2 * n, 13), generator=g)
+        mask = torch.zeros(2 * n, 12, dtype=torch.bool)
         mask[:, 4:] = True
-        data = TokenSet(ids[:, :-1], torch.ones(16, 12, dtype=torch.bool), ids[:, 1:], mask).to(device)
-        forget, retain = data.take(slice(0, 8)), data.take(slice(8, 16))
+        data = TokenSet(ids[:, :-1], torch.ones(2 * n, 12, dtype=torch.bool), ids[:, 1:], mask).to(device)
+        forget, retain = data.take(slice(0, n)), data.take(slice(n, 2 * n))
         reference = make_reference("cached", model, forget)  # before wrapping: every rank caches every sequence
         if world > 1:
             model = wrap(model, args.shard)
-        check_batches(len(forget), args.global_batch, world, "the check's forget set")
         order, _ = shuffled_batches(len(forget), args.global_batch, 0, "distributed-check")
 
         def micro_batches(step):
