@@ -31,7 +31,7 @@ mkdir -p "$RESULTS"
 : > "$log"
 [ -z "${OUT:-}" ] || : > "$OUT/${log##*/}"
 
-unlearn() { "$PY" -m unlearn.cli "$@"; }
+unlearn() { "$PY" -m recipes.cli "$@"; }
 logged() { tee -a "$log" ${OUT:+"$OUT/${log##*/}"}; }  # stdin to the terminal and the log(s)
 run() {  # log the command, run it with its output in the log; a failure is remembered, not fatal
   echo "\$ $*" | logged

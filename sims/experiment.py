@@ -7,15 +7,14 @@ so a figure can be redrawn from a saved NAME.json without rerunning anything.
 
 NAME.json = {"name", "preset", "config", "metrics": {"dotted.key": number | null}, "paper": {same keys},
              "series": {...curves...}, "env": {versions, device, git sha}, "wall_s"}
+
+Helpers the experiments share: ``method_params`` (a method's hyperparameters from a config), ``member_curves``
+and ``mean_std`` (an ensemble's per-member History into curves, and their mean and std over replicates).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from unlearn.config import apply_overrides, config_dict
+from unlearn.io import atomic_write, environment, to_jsonable
+from unlearn.objectives import MethodParams, get_method
 
 
 @dataclass
@@ -51,48 +52,6 @@ class Experiment:
         return apply_overrides(self.presets[preset], overrides)
 
 
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def to_jsonable(value: Any) -> Any:
-    """Nested dicts/lists/arrays -> JSON data; NaN and inf become null."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, bool | str) or value is None:
-        return value
-    if isinstance(value, int | np.integer):
-        return int(value)
-    return _finite_or_none(value)
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def environment(device: str) -> dict[str, Any]:
-    import matplotlib
-    import scipy
-    import torch
-
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "scipy": scipy.__version__, "matplotlib": matplotlib.__version__, "platform": platform.platform(),
-        "device": device, "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "threads": torch.get_num_threads(), "git_sha": git_sha(),
-    }
-
-
 def record(experiment: Experiment, preset: str, cfg: Any, result: Result, wall_s: float) -> dict[str, Any]:
     """The NAME.json document (module docstring)."""
     return to_jsonable({
@@ -100,16 +59,6 @@ def record(experiment: Experiment, preset: str, cfg: Any, result: Result, wall_s
         "metrics": result.metrics, "paper": result.paper, "series": result.series,
         "env": environment(getattr(cfg, "device", "cpu")), "wall_s": wall_s,
     })
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def run_and_save(experiment: Experiment, preset: str, cfg: Any, out: Path) -> dict[str, Any]:
@@ -131,3 +80,34 @@ def load(path: str | Path) -> Result:
     """A saved NAME.json as a Result, for redrawing its figure."""
     doc = json.loads(Path(path).read_text())
     return Result(doc["metrics"], doc["series"], doc.get("paper", {}))
+
+
+def method_params(cfg: Any, method: str, **given: float) -> MethodParams:
+    """``method``'s hyperparameters in an experiment: each one it reads (``Method.hyperparameters``) from
+    ``given``, else from the config: beta from the field of its family (``npo_beta`` for NPO, NPO+RT and NPO+KL,
+    ``simnpo_beta`` for the SimNPO family, ...; required), lam, gamma and mismatch from the field of that name
+    where the config has one. The rest keep MethodParams' defaults (the method does not read them)."""
+    values = {}
+    for key in get_method(method).hyperparameters:
+        field_name = f"{method.split('+')[0].lower()}_beta" if key == "beta" else key
+        if key in given:
+            values[key] = given[key]
+        elif hasattr(cfg, field_name):
+            values[key] = getattr(cfg, field_name)
+        elif key == "beta":
+            raise ValueError(f"{type(cfg).__name__} has no {field_name} for {method}")
+    return MethodParams(**values)
+
+
+def member_curves(history: Any, keys: Iterable[str]) -> list[dict[str, list]]:
+    """Each member's curves from the ``unlearn.train.History`` of an ensemble (evals[key][step][member]):
+    [{key: [member m's value at every evaluated step]} for m in members]."""
+    keys = list(keys)
+    members = len(history.evals[keys[0]][0])
+    return [{key: [values[m] for values in history.evals[key]] for key in keys} for m in range(members)]
+
+
+def mean_std(curves: Any) -> dict[str, list[float]]:
+    """{"mean", "std"} over replicates of curves (one row per replicate, one column per evaluated step)."""
+    values = np.asarray(curves, dtype=float)
+    return {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}

@@ -12,6 +12,11 @@ is one draw of data and features, already mapped through phi). pi_ref is trained
 on retain only, by full-batch gradient descent on the mean NLL from theta = 0. Unlearning runs (``Run``: a
 method, its hyperparameters and a learning rate) go through the shared loop side by side, every run on every
 world, each with pi_ref's log-probs cached once: the reference model is never evaluated during training.
+
+Every sample is a one-token sequence (the head's logits are (M, B, 1, 2)), so logits become log-probs and KLs
+through the core's path, ``unlearn.ensemble.member_logprobs`` / ``member_kl`` (``unlearn.logprobs``), and
+losses through ``unlearn.ensemble.member_losses`` (``unlearn.objectives``). ``unlearning_losses`` below is
+the logistic counterpart of ``unlearn.losses.unlearning_losses`` (see its docstring for why it stays).
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from unlearn import cache
-from unlearn.ensemble import member_losses
-from unlearn.logprobs import sequence_kl, sequence_logprobs
+from unlearn.ensemble import member_kl, member_logprobs, member_losses
 from unlearn.models.logistic import LogisticHead, random_relu_features
 from unlearn.objectives import MethodParams, SequenceStats, get_method
 from unlearn.train import History, TrainConfig, train
@@ -77,18 +81,14 @@ def sample_data(alpha: float, d: int, n_forget: int, n_retain: int, n_eval: int,
     return LogisticData(x_f, y_f, y_alt, x_r, y_r, covariates(n_eval, mu_f), covariates(n_eval, -mu_f))
 
 
-def member_logp(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log pi(y|x) per member and sample: logits (W*K, B, 1, 2), labels y (W, B) of each world -> (W*K, B)."""
-    members_per_world = logits.shape[0] // y.shape[0]
-    labels = y.repeat_interleave(members_per_world, dim=0).reshape(-1, 1)
-    logp = sequence_logprobs(logits.flatten(0, 1), labels, torch.ones_like(labels)).logp
-    return logp.view(logits.shape[:2])
+def member_labels(y: torch.Tensor, members: int) -> torch.Tensor:
+    """Each world's labels y (W, B) as its members' one-token responses: (M, B, 1), member m = w * K + k."""
+    return y.repeat_interleave(members // y.shape[0], dim=0).unsqueeze(-1)
 
 
-def member_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """KL(pi_ref(.|x) || pi(.|x)) per member and sample: (M, B, 1, 2) twice -> (M, B)."""
-    mask = torch.ones(logits.shape[0] * logits.shape[1], 1, dtype=torch.bool, device=logits.device)
-    return sequence_kl(logits.flatten(0, 1), ref_logits.flatten(0, 1), mask).view(logits.shape[:2])
+def one_token_mask(y: torch.Tensor) -> torch.Tensor:
+    """The response mask of one-token sequences, shared by all members: (B, 1) of True for labels (W, B)."""
+    return torch.ones(y.shape[-1], 1, dtype=torch.bool, device=y.device)
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, lr: float, steps: int, name: str = "fit",
@@ -100,9 +100,10 @@ def fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, lr: float, steps
     final gradient norm (W*K,) (the paper's code requires < 1e-2).
     """
     model = LogisticHead(x.shape[-1], x.shape[0], weight.shape[0] // x.shape[0], dtype=x.dtype).to(x.device)
+    labels, mask = member_labels(y, weight.shape[0]), one_token_mask(y)
 
     def nll(m, _batch):
-        return {"nll": -weight * member_logp(m(x), y)}
+        return {"nll": -weight * member_logprobs(m(x).logits, labels, mask).logp}
 
     train(model, nll, lambda step: [None],
           TrainConfig(steps=steps, lr=lr, precision="float64", device=str(x.device), progress=progress, name=name))
@@ -172,29 +173,39 @@ def unlearning_losses(runs: list[Run], data: LogisticData, ref: LogisticHead):
     run's method reads them (``Method.needs``); pi_ref enters through cached log-probs and cached retain
     logits. ``unlearn.ensemble.member_losses`` evaluates each method's terms once for all of its members,
     each with its own hyperparameters, so the cost per step does not grow with a Python loop over members.
+
+    The steps are those of ``unlearn.losses.unlearning_losses`` (logits -> ``member_logprobs`` /
+    ``member_kl`` -> ``SequenceStats`` -> ``member_losses``); that function cannot serve this model as it is:
+    it refuses DPO (no reference log-probs of alternative responses, ``alt_logp_ref``), runs a second forward
+    for the alternative responses (here y_alt labels the same inputs, so alt_logp reads the forget logits:
+    one forward, and gradients summed in the logits rather than in theta) and feeds an ensemble per-member
+    inputs (M, b, ...) where the head reads one input per world (W, B, p) for its K members.
     """
     methods = [get_method(run.method) for run in runs]
     with_alt = any("alt_logp" in m.needs["forget"] for m in methods)
     with_retain = any(m.retain is not None for m in methods)
     with_kl = any("kl" in m.needs["retain"] for m in methods)
     worlds = data.x_forget.shape[0]
+    members = worlds * len(runs)
     names, params = [run.method for run in runs] * worlds, [run.params for run in runs] * worlds
+    y_f, y_alt, y_r = (member_labels(y, members) for y in (data.y_forget, data.y_alt, data.y_retain))
+    mask_f, mask_r = one_token_mask(data.y_forget), one_token_mask(data.y_retain)
     with torch.no_grad():
-        ref_logits_f, ref_logits_r = ref(data.x_forget), ref(data.x_retain)
-        ref_logp, ref_alt_logp = member_logp(ref_logits_f, data.y_forget), member_logp(ref_logits_f, data.y_alt)
-    ones_f = torch.ones_like(ref_logp)
-    ones_r = torch.ones(ref_logp.shape[0], data.y_retain.shape[-1], dtype=ref_logp.dtype, device=ref_logp.device)
+        ref_logits_f, ref_logits_r = ref(data.x_forget).logits, ref(data.x_retain).logits
+        ref_logp = member_logprobs(ref_logits_f, y_f, mask_f).logp
+        ref_alt_logp = member_logprobs(ref_logits_f, y_alt, mask_f).logp
 
     def losses_fn(model, _batch):
-        logits_f = model(data.x_forget)
-        logp_f = member_logp(logits_f, data.y_forget)
-        alt_f = member_logp(logits_f, data.y_alt) if with_alt else None
-        forget = SequenceStats(logp_f, ones_f, ref_logp, alt_f, ref_alt_logp if with_alt else None)
+        logits_f = model(data.x_forget).logits
+        f = member_logprobs(logits_f, y_f, mask_f)
+        alt_f = member_logprobs(logits_f, y_alt, mask_f).logp if with_alt else None
+        forget = SequenceStats(f.logp, f.n_tokens, ref_logp, alt_f, ref_alt_logp if with_alt else None)
         retain = None
         if with_retain:
-            logits_r = model(data.x_retain)
-            kl_r = member_kl(logits_r, ref_logits_r) if with_kl else None
-            retain = SequenceStats(member_logp(logits_r, data.y_retain), ones_r, kl=kl_r)
+            logits_r = model(data.x_retain).logits
+            kl_r = member_kl(logits_r, ref_logits_r, mask_r) if with_kl else None
+            r = member_logprobs(logits_r, y_r, mask_r)
+            retain = SequenceStats(r.logp, r.n_tokens, kl=kl_r)
         return member_losses(names, params, forget, retain)
 
     return losses_fn
@@ -208,15 +219,17 @@ def evaluator(data: LogisticData, ref: LogisticHead, retr: LogisticHead):
         forget_kl   = E_{x~forget} KL(pi_ref || pi_theta)   (App. B).
     """
     xf, xr = data.x_eval_forget, data.x_eval_retain
+    mask_f = torch.ones(xf.shape[1], 1, dtype=torch.bool, device=xf.device)
+    mask_r = torch.ones(xr.shape[1], 1, dtype=torch.bool, device=xr.device)
     with torch.no_grad():
-        ref_f, retr_f, retr_r = ref(xf), retr(xf), retr(xr)
+        ref_f, retr_f, retr_r = ref(xf).logits, retr(xf).logits, retr(xr).logits
 
     def evaluate(model, step):
-        logits_f = model(xf)
+        logits_f = model(xf).logits
         return {
-            "forget_dist": member_kl(logits_f, retr_f).mean(-1),
-            "retain_dist": member_kl(model(xr), retr_r).mean(-1),
-            "forget_kl": member_kl(logits_f, ref_f).mean(-1),
+            "forget_dist": member_kl(logits_f, retr_f, mask_f).mean(-1),
+            "retain_dist": member_kl(model(xr).logits, retr_r, mask_r).mean(-1),
+            "forget_kl": member_kl(logits_f, ref_f, mask_f).mean(-1),
         }
 
     return evaluate

@@ -1,16 +1,14 @@
-"""One visual language for every figure: a colour per method, shared across panels and experiments."""
+"""One visual language for every figure: a colour per method (``unlearn.objectives.METHODS`` rows), shared across
+panels and experiments."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-METHOD_COLORS = {
-    "GA": "#d62728", "GA+RT": "#ff7f0e", "GA+KL": "#8c564b", "IDK+RT": "#7f7f7f",
-    "DPO": "#9467bd", "DPO+RT": "#9467bd", "DPO+KL": "#c5b0d5",
-    "NPO": "#1f77b4", "NPO+RT": "#2ca02c", "NPO+KL": "#17becf",
-    "SimNPO": "#e377c2", "SimNPO+RT": "#bcbd22", "SimNPO+KL": "#f7b6d2", "GA+Mismatch+KL": "#393b79",
-}
+from unlearn.objectives import METHODS
+
+METHOD_COLORS = {name: m.color for name, m in METHODS.items()}  # set in the METHODS rows
 
 
 def beta_colors(betas) -> dict[float, tuple]:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unlearn import bench
-from unlearn.cli import main
+from recipes import bench
+from recipes.cli import main
+from unlearn.config import config_dict
 from unlearn.models import hf
 
 
@@ -25,18 +26,22 @@ def test_bench_toy_writes_a_speedup_per_model_and_size(tmp_path, capsys):
                 doc[f"{model}.members={m}.ensemble.runs_steps_per_s"] / doc[f"{model}.loop.runs_steps_per_s"])
             assert 0 < doc[f"{model}.members={m}.fraction_of_peak"] < 10
     assert doc["env"]["command"].endswith("--out " + str(out)) and doc["env"]["device"] == "cpu"
-    assert doc["config"]["members"] == [2, 3]
+    assert doc["config"] == {**config_dict(bench.QUICK), "members": [2, 3]}  # the resolved config, recorded
 
 
 @pytest.mark.parametrize("members", ["0,8", "8,x"])
 def test_bench_toy_refuses_bad_sizes(members, capsys):
     assert main(["bench", "toy", "--members", members]) == 2
     assert f"--members must be comma-separated positive integers, got '{members}'" in capsys.readouterr().err
+    assert main(["bench", "toy", "--set", f"members={members}"]) == 2
+    assert "members" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--lora", "0"], "lora_rank must be >= 1, got 0"),
     (["--seq-len", "0"], "seq_len must be >= 1, got 0"),
+    (["--set", "dtype=fp8"], "unknown dtype 'fp8'; valid: float32, bf16"),
+    (["--set", "warmup=-1"], "warmup must be >= 0, got -1"),
 ])
 def test_bench_llm_refuses_bad_sizes_before_any_case_starts(argv, message, capsys):
     assert main(["bench", "llm", "--quick", *argv]) == 2

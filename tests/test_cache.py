@@ -54,8 +54,9 @@ def test_an_interrupted_write_leaves_no_half_file(monkeypatch, private_cache):
     cache.store("model", key, {"t": torch.zeros(2)})
     real_save = torch.save
 
-    def crash_midway(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04 half an archive")
+    def crash_midway(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half an archive")
         raise KeyboardInterrupt("killed while writing")
 
     monkeypatch.setattr(torch, "save", crash_midway)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from unlearn.cli import main
+from recipes.cli import main
+from unlearn.config import config_dict
 
 
 def test_list_names_every_experiment_with_its_claim(capsys):
@@ -19,7 +20,7 @@ def test_list_names_every_experiment_with_its_claim(capsys):
 
 
 def test_figures_help_explains_presets_and_overrides():
-    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "figures", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "recipes.cli", "figures", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for word in ("--preset", "fast", "full", "--out", "--device", "--set", "key=value", "--show-config", "seed=7"):
         assert word in out
@@ -28,7 +29,7 @@ def test_figures_help_explains_presets_and_overrides():
 def test_validate_help_names_every_architecture():
     from unlearn.models.hf import ARCHITECTURES
 
-    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "validate", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "recipes.cli", "validate", "--help"], capture_output=True,
                          text=True, check=True).stdout
     options = out[out.index("options:"):]
     model_help = options[options.index("--model MODEL"):options.index("--task TASK")]
@@ -108,7 +109,7 @@ def test_seeds_sets_the_replicates_of_experiments_that_have_them(capsys, tmp_pat
     assert main(["figures", "collapse", "--seeds", "2", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--seeds: collapse has no replicates" in err and "npo-synthetic" in err and "markov-length" in err
-    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "figures", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "recipes.cli", "figures", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "--seeds" in out and "--timing" in out and "20 minutes" in out
 
@@ -125,3 +126,151 @@ def test_seeds_and_timing_run_end_to_end(tmp_path, capsys):
     run = doc["series"]["runs"]["NPO"]["forget1_kl"]
     assert len(run["seeds"]) == 2 and run["seeds"][0] != run["seeds"][1]  # replicates differ in batch order
     assert max(run["std"]) > 0
+
+
+# ------------------------------------------------- run, relearn, validate, bench: one way to configure them
+
+
+def _configured():
+    """(argv, config class, its --quick preset or None, a key, the option that aliases it, a value as --set
+    spells it, another value) of every command configured by a dataclass."""
+    from recipes import bench
+    from recipes.run import RelearnConfig, RunConfig
+    from recipes.validate import ValidateConfig
+
+    return [
+        (["run"], RunConfig, None, "steps", "--steps", "7", "8"),
+        (["relearn"], RelearnConfig, None, "epochs", "--epochs", "2", "5"),
+        (["validate"], ValidateConfig, None, "lora_rank", "--lora", "4", "8"),
+        (["bench", "toy"], bench.ToyBench, bench.QUICK, "members", "--members", "2,3", "2"),
+        (["bench", "llm"], bench.LLMBench, bench.QUICK_LLM, "seq_len", "--seq-len", "64", "32"),
+    ]
+
+
+CONFIGURED = pytest.mark.parametrize("argv, cls, preset, key, option, value, other", _configured(),
+                                     ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+
+
+def _with_out(argv, out, *rest):
+    """The command ``argv`` with its output folder or file (relearn's is its positional DIR), then ``rest``."""
+    return [*argv, str(out), *rest] if argv == ["relearn"] else [*argv, "--out", str(out), *rest]
+
+
+def _show(argv, capsys):
+    assert main([*argv, "--show-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@CONFIGURED
+def test_show_config_prints_the_defaults_and_does_no_work(argv, cls, preset, key, option, value, other, tmp_path,
+                                                          capsys):
+    from unlearn.config import config_dict
+
+    out = tmp_path / "out"
+    assert _show(_with_out(argv, out), capsys) == {"command": " ".join(argv), "config": config_dict(cls())}
+    assert not out.exists()
+    if preset is not None:
+        assert _show([*argv, "--quick"], capsys)["config"] == config_dict(preset)
+
+
+@CONFIGURED
+def test_set_changes_its_key_as_the_named_option_does(argv, cls, preset, key, option, value, other, capsys):
+    from unlearn.config import format_value
+
+    by_set = _show([*argv, "--set", f"{key}={value}"], capsys)
+    assert format_value(by_set["config"][key]) == value != format_value(getattr(cls(), key))
+    assert _show([*argv, option, value], capsys) == by_set
+    assert _show([*argv, option, value, "--set", f"{key}={value}"], capsys) == by_set  # they agree
+
+
+@CONFIGURED
+def test_an_option_and_a_set_that_disagree_are_refused(argv, cls, preset, key, option, value, other, tmp_path,
+                                                       capsys):
+    out = tmp_path / "out"
+    assert main(_with_out(argv, out, option, value, "--set", f"{key}={other}")) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"unlearn {argv[0]}: error: {option} {value} and --set {key}={other} disagree; give one " \
+                          "of them"
+    assert not out.exists()
+
+
+@CONFIGURED
+@pytest.mark.parametrize("override, message", [("nope=1", "--set nope: unknown config key; valid keys: "),
+                                               ("{key}=x", "--set {key}='x': expected an integer"),
+                                               ("{key}", "--set '{key}': expected key=value")])
+def test_a_bad_set_is_refused_naming_the_key(argv, cls, preset, key, option, value, other, override, message,
+                                             tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_with_out(argv, out, "--set", override.format(key=key))) == 2
+    err = capsys.readouterr().err
+    assert message.format(key=key) in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_preset_comes_first_then_the_options_then_set(capsys):
+    from recipes import bench
+
+    cfg = _show(["bench", "toy", "--quick", "--members", "2", "--set", "repeats=3"], capsys)["config"]
+    assert cfg == {**config_dict(bench.QUICK), "members": [2], "repeats": 3}
+
+
+def test_a_default_derived_from_other_keys_follows_the_final_values(capsys):
+    """validate's learning rates default by model: --set model=... takes that model's, as --model does."""
+    from recipes.validate import LEARNING_RATES
+
+    for argv in (["--set", "model=llama-20m-shape"], ["--model", "llama-20m-shape"]):
+        cfg = _show(["validate", *argv], capsys)["config"]
+        assert (cfg["memorise_lr"], cfg["lr"]) == LEARNING_RATES["llama-20m-shape"]
+
+
+def _subparsers(parser, prefix=()):
+    """{"bench toy": parser, ...}: every leaf command of ``parser``."""
+    import argparse
+
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(_subparsers(sub, (*prefix, name)) or {" ".join((*prefix, name)): sub})
+    return found
+
+
+def test_every_option_help_shows_its_config_default_read_from_the_dataclass():
+    """Each alias is absent by default (None: the dataclass default stands), and its help's "(default X)" is
+    the field's default as --set spells it (and --quick's, where a preset differs), never a second literal."""
+    import dataclasses
+    import re
+    import typing
+
+    from recipes.cli import build_parser
+    from unlearn.config import format_value, parse_value
+
+    commands = _subparsers(build_parser())
+    checked = 0
+    for argv, cls, preset, *_ in _configured():
+        parser = commands[" ".join(argv)]
+        defaults, hints = {f.name: f.default for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+        for action in parser._actions:
+            if not action.dest.startswith("config_"):
+                assert action.dest in ("help", "set", "show_config", "out", "quick", "run"), action.dest
+                continue
+            key = action.dest.removeprefix("config_")
+            assert action.default is None, action.option_strings
+            (shown,) = re.findall(r"\(default ([^;:)]*)", action.help)
+            assert shown == format_value(defaults[key]), (action.option_strings, shown)
+            assert parse_value(hints[key], shown, key) == defaults[key]
+            if preset is not None and getattr(preset, key) != defaults[key]:
+                assert f"; --quick {format_value(getattr(preset, key))}" in action.help
+            checked += 1
+    assert checked >= 40
+
+
+def test_run_method_help_lists_every_method():
+    from unlearn.objectives import METHODS
+
+    out = subprocess.run([sys.executable, "-m", "recipes.cli", "run", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    options = out[out.index("options:"):]
+    method_help = " ".join(options[options.index("--method METHOD"):options.index("--beta BETA")].split())
+    for name in METHODS:
+        assert f" {name}," in method_help or f" {name} " in method_help, name

@@ -1,11 +1,11 @@
-"""sims.curves: line fits and level crossings on hand-made curves."""
+"""unlearn.metrics.curves: line fits and level crossings on hand-made curves."""
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sims.curves import fit_r2, rate_fits, value_at_crossing
+from unlearn.metrics.curves import fit_r2, rate_fits, value_at_crossing
 
 
 def test_fit_r2_of_an_exact_line_and_of_noise():

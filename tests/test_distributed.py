@@ -53,12 +53,12 @@ def test_two_processes_follow_the_single_process_run(shard):
     assert double == pytest.approx(single, rel=1e-5)
 
 
-RUN = ["unlearn.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
+RUN = ["recipes.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
        "--lr", "1e-2"]
 
 
 def test_unlearn_run_under_torchrun_follows_the_one_process_run(tmp_path):
-    """`torchrun --nproc_per_node 2 -m unlearn.cli run` (FSDP2, gloo): the same losses, evaluations and final
+    """`torchrun --nproc_per_node 2 -m recipes.cli run` (FSDP2, gloo): the same losses, evaluations and final
     weights as one process, written once, by rank 0."""
     from safetensors.torch import load_file
 

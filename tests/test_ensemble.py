@@ -4,7 +4,7 @@ optimizer, schedule and clipping; plus the Ensemble module's own contract (stack
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unlearn.ensemble import Ensemble, member_kl, member_logprobs, member_losses
+from unlearn.ensemble import Ensemble, MemberParams, member_kl, member_logprobs, member_losses
 from unlearn.logprobs import sequence_kl, sequence_logprobs
 from unlearn.models.logistic import LogisticHead
 from unlearn.objectives import METHODS, MethodParams, SequenceStats, get_method, per_sequence_losses
@@ -141,6 +141,16 @@ def assert_members_equal_alone(methods, params, lrs, seeds, rtol, precision="flo
 METHOD_NAMES = sorted(METHODS)
 
 
+def test_member_params_stack_every_method_params_field():
+    """One (G, 1) column per MethodParams field, in the dtype and on the device of the statistics."""
+    params = [MethodParams(beta=0.5, gamma=1.0, lam=2.0, mismatch=3.0), MethodParams()]
+    stacked = MemberParams.stack(params, torch.zeros(2, 3, dtype=torch.float64))
+    for f in fields(MethodParams):
+        column = getattr(stacked, f.name)
+        assert column.dtype == torch.float64 and column.tolist() == [[getattr(p, f.name)] for p in params], f.name
+    assert set(vars(stacked)) == {f.name for f in fields(MethodParams)}
+
+
 @settings(max_examples=25)
 @given(members=st.integers(1, 4), data=st.data(), optimizer=st.sampled_from(["sgd", "adamw"]),
        clip=st.sampled_from([0.0, 0.05, 5.0]), weight_decay=st.sampled_from([0.0, 0.1]))
@@ -179,7 +189,7 @@ def test_logistic_head_members_equal_runs_alone():
     lrs = [0.5, 0.1, 0.02]
 
     def losses_fn(model, _):
-        logits = model(phi)
+        logits = model(phi).logits
         logits = logits.flatten(0, 1) if logits.ndim == 5 else logits  # Ensemble of heads: (M, W*K=1, B, 1, 2)
         return {"nll": -member_logprobs(logits, y, torch.ones_like(y)).logp}
 

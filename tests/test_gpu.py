@@ -46,7 +46,7 @@ def test_validate_on_the_gpu_plans_its_memory_and_keeps_the_predictions(tmp_path
     """llama-20m-shape in bf16-mixed (auto on a GPU with room): the measured peak holds at least the weights,
     gradients and moments, which coexist at every step (autocast's copy, the plan's last 2 N bytes, need not be
     whole at the peak), and at most the plan plus activations; NPO's step-0 weights are still exactly 1."""
-    from sims.validate import ValidateConfig, run_validate
+    from recipes.validate import ValidateConfig, run_validate
 
     cfg = ValidateConfig(model="llama-20m-shape", device="cuda", steps=20, memorise_epochs=20, eval_every=5)
     doc = run_validate(cfg, tmp_path, progress=False, report=lambda line: None)
@@ -59,7 +59,7 @@ def test_validate_on_the_gpu_plans_its_memory_and_keeps_the_predictions(tmp_path
 
 
 def test_unlearn_run_under_torchrun_on_the_gpu_follows_the_plain_run(tmp_path):
-    """`torchrun --nproc_per_node 1 -m unlearn.cli run --device cuda`: the nccl process group, the rank's GPU and
+    """`torchrun --nproc_per_node 1 -m recipes.cli run --device cuda`: the nccl process group, the rank's GPU and
     the gathered state dict give the plain run's losses (more GPUs than one would shard it; one GPU cannot
     host two nccl ranks)."""
     import json
@@ -67,7 +67,7 @@ def test_unlearn_run_under_torchrun_on_the_gpu_follows_the_plain_run(tmp_path):
     import subprocess
     import sys
 
-    argv = ["-m", "unlearn.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
+    argv = ["-m", "recipes.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
             "--lr", "1e-2", "--device", "cuda"]
     launch = ["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29533"]
     docs = []

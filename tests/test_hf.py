@@ -192,7 +192,7 @@ def test_under_bf16_autocast_every_reference_starts_npo_exactly_ga_like(tokenize
 
     forget = _tokens(tokenizer)
     model = tiny(len(tokenizer))
-    bf16 = forward_precision("cpu", "bf16")
+    bf16 = forward_precision("cpu", "bf16-autocast")
     index = torch.arange(len(forget))
 
     def npo_losses(reference):

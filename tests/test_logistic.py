@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sims import logistic
 from unlearn import cache
-from unlearn.models.logistic import random_feature_matrix
+from unlearn.ensemble import member_kl, member_logprobs
+from unlearn.models.logistic import LogisticHead, random_feature_matrix
+from unlearn.models.transformer import CausalLMOutput
 from unlearn.objectives import METHODS, MethodParams
 from unlearn.rng import generator
 
@@ -25,11 +28,11 @@ def test_labels_follow_the_generative_model():
     """With alpha = 1, P(y=1) averages sigma(N(1, 1)) ~ 0.70 on forget and sigma(N(-1, 1)) ~ 0.30 on retain;
     y_alt is Bern(0.5). Standard errors at n = 20000 are ~0.003."""
     data = logistic.sample_data(1.0, 16, 20000, 20000, 10, generator(0, "labels"))
-    assert data.y_forget.double().mean() == pytest.approx(0.70, abs=0.015)
-    assert data.y_retain.double().mean() == pytest.approx(0.30, abs=0.015)
-    assert data.y_alt.double().mean() == pytest.approx(0.5, abs=0.015)
-    assert data.x_forget.mean() == pytest.approx(1.0, abs=0.01)
-    assert data.x_retain.mean() == pytest.approx(-1.0, abs=0.01)
+    assert float(data.y_forget.double().mean()) == pytest.approx(0.70, abs=0.015)
+    assert float(data.y_retain.double().mean()) == pytest.approx(0.30, abs=0.015)
+    assert float(data.y_alt.double().mean()) == pytest.approx(0.5, abs=0.015)
+    assert float(data.x_forget.mean()) == pytest.approx(1.0, abs=0.01)
+    assert float(data.x_retain.mean()) == pytest.approx(-1.0, abs=0.01)
 
 
 def test_same_generator_same_data():
@@ -47,9 +50,34 @@ def test_pretrained_models_fit_their_data():
     assert (g_ref < 2e-2).all() and (g_retr < 2e-2).all()
     w = ws[0]
     pred = torch.sigmoid(w.x_forget @ theta_ref[0])
-    assert pred.mean() == pytest.approx(w.y_forget.double().mean(), abs=0.05)
+    assert float(pred.mean()) == pytest.approx(float(w.y_forget.double().mean()), abs=0.05)
     pred_r = torch.sigmoid(w.x_forget @ theta_retr[0])
     assert pred_r.mean() < pred.mean()  # the retain-only model predicts the forget labels (mostly 1) worse
+
+
+def test_head_is_a_one_token_model_for_the_core_logprob_path():
+    """LogisticHead returns .logits (W*K, B, 1, 2) like every model; through the core's member_logprobs and
+    member_kl (labels as one-token responses) they are the closed-form Bernoulli log-likelihood and KL."""
+    g = torch.Generator().manual_seed(3)
+    worlds_, k, b, p = 2, 3, 5, 4
+    phi = torch.rand(worlds_, b, p, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (worlds_, b), generator=g)
+    head, ref = LogisticHead(p, worlds_, k), LogisticHead(p, worlds_, k)
+    head.theta.data.normal_(generator=g)
+    ref.theta.data.normal_(generator=g)
+    out = head(phi, attention_mask=None)
+    assert isinstance(out, CausalLMOutput) and out.logits.shape == (worlds_ * k, b, 1, 2)
+    z = torch.einsum("wkp,wbp->wkb", head.theta, phi).flatten(0, 1)  # logit of y=1 per member and sample
+    z_ref = torch.einsum("wkp,wbp->wkb", ref.theta, phi).flatten(0, 1)
+    labels, mask = logistic.member_labels(y, worlds_ * k), logistic.one_token_mask(y)
+    assert labels.shape == (worlds_ * k, b, 1) and mask.shape == (b, 1)
+    stats = member_logprobs(out.logits, labels, mask)
+    y_m = y.repeat_interleave(k, 0).double()
+    torch.testing.assert_close(stats.logp, y_m * F.logsigmoid(z) + (1 - y_m) * F.logsigmoid(-z))
+    assert torch.equal(stats.n_tokens, torch.ones(worlds_ * k, b, dtype=torch.float64))
+    q, q_ref = torch.sigmoid(z), torch.sigmoid(z_ref)
+    bernoulli_kl = q_ref * (q_ref / q).log() + (1 - q_ref) * ((1 - q_ref) / (1 - q)).log()
+    torch.testing.assert_close(member_kl(out.logits, ref(phi).logits, mask), bernoulli_kl)
 
 
 @settings(max_examples=4)

@@ -1,23 +1,19 @@
 """logistic-rates end to end on the fast preset: the CLI writes the figure and the metric contract, and
 Theorem 2's claims hold on the simulated runs."""
 
-import json
 
 import pytest
 
 from sims.experiment import load
 from sims.experiments import logistic_rates
-from unlearn.cli import main
 
 BETAS = logistic_rates.PRESETS["fast"].betas
 NPO_KEYS = [f"npo.beta={beta:g}" for beta in BETAS]
 
 
 @pytest.fixture(scope="module")
-def fast(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures")
-    assert main(["figures", "logistic-rates", "--preset", "fast", "--out", str(out), "--set", "progress=false"]) == 0
-    return out, json.loads((out / "logistic-rates.json").read_text())
+def fast(fast_figure):
+    return fast_figure.out, fast_figure("logistic-rates")
 
 
 def test_cli_writes_figure_and_json(fast):

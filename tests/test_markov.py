@@ -10,12 +10,16 @@ import torch.nn.functional as F
 
 from sims import markov as mk
 from sims.experiments import EXPERIMENTS
+from sims.markov import pretraining
 from theory import markov as theory
 from theory.objectives import simnpo_weight
 from unlearn.ensemble import Ensemble
+from unlearn.losses import token_mean_nll
+from unlearn.metrics import tokens
 from unlearn.models.transformer import CausalLMOutput, Transformer, TransformerConfig
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
+from unlearn.train import shuffled_batches
 
 TINY_WORLD = mk.MarkovWorldConfig(seed=3, n_retain=200, n_forget1=100, n_forget2=100)
 TINY_PRETRAIN = mk.PretrainConfig(n_layer=1, d_model=16, epochs=2, batch_size=32, lr=3e-3)
@@ -104,9 +108,9 @@ def test_padding_never_counts():
     model = Transformer(TransformerConfig(max_len=19, n_layer=2, d_model=16), generator(0, "pad")).double()
     assert all(torch.equal(getattr(wide.trim(), k), getattr(narrow, k)) for k in ("input_ids", "labels", "mask"))
     for padded in (wide, noisy):
-        assert mk.token_kl(model, padded, batch_size=16) == pytest.approx(mk.token_kl(model, narrow), rel=1e-12)
-        assert mk.mean_entropy(model, padded) == pytest.approx(mk.mean_entropy(model, narrow), rel=1e-12)
-        a, b = mk.per_sequence_stats(model, padded, batch_size=7), mk.per_sequence_stats(model, narrow)
+        assert tokens.token_kl(model, padded, batch_size=16) == pytest.approx(tokens.token_kl(model, narrow), rel=1e-12)
+        assert tokens.mean_entropy(model, padded) == pytest.approx(tokens.mean_entropy(model, narrow), rel=1e-12)
+        a, b = tokens.per_sequence_stats(model, padded, batch_size=7), tokens.per_sequence_stats(model, narrow)
         torch.testing.assert_close(a.logp, b.logp, rtol=1e-12, atol=1e-12)
         assert torch.equal(a.n_tokens, b.n_tokens)
 
@@ -115,7 +119,7 @@ def test_token_kl_is_zero_for_the_true_rows():
     """Up to the float32 rounding of the stored rows (~1e-7 in log space)."""
     for name, length in (("retain", 20), ("forget2", 5)):
         c, seqs = sample(name, 200, length)
-        assert abs(mk.token_kl(FirstOrderModel(c.transition), mk.tokenize(seqs, c, 19))) < 1e-6
+        assert abs(tokens.token_kl(FirstOrderModel(c.transition), mk.tokenize(seqs, c, 19))) < 1e-6
 
 
 def test_token_kl_of_first_order_models_matches_theory():
@@ -127,9 +131,9 @@ def test_token_kl_of_first_order_models_matches_theory():
     for name, length in (("forget1", 20), ("forget2", 5)):
         c, seqs = sample(name, 3000, length)
         split = mk.tokenize(seqs, c, 19)
-        assert mk.token_kl(retain_only, split) == pytest.approx(theory.retrained_kl(name, length), abs=0.01)
+        assert tokens.token_kl(retain_only, split) == pytest.approx(theory.retrained_kl(name, length), abs=0.01)
         expected = theory.expected_token_kl(c, length, mixture)
-        assert mk.token_kl(FirstOrderModel(mixture), split) == pytest.approx(expected, abs=0.01)
+        assert tokens.token_kl(FirstOrderModel(mixture), split) == pytest.approx(expected, abs=0.01)
     assert theory.retrained_kl("forget1", 20) == pytest.approx(0.4263, abs=1e-4)
 
 
@@ -138,10 +142,10 @@ def test_mean_entropy():
     c, seqs = sample("forget1", 2000, 20)
     split = mk.tokenize(seqs, c, 19)
     uniform = FirstOrderModel(np.full((10, 10), 0.1))
-    assert mk.mean_entropy(uniform, split) == pytest.approx(np.log(10), abs=1e-12)
+    assert tokens.mean_entropy(uniform, split) == pytest.approx(np.log(10), abs=1e-12)
     row_entropy = -(c.transition * np.log(c.transition)).sum(1)
     expected = (theory.state_distributions(c, 19) @ row_entropy).mean()
-    assert mk.mean_entropy(FirstOrderModel(c.transition), split) == pytest.approx(expected, abs=0.01)
+    assert tokens.mean_entropy(FirstOrderModel(c.transition), split) == pytest.approx(expected, abs=0.01)
 
 
 def test_sample_from_model():
@@ -164,10 +168,10 @@ def test_sample_from_model():
 def test_sample_weights(tiny_world):
     model = Transformer(TransformerConfig(max_len=19, n_layer=1, d_model=16), generator(0, "weights"))
     split = tiny_world.forget_set()
-    ref_logp = mk.per_sequence_stats(model, split).logp
+    ref_logp = tokens.per_sequence_stats(model, split).logp
     npo = mk.sample_weights(model, split, "NPO", MethodParams(beta=0.2), ref_logp)
     torch.testing.assert_close(npo, torch.ones_like(npo), rtol=0, atol=1e-12)  # W = 1 at theta = theta_ref
-    stats = mk.per_sequence_stats(model, split)
+    stats = tokens.per_sequence_stats(model, split)
     for gamma in (0.0, 0.5):
         simnpo = mk.sample_weights(model, split, "SimNPO", MethodParams(beta=4.0, gamma=gamma))
         expected = simnpo_weight(stats.logp.double().numpy(), stats.n_tokens.double().numpy(), 4.0, gamma)
@@ -185,18 +189,18 @@ def test_sample_weights(tiny_world):
 
 
 def test_shuffled_batches_visit_every_sequence_once_per_epoch():
-    batches, per_epoch = mk.shuffled_batches(10, 4, 0, "test")
+    batches, per_epoch = shuffled_batches(10, 4, 0, "test")
     assert per_epoch == 3
     epochs = [torch.cat([batches(e * 3 + i)[0] for i in range(3)]) for e in range(2)]
     assert all(sorted(epoch.tolist()) == list(range(10)) for epoch in epochs)
     assert not torch.equal(epochs[0], epochs[1]) and len(batches(2)[0]) == 2
-    assert torch.equal(mk.shuffled_batches(10, 4, 0, "test")[0](4)[0], batches(4)[0])
+    assert torch.equal(shuffled_batches(10, 4, 0, "test")[0](4)[0], batches(4)[0])
 
 
 def test_pretraining_loss_is_the_token_mean_cross_entropy(tiny_world):
     mixed = mk.Split.concat([tiny_world["retain_test"].take(slice(0, 3)), tiny_world["forget2_test"].take(slice(0, 5))])
     model = Transformer(TransformerConfig(max_len=19, n_layer=1, d_model=16), generator(0, "ce")).double()
-    losses = mk.token_mean_nll(mixed)(model, torch.arange(8))["nll"]
+    losses = token_mean_nll(mixed)(model, torch.arange(8))["nll"]
     logits = model(mixed.input_ids).logits
     expected = F.cross_entropy(logits.flatten(0, 1), mixed.labels.flatten(), ignore_index=-100)
     torch.testing.assert_close(losses.mean(), expected, rtol=1e-12, atol=0)
@@ -215,7 +219,7 @@ def test_pretraining_is_deterministic_and_cached(tiny_world, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("pretrain should not run on a cache hit")
 
-    monkeypatch.setattr(mk, "pretrain", fail)
+    monkeypatch.setattr(pretraining, "pretrain", fail)
     again = mk.pretrained_model(TINY_WORLD, TINY_PRETRAIN, "all", world=tiny_world)
     assert torch.equal(again.head.weight, a.head.weight)
     for world_cfg, cfg, data in [(TINY_WORLD, replace(TINY_PRETRAIN, epochs=1), "all"),
@@ -227,7 +231,7 @@ def test_pretraining_is_deterministic_and_cached(tiny_world, monkeypatch):
     # the retrained model is shared by experiments (a) and (b).
     monkeypatch.undo()
     retrained = mk.pretrained_model(TINY_WORLD, TINY_PRETRAIN, "retain", progress=False)
-    monkeypatch.setattr(mk, "pretrain", fail)
+    monkeypatch.setattr(pretraining, "pretrain", fail)
     other_f2 = replace(TINY_WORLD, len_forget2=TINY_WORLD.len_forget2 + 1, n_forget2=TINY_WORLD.n_forget2 + 7)
     assert other_f2.width == TINY_WORLD.width
     assert torch.equal(mk.pretrained_model(other_f2, TINY_PRETRAIN, "retain").head.weight, retrained.head.weight)
@@ -240,9 +244,9 @@ def test_retrained_transformer_reaches_the_retrain_level():
     splits (1000 sequences each) within 0.03 (across world seeds the gap spreads by about +-0.02)."""
     world = mk.make_world(SMALL_WORLD)
     model = mk.pretrained_model(SMALL_WORLD, SMALL_PRETRAIN, "retain", world=world, progress=False)
-    assert mk.token_kl(model, world["retain_test"]) < 0.01
-    assert mk.token_kl(model, world["forget1_test"]) == pytest.approx(theory.retrained_kl("forget1", 20), abs=0.03)
-    assert mk.token_kl(model, world["forget2_test"]) == pytest.approx(theory.retrained_kl("forget2", 5), abs=0.03)
+    assert tokens.token_kl(model, world["retain_test"]) < 0.01
+    assert tokens.token_kl(model, world["forget1_test"]) == pytest.approx(theory.retrained_kl("forget1", 20), abs=0.03)
+    assert tokens.token_kl(model, world["forget2_test"]) == pytest.approx(theory.retrained_kl("forget2", 5), abs=0.03)
 
 
 @pytest.mark.slow
@@ -251,8 +255,8 @@ def test_full_size_retrained_model_reaches_the_retrain_level():
     cfg = mk.MarkovWorldConfig()
     world = mk.make_world(cfg)
     model = mk.pretrained_model(cfg, mk.PretrainConfig(), "retain", world=world, progress=False)
-    assert mk.token_kl(model, world["forget1_test"]) == pytest.approx(theory.retrained_kl("forget1", 20), abs=0.03)
-    assert mk.token_kl(model, world["forget2_test"]) == pytest.approx(theory.retrained_kl("forget2", 5), abs=0.03)
+    assert tokens.token_kl(model, world["forget1_test"]) == pytest.approx(theory.retrained_kl("forget1", 20), abs=0.03)
+    assert tokens.token_kl(model, world["forget2_test"]) == pytest.approx(theory.retrained_kl("forget2", 5), abs=0.03)
 
 
 # ------------------------------------------------------------------------------------------- unlearning
@@ -267,13 +271,13 @@ def tiny_original(tiny_world):
 def test_a_short_unlearning_run_lowers_the_forget_likelihood(tiny_world, tiny_original, method):
     model = copy.deepcopy(tiny_original)
     forget = tiny_world.forget_set()
-    before = mk.per_sequence_stats(model, forget).logp.mean()
+    before = tokens.per_sequence_stats(model, forget).logp.mean()
     params = MethodParams(beta=0.2 if "NPO" == method[:3] else 4.0)
     history = mk.unlearn_run(model, method, params, tiny_world, steps=3, lr=5e-3, progress=False)
-    assert mk.per_sequence_stats(model, forget).logp.mean() < before
+    assert tokens.per_sequence_stats(model, forget).logp.mean() < before
     assert len(history.loss) == 3 and history.eval_steps == [0, 1, 2, 3]
     assert set(history.evals) == {"retain_kl", "forget1_kl", "forget2_kl"}
-    assert history.evals["forget1_kl"][0] == pytest.approx(mk.token_kl(tiny_original, tiny_world["forget1_test"]))
+    assert history.evals["forget1_kl"][0] == pytest.approx(tokens.token_kl(tiny_original, tiny_world["forget1_test"]))
     if method == "NPO":  # logp = logp_ref at step 0, so the loss is (2/beta) softplus(0) = (2/beta) log 2
         assert history.terms["forget"][0] == pytest.approx(2 / 0.2 * np.log(2), rel=1e-6)
     if method.endswith("+KL"):
@@ -312,7 +316,7 @@ def test_member_metrics_equal_each_member_alone(tiny_world, tiny_original):
     ensemble = Ensemble([tiny_original, mk.pretrained_model(TINY_WORLD, TINY_PRETRAIN, "retain", world=tiny_world,
                                                             progress=False)])
     split = tiny_world["forget1_test"]
-    for metric in (mk.token_kl, mk.mean_entropy):
+    for metric in (tokens.token_kl, tokens.mean_entropy):
         together = metric(ensemble, split, batch_size=64)
         alone = [metric(ensemble.member(m), split) for m in range(2)]
         np.testing.assert_allclose(together, alone, rtol=1e-5)
@@ -325,8 +329,8 @@ def test_kl_and_entropy_in_one_pass_equal_the_separate_metrics(tiny_world, tiny_
                                                             progress=False)])
     split = tiny_world["retain_test"]
     for model in (tiny_original, ensemble):
-        both = mk.kl_and_entropy(model, split, batch_size=14)
-        assert both == {"kl": mk.token_kl(model, split, 14), "entropy": mk.mean_entropy(model, split, 14)}
+        both = tokens.kl_and_entropy(model, split, batch_size=14)
+        assert both == {"kl": tokens.token_kl(model, split, 14), "entropy": tokens.mean_entropy(model, split, 14)}
 
 
 def test_mismatch_responses_keep_the_forget_prompt_and_a_retain_continuation(tiny_world):
@@ -375,9 +379,9 @@ def test_unlearn_runs_with_masks_freeze_each_member_s_masked_weights(tiny_world,
 def test_summary_forget_kl_is_the_token_kl_of_both_forget_splits_together(tiny_world, tiny_original):
     values = mk.summary_evaluator(tiny_world, "cpu")(tiny_original, 0)
     both = mk.Split.concat([tiny_world["forget1_test"], tiny_world["forget2_test"]])
-    assert values["forget_kl"] == pytest.approx(mk.token_kl(tiny_original, both), rel=1e-5)
-    assert values["forget1_kl"] == pytest.approx(mk.token_kl(tiny_original, tiny_world["forget1_test"]))
-    assert values["entropy"] == pytest.approx(mk.mean_entropy(tiny_original, tiny_world["retain_test"]))
+    assert values["forget_kl"] == pytest.approx(tokens.token_kl(tiny_original, both), rel=1e-5)
+    assert values["forget1_kl"] == pytest.approx(tokens.token_kl(tiny_original, tiny_world["forget1_test"]))
+    assert values["entropy"] == pytest.approx(tokens.mean_entropy(tiny_original, tiny_world["retain_test"]))
     assert "entropy" not in mk.summary_evaluator(tiny_world, "cpu", entropy=False)(tiny_original, 0)
 
 

@@ -2,7 +2,6 @@
 retrained transformer against the exact theory, and the SimNPO paper's Fig. 5 claims."""
 
 import pytest
-from conftest import fast_figures
 
 from sims.experiments import markov_tradeoff as mt
 
@@ -14,8 +13,8 @@ CONTRACT |= {f"{x}.{k}" for x in ("npo", "simnpo")
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory):
-    return fast_figures(tmp_path_factory, *NAMES)
+def docs(fast_figure):
+    return {name: fast_figure(name) for name in NAMES} | {"out": fast_figure.out}
 
 
 @pytest.mark.parametrize("name", NAMES)

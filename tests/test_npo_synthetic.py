@@ -1,21 +1,17 @@
 """npo-synthetic end to end on the fast preset: the CLI writes the figure and the JSON contract, the paper's
 qualitative claims hold, and a run is reproducible."""
 
-import json
 
 import pytest
 
 from sims.experiments import npo_synthetic
-from unlearn.cli import main
 
-METHODS = npo_synthetic.PRESETS["fast"].methods
+FAST_METHODS = npo_synthetic.PRESETS["fast"].methods
 
 
 @pytest.fixture(scope="module")
-def fast(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures")
-    assert main(["figures", "npo-synthetic", "--preset", "fast", "--out", str(out), "--set", "progress=false"]) == 0
-    return out, json.loads((out / "npo-synthetic.json").read_text())
+def fast(fast_figure):
+    return fast_figure.out, fast_figure("npo-synthetic")
 
 
 def test_cli_writes_figure_and_json_contract(fast):
@@ -30,7 +26,7 @@ def test_cli_writes_figure_and_json_contract(fast):
 def test_metric_keys_are_the_contract(fast):
     metrics = fast[1]["metrics"]
     for alpha in ("alpha1", "alpha0"):
-        for m in METHODS:
+        for m in FAST_METHODS:
             for key in ("forget_dist.step200", "forget_dist.final", "retain_dist.final", "forget_kl.final",
                         "forget_kl.late_increment_ratio"):
                 assert isinstance(metrics[f"{alpha}.{key}.{m}"], float), f"{alpha}.{key}.{m}"

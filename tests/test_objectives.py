@@ -1,5 +1,9 @@
-"""unlearn.objectives: autograd through every term equals the theory's weight times grad logp, and the registry
-rejects what it cannot run."""
+"""unlearn.objectives: autograd through every term equals the theory's weight times grad logp, the registry
+rejects what it cannot run, and each METHODS row agrees with its terms and with docs/methods.md."""
+
+import re
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,15 @@ from hypothesis import strategies as st
 
 from theory import objectives as T
 from unlearn.logprobs import sequence_kl, sequence_logprobs
-from unlearn.objectives import METHODS, MethodParams, SequenceStats, forget_weights, get_method, per_sequence_losses
+from unlearn.objectives import (
+    METHODS,
+    MethodParams,
+    SequenceStats,
+    forget_weights,
+    get_method,
+    methods_help,
+    per_sequence_losses,
+)
 
 B, L, V = 4, 6, 5
 
@@ -153,3 +165,79 @@ def test_forget_weights_are_the_closed_forms(seed, beta, gamma):
     np.testing.assert_allclose(forget_weights("NPO", p, s).numpy(), T.npo_weight(r, beta), rtol=1e-12)
     np.testing.assert_allclose(forget_weights("SimNPO", p, s).numpy(),
                                T.simnpo_weight(s.logp.double().numpy(), n.numpy(), beta, gamma), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ the registry's rows and docs/methods.md
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+
+
+def docs_rows() -> dict[str, list[str]]:
+    """{method name: the cells of its row} of the table in docs/methods.md (cells split on unescaped |)."""
+    rows = {}
+    for line in DOCS.read_text().splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if cells[0] != "name":
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_every_method_has_a_docs_row_and_every_docs_row_a_method():
+    rows = docs_rows()
+    assert sorted(set(METHODS) - set(rows)) == [], "METHODS entries without a docs/methods.md row"
+    assert sorted(set(rows) - set(METHODS)) == [], "docs/methods.md rows without a METHODS entry"
+
+
+def test_docs_parameters_column_is_the_rows_hyperparameters():
+    for name, cells in docs_rows().items():
+        documented = () if cells[3] == "-" else tuple(p.strip() for p in cells[3].split(","))
+        assert documented == METHODS[name].hyperparameters, name
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_has_a_colour_help_and_source(name):
+    m = METHODS[name]
+    assert re.fullmatch(r"#[0-9a-fA-F]{6}", m.color), f"{name}: colour {m.color!r} is not #rrggbb"
+    assert m.help.strip() and "\n" not in m.help, f"{name}: help must be one non-empty line"
+    assert m.paper.strip(), f"{name}: no source"
+
+
+class ReadRecorder:
+    """Stands in for MethodParams and records which hyperparameters a term reads (default values)."""
+
+    def __init__(self):
+        self.read = set()
+
+    def __getattr__(self, key):
+        self.read.add(key)
+        return getattr(MethodParams(), key)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_hyperparameters_are_exactly_what_the_terms_read(name):
+    s = stats_of(*tiny_batch(11))
+    recorder = ReadRecorder()
+    per_sequence_losses(METHODS[name], recorder, s, s)
+    declared = METHODS[name].hyperparameters
+    assert len(set(declared)) == len(declared) and set(declared) <= {f.name for f in fields(MethodParams)}
+    assert recorder.read == set(declared), name
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_term_reads_alt_logp_exactly_when_it_names_its_alternative(name):
+    m = METHODS[name]
+    for term in (m.forget, m.retain):
+        if term is not None:
+            assert ("alt_logp" in term.needs) == (term.alternative is not None), (name, term.fn.__name__)
+            assert term.alternative in (None, "idk", "preferred", "mismatch")
+
+
+def test_methods_help_lists_every_method_with_its_help_and_hyperparameters():
+    lines = methods_help().splitlines()
+    assert len(lines) == len(METHODS)
+    for line, (name, m) in zip(lines, METHODS.items(), strict=True):
+        assert line.split()[0] == name and m.help in line
+        assert line.endswith(f"[{', '.join(m.hyperparameters)}]" if m.hyperparameters else m.help)
+    assert "NPO+RT" in methods_help() and "[beta, gamma]" in methods_help()

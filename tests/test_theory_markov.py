@@ -78,7 +78,7 @@ class TestHandValues:
         = 0.2497223 + 0.2843885 m_t. Predicted positions t = 0..L-2:
         L = 20: mean m_t = 0.6 + 0.4 (1 - 0.5^19)/19 = 0.6210526, KL = 0.2497223 + 0.1766202 = 0.4263425;
         L = 5:  mean m_t = 0.6 + 0.4 (1 - 0.5^4)/4 = 0.69375,    KL = 0.2497223 + 0.1972945 = 0.4470168.
-        SCIENCE.md T4 quotes 0.4263 and 0.4470; the paper's Fig. 5 markers read ~0.42 and ~0.44."""
+        Exact: 0.4263 and 0.4470; the paper's Fig. 5 markers read ~0.42 and ~0.44."""
         assert round(M.retrained_kl("forget1", 20), 4) == 0.4263
         assert round(M.retrained_kl("forget2", 5), 4) == 0.4470
         assert M.retrained_kl("forget1", 20) == pytest.approx(0.4263425, abs=1e-7)

@@ -21,7 +21,7 @@ def ids(B=4, T=9, seed=1, vocab=7):
 def test_parameter_count_at_the_defaults():
     """Embeddings 10*128 + 19*128, 4 blocks of (3*128^2 + 2*(128^2 + 128) + 2*2*128), head 128*10 + 10."""
     expected = 10 * 128 + 19 * 128 + 4 * (3 * 128**2 + 2 * (128**2 + 128) + 4 * 128) + 128 * 10 + 10
-    assert n_params(Transformer()) == expected == 335_754  # "about 0.34M" (notes/simnpo.md 2.2)
+    assert n_params(Transformer()) == expected == 335_754  # "about 0.34M" (SimNPO paper App. H)
 
 
 def test_shapes_and_output_contract():

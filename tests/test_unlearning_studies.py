@@ -2,7 +2,6 @@
 hold on one small draw."""
 
 import pytest
-from conftest import fast_figures
 
 from sims.experiments import attribution
 
@@ -10,8 +9,8 @@ NAMES = ("yao", "relearn", "attribution")
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory):
-    return fast_figures(tmp_path_factory, *NAMES)
+def docs(fast_figure):
+    return {name: fast_figure(name) for name in NAMES} | {"out": fast_figure.out}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sims import validate
-from unlearn.cli import main
+from recipes import validate
+from recipes.cli import main
 
 ARGS = ["validate", "--model", "tiny", "--task", "markov", "--steps", "10", "--memorise-epochs", "20"]
 KEYS = {"validate.ga.linear_r2", "validate.ga.log_r2", "validate.npo.log_r2", "validate.npo.linear_r2",
@@ -29,6 +29,8 @@ def first(tmp_path_factory):
 def test_validate_writes_the_promised_metrics_and_figure(first):
     out, doc = first
     assert KEYS <= set(doc["metrics"])
+    expected = validate.ValidateConfig(model="tiny", task="markov", steps=10, memorise_epochs=20)
+    assert doc["config"] == json.loads(json.dumps(dataclasses.asdict(expected)))  # the resolved config, recorded
     m = doc["metrics"]
     assert m["validate.npo.weight_step0_max_abs_dev_from_1"] == 0.0  # NPO starts GA-like, exactly
     assert m["validate.npo.pearson_weight_length.step0"] is None  # all weights 1: no correlation to speak of
@@ -81,6 +83,8 @@ def test_validate_on_jsonl_files(tmp_path):
     (["validate", "--reference", "adapter"], "the adapter reference needs LoRA"),
     (["validate", "--model", "/nonexistent/model"], "neither a local model directory"),
     (["validate", "--precision", "fp8"], "unknown precision 'fp8'; valid: auto, float32, bf16-mixed, bf16"),
+    (["validate", "--set", "methods=none"], "methods: give at least one of GA, NPO, SimNPO"),
+    (["validate", "--set", "npo_beta=0"], "npo_beta must be a finite number > 0"),
 ])
 def test_bad_validate_arguments(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
@@ -176,7 +180,7 @@ def test_the_memorised_checkpoint_key_follows_the_memorising_batch():
 def test_every_unlearning_setting_keys_the_method_checkpoints():
     """A changed beta, learning rate, step count or reference never reads a method's stale record."""
     base = validate.ValidateConfig(device="cpu")
-    for method in validate.METHODS:
+    for method in validate.VALIDATED_METHODS:
         keys = {validate._key(dataclasses.replace(base, **change), method) for change in (
             {}, {"npo_beta": 1.0}, {"simnpo_beta": 1.0}, {"lr": 1e-4}, {"steps": 7}, {"reference": "copy"})}
         assert len(keys) == 6

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import fast_figures
 
 from sims import markov
 from sims.experiments import collapse, weight_allocation
+from unlearn.metrics import tokens
 from unlearn.models.transformer import Transformer, TransformerConfig
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
@@ -18,8 +18,8 @@ NAMES = ("weight-allocation", "collapse")
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory):
-    return fast_figures(tmp_path_factory, *NAMES)
+def docs(fast_figure):
+    return {name: fast_figure(name) for name in NAMES} | {"out": fast_figure.out}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,7 +66,7 @@ def test_npo_weights_are_exactly_one_at_the_reference():
     world = markov.make_world(markov.MarkovWorldConfig(n_retain=20, n_forget1=20, n_forget2=20))
     split = world.forget_set()
     model = _tiny_model()
-    ref = markov.per_sequence_stats(model, split).logp
+    ref = tokens.per_sequence_stats(model, split).logp
     weights = markov.sample_weights(model, split, "NPO", MethodParams(beta=0.7), ref)
     assert torch.equal(weights, torch.ones_like(weights))
 

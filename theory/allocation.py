@@ -1,7 +1,7 @@
 """How NPO and SimNPO allocate unlearning power across samples: weights and unlearning speed (float64 NumPy/SciPy).
 
 SimNPO paper (Fan et al. 2024), Sec. 4 ("reference model bias", limitations L1 and L2) and App. G (the speed
-heuristic); notes/simnpo.md 1.4-1.6; SCIENCE.md T3 and E4. Per-sequence statistics as in NOTATION.md: logp is
+heuristic). Per-sequence statistics as in NOTATION.md: logp is
 the SUM of response-token log-probs, |y| = ``length`` the number of response tokens, lbar = logp/|y| the mean
 token log-likelihood, and a weight is W = dL/dlogp, so that grad_theta L = W grad_theta logp.
 
@@ -62,7 +62,7 @@ from scipy.special import expit, lambertw, wrightomega
 
 from theory.objectives import npo_weight, simnpo_weight
 
-METHODS = ("GA", "NPO", "SimNPO")
+CLOSED_FORM_METHODS = ("GA", "NPO", "SimNPO")  # of lbar_trajectory_exact and time_to_forget_exact
 
 # x = beta |y| |theta*| at which NPO's time to forget is shortest, heuristic and exact (module docstring).
 NPO_FASTEST_X_HEURISTIC = float(2.0 + lambertw(-2.0 * np.exp(-2.0)).real)  # 1.5936...
@@ -99,8 +99,8 @@ def _check_time(t: ArrayLike) -> np.ndarray:
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if method not in CLOSED_FORM_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(CLOSED_FORM_METHODS)}")
 
 
 # ------------------------------------------------------------------ per-sample weights ---------------------

@@ -1,6 +1,6 @@
 """Theorem 2 of the NPO paper made explicit: GA diverges linearly, NPO logarithmically (float64 NumPy/SciPy).
 
-Setting (Zhang et al. 2024, Theorem 2 and App. A.2-A.4; SCIENCE.md T2). Binary logistic model
+Setting (Zhang et al. 2024, Theorem 2 and App. A.2-A.4). Binary logistic model
 pi_theta(y=1|x) = sigma(<x, theta>), forget set X = (x_1, ..., x_{n_f})^T in R^{n_f x d}, labels y_i in {0, 1},
 pi_ref = pi_{theta_init}, and full-batch gradient descent with step eta on the MEAN forget loss
 (1/n_f) sum_i L_i, with L_i = logp_i (GA) or L_i = (2/beta) softplus(beta r_i) (NPO with the 2/beta of the NPO
@@ -42,12 +42,12 @@ from scipy.special import expit, log_expit, wrightomega
 
 from theory.objectives import npo_weight
 
-METHODS = ("GA", "NPO")
+CLOSED_FORM_METHODS = ("GA", "NPO")  # the methods whose dynamics this module solves in closed form
 
 
 def _check_method(method: str, beta: float | None) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in CLOSED_FORM_METHODS:
+        raise ValueError(f"method must be one of {CLOSED_FORM_METHODS}, got {method!r}")
     if method == "NPO" and not (beta is not None and np.isfinite(beta) and beta > 0):
         raise ValueError(f"NPO needs a finite beta > 0, got {beta!r}")
 
@@ -194,7 +194,7 @@ def ga_ode_closed_form(t: ArrayLike, k: ArrayLike, a: ArrayLike) -> np.ndarray:
     error ~ eps e^a (a + C and omega(-C) cancel to u when e^a >> k t): fine for the margins |a| <~ 10 of a
     logistic model; at larger a, u ~ k t e^{-a} is below it.
     Limits: t -> 0, u ~ k sigma(-a) t (GA's first step); t -> inf, u = k t - a - e^a + a + O(e^{-kt}): the
-    constant drift k of SCIENCE T2 ("GA: b' = -c"), shifted by the slow start while pred_i is still large.
+    constant drift k (GA: b' = -c), shifted by the slow start while pred_i is still large.
     """
     t, k, a = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (t, k, a)))
     C = k * t - a - np.exp(a)
@@ -203,7 +203,7 @@ def ga_ode_closed_form(t: ArrayLike, k: ArrayLike, a: ArrayLike) -> np.ndarray:
 
 def npo_ode_asymptote(t: ArrayLike, k: ArrayLike, a: ArrayLike, beta: float) -> np.ndarray:
     """u(t) = (1/beta) log(beta K k t + 1), K = 2 (1 + e^a)^beta: the closed-form solution of the asymptotic NPO
-    ODE u' = k K e^{-beta u} (SCIENCE T2, "NPO b' = -c e^{beta b}"; NPO paper Lemma 4's comparison ODEs).
+    ODE u' = k K e^{-beta u} (NPO: b' = -c e^{beta b}; NPO paper Lemma 4's comparison ODEs).
 
     K e^{-beta u} is the u -> inf limit of the NPO push (``drift``) with our factor 2; it over-estimates the push
     at small u (K = 2^{beta+1} at a = 0 against the true push 1/2), so this curve runs ahead early and its

@@ -1,6 +1,6 @@
 """Exact quantities of the SimNPO paper's mixture of Markov chains (float64 NumPy/SciPy, no sampling, no training).
 
-Setting (Fan et al. 2024, Sec. 5 "Further analyses" and App. H; notes/simnpo.md 2.1, 2.5; SCIENCE.md T4, E3).
+Setting (Fan et al. 2024, Sec. 5 "Further analyses" and App. H).
 N = 10 states 0..9 and three chains, each with a designated subset of k = N // 3 = 3 states:
 retain S_r = {0,1,2}, forget1 S_f1 = {3,4,5}, forget2 S_f2 = {6,7,8}; state 9 belongs to none. Leakage eps = 0.2.
 Chain c has
@@ -105,7 +105,7 @@ class Chain:
 
 
 def chain(name: str, n_states: int = N_STATES, leakage: float = LEAKAGE, subset_size: int | None = None) -> Chain:
-    """The chain ``name`` in {retain, forget1, forget2} (App. H; notes/simnpo.md 2.1): T_c and p_0 as above.
+    """The chain ``name`` in {retain, forget1, forget2} (App. H): T_c and p_0 as above.
 
     Rows from S_c put (1 - eps)/k on each subset state and eps/(N - k) on each other state; rows from outside S_c
     are uniform 1/N; p_0 is the in-subset row. leakage = eps in [0, 1). eps = 0 makes S_c absorbing.
@@ -232,7 +232,7 @@ def expected_token_kl(c: Chain, length: int, model_transition: ArrayLike) -> flo
         (1/(L-1)) sum_{t=0}^{L-2} sum_s p_t(s) KL(T_c[s] || Q[s]).
 
     This is exactly the expectation of the E3 simulation metric (mean over non-pad positions of
-    KL(true row || model row), notes/simnpo.md 2.5) for a test split of fixed-length sequences from chain c,
+    KL(true row || model row), App. H) for a test split of fixed-length sequences from chain c,
     when the model's prediction at position t depends on s_t only. It is 0 iff Q = T_c on every state the chain
     visits at t <= L-2, and positive otherwise.
     """

@@ -1,6 +1,6 @@
 """Which weights may move: attribution scores, global top-fraction masks, and their files (WAGLE; Jia et al. 2024).
 
-    WAGLE      S = |(theta_o - g_r / mu) * g_f|         (WAGLE's released ``snip_advanced``; SCIENCE 1.6)
+    WAGLE      S = |(theta_o - g_r / mu) * g_f|         (WAGLE's released ``snip_advanced``)
     magnitude  S = |theta_o|
     random     S ~ U(0, 1), from a seeded generator
 
@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from unlearn.io import atomic_write
 
 KINDS = ("wagle", "magnitude", "random")
 Scores = dict[str, torch.Tensor]
@@ -174,13 +176,8 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str | Path, metadata: Ma
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file({k: v.detach().bool().contiguous().cpu() for k, v in masks.items()}, str(tmp),
-                  metadata=dict(metadata or {}))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {k: v.detach().bool().contiguous().cpu() for k, v in masks.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
     return path
 
 

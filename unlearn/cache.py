@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from unlearn.io import atomic_write
 
 FORMAT = 1  # bump when the meaning of a cached entry changes
 EVENTS: Counter[str] = Counter()  # "loaded" / "stored" entries in this process (``unlearn figures --timing``)
@@ -66,16 +67,7 @@ def store(kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> P
     path = entry_path(kind, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"key": json.dumps(key, sort_keys=True), "tensors": {k: v.detach().cpu() for k, v in tensors.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique per writer
-    tmp = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(entry, tmp))
     EVENTS["stored"] += 1
     return path
 

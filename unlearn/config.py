@@ -55,10 +55,11 @@ def parse_value(annotation: Any, raw: str, key: str) -> Any:
     return _parse_scalar(annotation, raw, key)
 
 
-def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
-    """A copy of the frozen dataclass ``cfg`` with ``key=value`` overrides applied and validated."""
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
+def parse_overrides(cls: type, overrides: Iterable[str]) -> dict[str, Any]:
+    """{key: value} of ``key=value`` overrides, each parsed by the type of that field of the dataclass ``cls``;
+    unknown keys and unparsable values fail naming the key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
     changes = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -68,10 +69,46 @@ def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
         if key not in names:
             raise ValueError(f"--set {key}: unknown config key; valid keys: {', '.join(names)}")
         changes[key] = parse_value(hints[key], raw, key)
+    return changes
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
+    """A copy of the frozen dataclass ``cfg`` with ``key=value`` overrides applied and validated."""
+    changes = parse_overrides(type(cfg), overrides)
     try:
         return dataclasses.replace(cfg, **changes)
     except ValueError as err:
         raise ValueError(f"invalid config: {err}") from None
+
+
+def resolve(base: Any, flags: Mapping[str, tuple[str, Any]], overrides: Iterable[str]) -> Any:
+    """A command's config: ``base`` (a dataclass type: its defaults; or an instance: a preset), then its named
+    flags (``{key: (flag, value)}``, the flags given only), then ``key=value`` overrides, built in one
+    construction, so that what a config derives from other fields (a learning rate by model) follows the final
+    values. A flag and an override of the same key that disagree are refused, naming both."""
+    cls = base if isinstance(base, type) else type(base)
+    changes = {key: value for key, (_, value) in flags.items()}
+    for key, value in parse_overrides(cls, overrides).items():
+        if key in flags and flags[key][1] != value:
+            flag, given = flags[key]
+            raise ValueError(f"{flag} {format_value(given)} and --set {key}={format_value(value)} disagree; "
+                             "give one of them")
+        changes[key] = value
+    try:
+        return cls(**changes) if isinstance(base, type) else dataclasses.replace(base, **changes)
+    except ValueError as err:
+        raise ValueError(f"invalid config: {err}") from None
+
+
+def format_value(value: Any) -> str:
+    """A config value as ``--set`` spells it (``parse_value`` reads it back): none, true/false, a,b,c."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return ",".join(map(format_value, value)) if value else "none"
+    return str(value)
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Data-parallel unlearning under ``torchrun``: FSDP2 (``torch.distributed.fsdp.fully_shard``) or DDP.
 
-    torchrun --nproc_per_node N -m unlearn.cli run --model DIR|ARCH ...           (FSDP2; sims.toy_run)
+    torchrun --nproc_per_node N -m recipes.cli run --model DIR|ARCH ...           (FSDP2; recipes.run)
     torchrun --nproc_per_node N -m unlearn.distributed [--shard fsdp|ddp] ...      (the check below)
 
 Every rank builds the same model from the same seed, wraps it (FSDP2: each decoder layer, then the root, so

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten, tree_map
 
 from unlearn.logprobs import SequenceLogprobs, sequence_kl, sequence_logprobs
-from unlearn.objectives import SequenceStats, get_method, per_sequence_losses
+from unlearn.objectives import MethodParams, SequenceStats, get_method, per_sequence_losses
 
 
 def _check_supported(module: nn.Module) -> None:
@@ -169,23 +170,18 @@ def member_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor
     return sequence_kl(logits.flatten(0, 1), _fold(ref_logits, M, 3), _fold(mask, M, 2)).view(M, B)
 
 
-@dataclasses.dataclass(frozen=True)
-class MemberParams:
-    """``MethodParams`` of G members as (G, 1) tensors: the objectives' arithmetic (beta * logp, 2 / beta, ...)
-    broadcasts them over per-sequence statistics (G, B), so one call serves G members with G betas."""
+class MemberParams(SimpleNamespace):
+    """``MethodParams`` of G members as (G, 1) tensors, one attribute per ``MethodParams`` field (so a new
+    hyperparameter needs nothing here): the objectives' arithmetic (beta * logp, 2 / beta, ...) broadcasts them
+    over per-sequence statistics (G, B), so one call serves G members with G betas."""
 
-    beta: torch.Tensor
-    gamma: torch.Tensor
-    lam: torch.Tensor
-    mismatch: torch.Tensor
-
-    @staticmethod
-    def stack(params: Sequence, like: torch.Tensor) -> MemberParams:
+    @classmethod
+    def stack(cls, params: Sequence[MethodParams], like: torch.Tensor) -> MemberParams:
         """From validated ``MethodParams``, in the dtype and on the device of ``like``."""
         def column(key):
             return torch.tensor([[getattr(p, key)] for p in params], dtype=like.dtype, device=like.device)
 
-        return MemberParams(**{f.name: column(f.name) for f in dataclasses.fields(MemberParams)})
+        return cls(**{f.name: column(f.name) for f in dataclasses.fields(MethodParams)})
 
 
 def _rows(stats: SequenceStats | None, index: torch.Tensor | None, M: int) -> SequenceStats | None:

@@ -74,7 +74,7 @@ def sequence_kl(
 ) -> torch.Tensor:
     """Forward KL(pi_ref || pi_theta), summed over the vocabulary, averaged over response tokens: (B,).
 
-    This is the retain-side KL of SCIENCE 1.2 (NPO paper's code direction, ``F.kl_div(logq, logp_ref,
+    This is the retain-side KL of the *+KL methods (NPO paper's code direction, ``F.kl_div(logq, logp_ref,
     log_target=True)``), restricted to response tokens: prompt and padding positions never enter the mean.
     A sequence with no response token gets KL 0.
     """

@@ -9,8 +9,13 @@ those weights).
 softplus(z) is written -log sigma(-z): torch's F.softplus switches to the identity above z = 20, which would
 make NPO's weight exactly 2 there instead of 2 sigma(z).
 
-Normalisation: every log-prob is a per-sequence SUM over response tokens (SCIENCE 0). NPO's code uses sums
+Normalisation: every log-prob is a per-sequence SUM over response tokens. NPO's code uses sums
 too; TOFU-style GA uses a token mean, which differs from ours by a factor |y| per sequence.
+
+Adding a method takes one pure function (a term below, if no existing term fits), one METHODS row (its terms,
+the hyperparameters they read, its colour in every figure, a line of help and its source) and one row of
+docs/methods.md; tests/test_objectives.py checks that the three agree. The rest (the training loop, ensembles
+of mixed methods, the CLI's list of methods, the figures' colours) reads the registry.
 """
 
 from __future__ import annotations
@@ -111,16 +116,20 @@ def nll(s: SequenceStats, p: MethodParams) -> torch.Tensor:
 
 
 def kl(s: SequenceStats, p: MethodParams) -> torch.Tensor:
-    """KL: L = lam KL(pi_ref || pi_theta) per response token on retain data (SCIENCE 1.2)."""
+    """KL: L = lam KL(pi_ref || pi_theta) per response token on retain data."""
     return p.lam * s.kl
 
 
 @dataclass(frozen=True)
 class Term:
-    """A per-sequence loss and the optional ``SequenceStats`` fields it reads."""
+    """A per-sequence loss, the optional ``SequenceStats`` fields it reads, and, for a term that reads alt_logp,
+    what the alternative response y_alt must be: "idk" (an uninformed answer), "preferred" (DPO's winner, e.g.
+    an IDK answer) or "mismatch" (a random normal-data response to the forget prompt, Yao et al.); data sources
+    refuse the terms whose alternative they cannot give."""
 
     fn: Callable[[SequenceStats, MethodParams], torch.Tensor]
     needs: tuple[str, ...] = ()
+    alternative: str | None = None
 
     def __call__(self, stats: SequenceStats, params: MethodParams) -> torch.Tensor:
         missing = [name for name in self.needs if getattr(stats, name) is None]
@@ -130,17 +139,23 @@ class Term:
 
 
 GA, NPO, SIMNPO = Term(ga), Term(npo, ("logp_ref",)), Term(simnpo)
-DPO, IDK = Term(dpo, ("logp_ref", "alt_logp", "alt_logp_ref")), Term(idk, ("alt_logp",))
+DPO = Term(dpo, ("logp_ref", "alt_logp", "alt_logp_ref"), alternative="preferred")
+IDK = Term(idk, ("alt_logp",), alternative="idk")
 RT, KL = Term(nll), Term(kl, ("kl",))
-GA_MISMATCH = Term(ga_mismatch, ("alt_logp",))
+GA_MISMATCH = Term(ga_mismatch, ("alt_logp",), alternative="mismatch")
 
 
 @dataclass(frozen=True)
 class Method:
-    """A forget term, an optional retain term, and where the combination comes from."""
+    """One METHODS row: a forget term, an optional retain term, the ``MethodParams`` fields the two read
+    (``hyperparameters``), the method's colour in every figure (hex), one line of help for the CLI's list of
+    methods, and where the combination comes from."""
 
     forget: Term
     retain: Term | None
+    hyperparameters: tuple[str, ...]
+    color: str
+    help: str
     paper: str
 
     @property
@@ -151,21 +166,38 @@ class Method:
 
 NPO_PAPER = "Zhang et al. 2024, Negative Preference Optimization, Eq. 3 and Table 2"
 SIMNPO_PAPER = "Fan et al. 2024, Simplicity Prevails (SimNPO), Eq. 4"
-METHODS: dict[str, Method] = {
-    "GA": Method(GA, None, "Jang et al. 2023; NPO paper Table 2"),
-    "GA+RT": Method(GA, RT, "Maini et al. 2024 (TOFU grad_diff); NPO paper Table 2"),
-    "GA+KL": Method(GA, KL, "Maini et al. 2024 (TOFU KL); NPO paper Table 2"),
-    "IDK+RT": Method(IDK, RT, "Maini et al. 2024 (TOFU idk); NPO paper Table 2"),
-    "DPO": Method(DPO, None, "Rafailov et al. 2023; NPO paper Eq. 2"),
-    "DPO+RT": Method(DPO, RT, "NPO paper Sec. 4"),
-    "DPO+KL": Method(DPO, KL, "NPO paper Sec. 5"),
-    "NPO": Method(NPO, None, NPO_PAPER),
-    "NPO+RT": Method(NPO, RT, NPO_PAPER),
-    "NPO+KL": Method(NPO, KL, NPO_PAPER),
-    "SimNPO": Method(SIMNPO, None, SIMNPO_PAPER),
-    "SimNPO+RT": Method(SIMNPO, RT, SIMNPO_PAPER + " and Eq. 6"),
-    "SimNPO+KL": Method(SIMNPO, KL, SIMNPO_PAPER),
-    "GA+Mismatch+KL": Method(GA_MISMATCH, KL, "Yao et al. 2024, Large Language Model Unlearning, Eqs. 2-6"),
+METHODS: dict[str, Method] = {  # name: Method(forget, retain, hyperparameters, colour, help, paper)
+    "GA": Method(GA, None, (), "#d62728",
+                 "gradient ascent on the forget responses", "Jang et al. 2023; NPO paper Table 2"),
+    "GA+RT": Method(GA, RT, ("lam",), "#ff7f0e",
+                    "GA + NLL on retain data", "Maini et al. 2024 (TOFU grad_diff); NPO paper Table 2"),
+    "GA+KL": Method(GA, KL, ("lam",), "#8c564b",
+                    "GA + KL to the reference on retain data", "Maini et al. 2024 (TOFU KL); NPO paper Table 2"),
+    "IDK+RT": Method(IDK, RT, ("lam",), "#7f7f7f",
+                     "NLL of an 'I don't know' answer to the forget prompts + NLL on retain data",
+                     "Maini et al. 2024 (TOFU idk); NPO paper Table 2"),
+    "DPO": Method(DPO, None, ("beta",), "#9467bd",
+                  "DPO with the forget response as loser, an alternative response as winner",
+                  "Rafailov et al. 2023; NPO paper Eq. 2"),
+    "DPO+RT": Method(DPO, RT, ("beta", "lam"), "#9467bd",
+                     "DPO + NLL on retain data", "NPO paper Sec. 4"),
+    "DPO+KL": Method(DPO, KL, ("beta", "lam"), "#c5b0d5",
+                     "DPO + KL to the reference on retain data", "NPO paper Sec. 5"),
+    "NPO": Method(NPO, None, ("beta",), "#1f77b4",
+                  "negative preference optimisation: GA weighted by 2 sigma(beta (logp - logp_ref))", NPO_PAPER),
+    "NPO+RT": Method(NPO, RT, ("beta", "lam"), "#2ca02c",
+                     "NPO + NLL on retain data", NPO_PAPER),
+    "NPO+KL": Method(NPO, KL, ("beta", "lam"), "#17becf",
+                     "NPO + KL to the reference on retain data", NPO_PAPER),
+    "SimNPO": Method(SIMNPO, None, ("beta", "gamma"), "#e377c2",
+                     "NPO without a reference, length-normalised, with margin gamma", SIMNPO_PAPER),
+    "SimNPO+RT": Method(SIMNPO, RT, ("beta", "gamma", "lam"), "#bcbd22",
+                        "SimNPO + NLL on retain data", SIMNPO_PAPER + " and Eq. 6"),
+    "SimNPO+KL": Method(SIMNPO, KL, ("beta", "gamma", "lam"), "#f7b6d2",
+                        "SimNPO + KL to the reference on retain data", SIMNPO_PAPER),
+    "GA+Mismatch+KL": Method(GA_MISMATCH, KL, ("mismatch", "lam"), "#393b79",
+                             "GA + NLL of random retain responses to the forget prompts + KL to the reference on "
+                             "retain data", "Yao et al. 2024, Large Language Model Unlearning, Eqs. 2-6"),
 }
 
 
@@ -175,6 +207,13 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+def methods_help() -> str:
+    """The list of methods for the CLI's help, one line per METHODS row: name, help, [hyperparameters it reads]."""
+    width = max(map(len, METHODS))
+    return "\n".join(f"{name:<{width}}  {m.help}" + (f" [{', '.join(m.hyperparameters)}]" if m.hyperparameters else "")
+                     for name, m in METHODS.items())
 
 
 def forget_weights(method: str, params: MethodParams, stats: SequenceStats) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Relearning attacks: fine-tune an unlearned model on part of its forget set and watch what comes back.
 
-SimNPO paper Fig. 6 (Fan et al. 2024; notes/simnpo.md): after unlearning, fine-tune on 20% of the forget set,
+SimNPO paper Fig. 6 (Fan et al. 2024): after unlearning, fine-tune on 20% of the forget set,
 either the shortest 20% of the responses or a random 20% (several seeded draws), for a few epochs, and track
 the forget metrics after each epoch. A method whose forgetting is shallow recovers quickly; the paper finds NPO
 weaker under shortest-relearn (NPO spends little on short responses, see ``theory.allocation``), SimNPO robust

@@ -28,15 +28,14 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 
 from sims import markov
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, method_params
 from sims.plotting import panel_label
 from unlearn import attribution
 from unlearn.config import require_positive
-from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
-METHODS = {"graddiff": "GA+RT", "npo": "NPO+RT"}
+METHOD_BY_LABEL = {"graddiff": "GA+RT", "npo": "NPO+RT"}  # WAGLE paper label (metric prefix): method
 KINDS = ("random", "magnitude", "wagle")
 KIND_COLORS = {"dense": "k", "random": "#7f7f7f", "magnitude": "#ff7f0e", "wagle": "#1f77b4"}
 
@@ -57,9 +56,6 @@ class Config(markov.UnlearningSetup):
         for ratio in self.ratios:
             if not 0 < ratio <= 1:
                 raise ValueError(f"ratios: every ratio must lie in (0, 1], got {ratio!r}")
-
-    def params(self, method: str) -> MethodParams:
-        return MethodParams(beta=self.npo_beta if "NPO" in method else 1.0, lam=self.lam)
 
 
 PRESETS = {"full": Config(), "fast": Config(**markov.FAST_SETUP, ratios=(0.2, 0.6, 0.95), eval_limit=400)}
@@ -83,10 +79,11 @@ def run(cfg: Config) -> Result:
     evaluate = markov.summary_evaluator(world, device, cfg.eval_limit)
     masks, seconds = build_masks(original, world, cfg)
     variants = [("dense", 1.0)] + [(kind, r) for kind in KINDS for r in cfg.ratios]
-    runs = [(x, kind, r) for x in METHODS for kind, r in variants]
+    runs = [(x, kind, r) for x in METHOD_BY_LABEL for kind, r in variants]
+    methods = [METHOD_BY_LABEL[x] for x, _, _ in runs]
     history, _ = markov.unlearn_runs(
-        original, [METHODS[x] for x, _, _ in runs], [cfg.params(METHODS[x]) for x, _, _ in runs], world,
-        [generator(cfg.seed, "markov-unlearn", METHODS[x]) for x, _, _ in runs], steps=cfg.steps,
+        original, methods, [method_params(cfg, m) for m in methods], world,
+        [generator(cfg.seed, "markov-unlearn", m) for m in methods], steps=cfg.steps,
         batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.steps, evaluate=evaluate,
         masks=[None if kind == "dense" else masks[kind, r] for _, kind, r in runs], progress=cfg.progress)
     scored = [k for k in history.evals if k != "entropy"]
@@ -95,7 +92,7 @@ def run(cfg: Config) -> Result:
     for i, (x, kind, r) in enumerate(runs):
         for k in ("forget_kl", "retain_kl"):
             metrics[f"{x}.{kind}.ratio={r:g}.{k}"] = history.evals[k][-1][i]
-    series = {"methods": METHODS, "ratios": list(cfg.ratios), "kinds": ["dense", *KINDS],
+    series = {"methods": METHOD_BY_LABEL, "ratios": list(cfg.ratios), "kinds": ["dense", *KINDS],
               "score_seconds": seconds, "steps": cfg.steps}
     return Result(metrics, series, {})
 

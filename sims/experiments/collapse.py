@@ -12,7 +12,7 @@ each samples a single repeated state.
 Measured every ``eval_every`` steps on the first ``eval_limit`` sequences of each test split: the forget NLL
 (mean per-token -log p on Forget1 + Forget2 test), the retain KL (per-token KL to the true transitions, as in
 markov-length) and the mean entropy of the next-state distribution on retain test (log 10 = 2.30 at most).
-Fits (``sims.curves.rate_fits``) of the forget NLL against t and against log t over steps >= ``fit_from``;
+Fits (``unlearn.metrics.curves.rate_fits``) of the forget NLL against t and against log t over steps >= ``fit_from``;
 X.forget_nll_growth_exponent is the slope of log(NLL_t - NLL_0) against log t there (1 = linear, 2 =
 quadratic, near 0 = logarithmic). The three runs train side by side as one ensemble (``sims.markov.unlearn_runs``),
 each on its own batch order.
@@ -33,15 +33,15 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from sims import markov
-from sims.curves import fit_r2, rate_fits
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, member_curves, method_params
 from sims.plotting import METHOD_COLORS, panel_label
 from unlearn.config import require_at_least_one, require_positive
-from unlearn.objectives import MethodParams
+from unlearn.metrics import tokens
+from unlearn.metrics.curves import fit_r2, rate_fits
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
-METHODS = ("GA", "NPO", "SimNPO")
+COMPARED = ("GA", "NPO", "SimNPO")  # the methods of the figure
 N_SAMPLES = 6  # generated sequences shown per model
 
 
@@ -63,9 +63,6 @@ class Config(markov.UnlearningSetup):
         if not 0 <= self.fit_from < self.steps:
             raise ValueError(f"fit_from must lie in [0, steps), got {self.fit_from}")
 
-    def params(self, method: str) -> MethodParams:
-        return MethodParams(beta={"GA": 1.0, "NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
-
 
 PRESETS = {
     "full": Config(),
@@ -80,8 +77,8 @@ def collapse_evaluator(world: markov.MarkovWorld, device, limit: int | None):
     retain = world["retain_test"].take(slice(0, limit)).to(device)
 
     def evaluate(model, step):
-        stats = markov.per_sequence_stats(model, forget)
-        on_retain = markov.kl_and_entropy(model, retain)
+        stats = tokens.per_sequence_stats(model, forget)
+        on_retain = tokens.kl_and_entropy(model, retain)
         return {"forget_nll": (-stats.logp.sum(-1) / stats.n_tokens.sum(-1)).tolist(),
                 "retain_kl": on_retain["kl"], "entropy": on_retain["entropy"]}
 
@@ -115,17 +112,18 @@ def run(cfg: Config) -> Result:
     metrics: dict[str, float | None] = {f"original.{k}": v for k, v in start.items()}
     series = {"methods": {}, "original": {"samples": samples(original, world, N_SAMPLES, cfg.seed, "original"),
                                           **start}}
+    params = [method_params(cfg, m) for m in COMPARED]
     history, unlearned = markov.unlearn_runs(
-        original, METHODS, [cfg.params(m) for m in METHODS], world,
-        [generator(cfg.seed, "markov-unlearn", m) for m in METHODS], steps=cfg.steps, batch_size=cfg.batch_size,
-        lr=cfg.lr, evaluate_every=cfg.eval_every, evaluate=evaluate, progress=cfg.progress)
-    for i, method in enumerate(METHODS):
-        x = method.lower()
-        curves = {k: [v[i] for v in history.evals[k]] for k in ("forget_nll", "retain_kl", "entropy")}
+        original, COMPARED, params, world, [generator(cfg.seed, "markov-unlearn", m) for m in COMPARED],
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.eval_every, evaluate=evaluate,
+        progress=cfg.progress)
+    per_member = member_curves(history, ("forget_nll", "retain_kl", "entropy"))
+    for i, method in enumerate(COMPARED):
+        x, curves = method.lower(), per_member[i]
         fits = growth_fits(history.eval_steps, curves["forget_nll"], cfg.fit_from)
         metrics.update({f"{x}.forget_nll_{k}": v for k, v in fits.items()})
         metrics.update({f"{x}.{k}.final": curve[-1] for k, curve in curves.items()})
-        series["methods"][method] = {"beta": cfg.params(method).beta, "steps": history.eval_steps, **curves,
+        series["methods"][method] = {"beta": params[i].beta, "steps": history.eval_steps, **curves,
                                      "samples": samples(unlearned.member(i), world, N_SAMPLES, cfg.seed, method)}
     series["fit_from"] = cfg.fit_from
     return Result(metrics, series, {})

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from sims import logistic
-from sims.curves import fit_r2, rate_fits
 from sims.experiment import Experiment, Result
 from sims.experiments import npo_synthetic
 from sims.plotting import METHOD_COLORS, beta_colors, panel_label
 from theory import logistic as theory
 from unlearn.config import require_at_least_one, require_positive
+from unlearn.metrics.curves import fit_r2, rate_fits
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -118,7 +118,7 @@ def distance_evaluator(features: torch.Tensor, theta0: torch.Tensor):
 
 
 def rate_fits_after(t: np.ndarray, distance: np.ndarray) -> dict[str, float]:
-    """``sims.curves.rate_fits`` over the last 90% of the grid: R^2 and slopes against t and log t."""
+    """``unlearn.metrics.curves.rate_fits`` over the last 90% of the grid: R^2 and slopes against t and log t."""
     start = int(np.ceil(FIT_FROM * len(t)))
     return rate_fits(t[start:], np.asarray(distance, float)[start:])
 

@@ -10,7 +10,7 @@ bias shows as an uneven trade-off between two forget sets, SimNPO's does not:
       already at the retrained level). NPO (beta 1) pushes the weakly memorised Forget2 far past the retrained
       level before Forget1 moves; SimNPO's two paths are closer.
 
-Setting (notes/simnpo.md 2.1-2.6). 10000 retain / 5000 Forget1 / 5000 Forget2 sequences, 80/20 split; the
+Setting (SimNPO paper Sec. 5 and App. H). 10000 retain / 5000 Forget1 / 5000 Forget2 sequences, 80/20 split; the
 4-layer d = 128 transformer pretrained with AdamW lr 5e-4, batch 128, 5 epochs (cached on disk, shared by both
 experiments and by ``weight-allocation`` and ``collapse``); unlearning on Forget1 + Forget2 train, 50 steps of
 batch 4, AdamW lr 5e-4, forget loss only; every step is evaluated by the per-token KL of the model's next-state
@@ -38,16 +38,15 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from sims import markov
-from sims.curves import value_at_crossing
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, mean_std, member_curves, method_params
 from sims.plotting import METHOD_COLORS, beta_colors, panel_label
 from theory import markov as theory
 from unlearn.config import require_at_least_one, require_positive
-from unlearn.objectives import MethodParams
+from unlearn.metrics.curves import value_at_crossing
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
-METHODS = ("NPO", "SimNPO")
+COMPARED = ("NPO", "SimNPO")  # the methods of the figure
 SPLITS = ("retain_kl", "forget1_kl", "forget2_kl")
 FORGETS = {"f1": "forget1_kl", "f2": "forget2_kl"}
 
@@ -74,7 +73,7 @@ class Config(markov.UnlearningSetup):
                     raise ValueError(f"{key}: every beta must be a finite number > 0, got {beta!r}")
 
     def beta(self, method: str) -> float:
-        return {"NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method]
+        return method_params(self, method).beta
 
     def sweep_betas(self, method: str) -> tuple[float, ...]:
         return {"NPO": self.sweep_npo_betas, "SimNPO": self.sweep_simnpo_betas}[method]
@@ -92,7 +91,7 @@ MEMORIZATION_PRESETS = {
                       "sweep_npo_betas": (0.2,), "sweep_simnpo_betas": (1.0,)}),
 }
 
-# The SimNPO paper's Fig. 5 readings (notes/simnpo.md 2.6; read from the PDF's vector paths, approximate).
+# The SimNPO paper's Fig. 5 readings (read from the PDF's vector paths, approximate).
 PAPER_LENGTH = {
     "original.retain_kl": 0.022, "original.forget1_kl": 0.037, "original.forget2_kl": 0.100,
     "retrained.forget1_kl": 0.42, "retrained.forget2_kl": 0.44,
@@ -115,20 +114,19 @@ def unlearning_curves(original, runs: list[tuple[str, float, int]], world: marko
     unlearning path from ``original``; the batch order comes from the stream (seed, "markov-unlearn", method,
     replicate). The runs train side by side as one ensemble (``sims.markov.unlearn_runs``)."""
     history, _ = markov.unlearn_runs(
-        original, [method for method, _, _ in runs], [MethodParams(beta=beta) for _, beta, _ in runs], world,
+        original, [method for method, _, _ in runs], [method_params(cfg, m, beta=beta) for m, beta, _ in runs], world,
         [generator(cfg.seed, "markov-unlearn", method, replicate) for method, _, replicate in runs],
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=eval_every, evaluate=evaluate,
         progress=cfg.progress)
-    return [{"steps": history.eval_steps, **{key: [v[i] for v in history.evals[key]] for key in SPLITS}}
-            for i in range(len(runs))]
+    return [{"steps": history.eval_steps, **curves} for curves in member_curves(history, SPLITS)]
 
 
 def mean_curves(replicates: list[dict[str, list[float]]]) -> dict:
     """Mean and std over replicates of each split's curve, and every replicate's curve."""
     out = {"steps": replicates[0]["steps"]}
     for key in SPLITS:
-        values = np.array([r[key] for r in replicates])
-        out[key] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(), "seeds": values.tolist()}
+        values = [r[key] for r in replicates]
+        out[key] = {**mean_std(values), "seeds": values}
     return out
 
 
@@ -162,12 +160,12 @@ def _runner(paper: dict[str, float]):
         metrics: dict[str, float | None] = {f"theory.retrained_{k}": v for k, v in exact.items()}
         for model in ("retrained", "original"):
             metrics.update({f"{model}.{k}": v for k, v in measured[model].items()})
-        main = [(method, cfg.beta(method), r) for method in METHODS for r in range(cfg.seeds)]
-        swept = [(method, beta, 0) for method in METHODS for beta in cfg.sweep_betas(method)]
+        main = [(method, cfg.beta(method), r) for method in COMPARED for r in range(cfg.seeds)]
+        swept = [(method, beta, 0) for method in COMPARED for beta in cfg.sweep_betas(method)]
         main_curves = unlearning_curves(original, main, world, evaluate, cfg)
         sweep_curves = unlearning_curves(original, swept, world, evaluate, cfg, cfg.sweep_eval_every) if swept else []
-        runs, sweep = {}, {method: {} for method in METHODS}
-        for method in METHODS:
+        runs, sweep = {}, {method: {} for method in COMPARED}
+        for method in COMPARED:
             x = method.lower()
             replicates = [c for (name, _, _), c in zip(main, main_curves, strict=True) if name == method]
             runs[method] = {"beta": cfg.beta(method), **mean_curves(replicates)}
@@ -262,7 +260,7 @@ def _cost_panel(ax, series: dict, metrics: dict) -> None:
     """Retain KL spent to bring Forget1 / Forget2 to the retrained level, per beta; hollow = never reached."""
     top = max([v for k, v in metrics.items() if "retain_cost" in k and "to_retrained" in k and v is not None],
               default=0.1) * 1.15
-    for method in METHODS:
+    for method in COMPARED:
         x = method.lower()
         betas = sorted({float(b) for b in series["sweep"][method]} | {series["runs"][method]["beta"]})
         for k, split in FORGETS.items():
@@ -278,7 +276,7 @@ def _cost_panel(ax, series: dict, metrics: dict) -> None:
             missed = [b for b, c in zip(betas, costs, strict=True) if c is None]
             ax.plot(missed, [top] * len(missed), _MARK[split], mfc="none", mec=METHOD_COLORS[method], ls="")
     ax.set_xscale("log")
-    ticks = sorted({float(b) for m in METHODS for b in series["sweep"][m]}
+    ticks = sorted({float(b) for m in COMPARED for b in series["sweep"][m]}
                    | {r["beta"] for r in series["runs"].values()})
     ax.set_xticks(ticks, [f"{b:g}" for b in ticks])
     ax.minorticks_off()

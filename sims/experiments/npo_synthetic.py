@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from sims import logistic
-from sims.curves import value_at_crossing
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, mean_std
 from sims.plotting import METHOD_COLORS, band, beta_colors, panel_label, path
 from unlearn.config import require_at_least_one, require_positive
+from unlearn.metrics.curves import value_at_crossing
 from unlearn.models.logistic import random_feature_matrix
 from unlearn.objectives import METHODS, MethodParams
 from unlearn.rng import generator
@@ -41,8 +41,8 @@ METRICS = ("forget_dist", "retain_dist", "forget_kl")
 SWEEP_FORGET_LEVEL = 0.14  # Fig. 3 is read at forget distance 0.14
 PAPER_LAST_MARKER = 1900  # the paper's plots mark every 100 steps up to 1900
 
-# Readings of the paper's figures (notes/npo.md sec. 3); its "final" readings are at its last marker, step 1900, so they
-# sit beside our step-1900 values (``*.step1900.*``; ``*.final.*`` is the run's end, step 2000).
+# Readings of the paper's figures (NPO paper Figs 3, 4, 9); its "final" readings are at its last marker, step
+# 1900, so they sit beside our step-1900 values (``*.step1900.*``; ``*.final.*`` is the run's end, step 2000).
 PAPER = {
     "alpha1.forget_dist.start": 1.70, "alpha1.retain_dist.start": 0.016, "alpha0.retain_dist.start": 0.06,
     "alpha1.forget_dist.step200.NPO": 0.04, "alpha1.forget_dist.step200.NPO+RT": 0.04,
@@ -147,13 +147,8 @@ def _unlearn(cfg: Config, runs: list[logistic.Run], worlds, theta_ref, theta_ret
     history = logistic.unlearn(runs, worlds, theta_ref, theta_retr, steps, cfg.eval_every, cfg.progress, name)
     k = len(runs)
     evals = {m: np.asarray(history.evals[m]) for m in METRICS}  # (eval steps, worlds * runs)
-    curves = {run.label: {m: _mean_std(evals[m][:, j::k].T) for m in METRICS} for j, run in enumerate(runs)}
+    curves = {run.label: {m: mean_std(evals[m][:, j::k].T) for m in METRICS} for j, run in enumerate(runs)}
     return history.eval_steps, curves
-
-
-def _mean_std(runs: list[list[float]]) -> dict[str, list[float]]:
-    a = np.asarray(runs, dtype=float)
-    return {"mean": a.mean(0).tolist(), "std": a.std(0).tolist()}
 
 
 def _at(steps, curve, step) -> float:

@@ -34,16 +34,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sims import markov
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, method_params
 from sims.plotting import METHOD_COLORS, panel_label
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.losses import token_mean_nll
-from unlearn.objectives import MethodParams
 from unlearn.relearn import relearn, relearn_subset
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
-METHODS = ("NPO", "SimNPO")
+COMPARED = ("NPO", "SimNPO")  # the methods of the figure
 SPLITS = ("forget_kl", "forget1_kl", "forget2_kl", "retain_kl")
 
 
@@ -67,9 +66,6 @@ class Config(markov.UnlearningSetup):
         if not 0 < self.relearn_frac <= 1:
             raise ValueError(f"relearn_frac must lie in (0, 1], got {self.relearn_frac}")
 
-    def params(self, method: str) -> MethodParams:
-        return MethodParams(beta={"NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
-
 
 PRESETS = {"full": Config(), "fast": Config(**markov.FAST_SETUP, draws=2, eval_limit=400)}
 
@@ -89,9 +85,10 @@ def run(cfg: Config) -> Result:
     world, original, retrained = cfg.models(device, cfg.progress)
     evaluate = markov.summary_evaluator(world, device, cfg.eval_limit, entropy=False)
     forget = world.forget_set().to(device)
+    params = [method_params(cfg, m) for m in COMPARED]
     _, unlearned = markov.unlearn_runs(
-        original, METHODS, [cfg.params(m) for m in METHODS], world,
-        [generator(cfg.seed, "markov-unlearn", m, 0) for m in METHODS], steps=cfg.steps,
+        original, COMPARED, params, world,
+        [generator(cfg.seed, "markov-unlearn", m, 0) for m in COMPARED], steps=cfg.steps,
         batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.steps, evaluate=lambda model, step: {},
         progress=cfg.progress)
     metrics: dict[str, float | None] = {}
@@ -102,12 +99,12 @@ def run(cfg: Config) -> Result:
     randoms = [relearn_subset(lengths, cfg.relearn_frac, "random", generator(cfg.seed, "relearn-subset", d))
                for d in range(cfg.draws)]
     series = {"methods": {}, "shortest_share_forget2": float((forget.chain[shortest] == 2).float().mean())}
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(COMPARED):
         model, x = unlearned.member(i), method.lower()
         short = relearn_curves(model, forget, shortest, cfg, evaluate, (method, "shortest"))
         rand = [relearn_curves(model, forget, index, cfg, evaluate, (method, "random", d))
                 for d, index in enumerate(randoms)]
-        series["methods"][method] = {"beta": cfg.params(method).beta, "shortest": short, "random": rand}
+        series["methods"][method] = {"beta": params[i].beta, "shortest": short, "random": rand}
         for k in ("forget_kl", "forget1_kl", "forget2_kl"):
             finals = np.array([r[k][-1] for r in rand])
             metrics.update({f"{x}.{k}.before": short[k][0], f"{x}.{k}.after_relearn.shortest": short[k][-1],

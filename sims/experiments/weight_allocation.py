@@ -32,15 +32,16 @@ import numpy as np
 import torch
 
 from sims import markov
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, method_params
 from sims.plotting import METHOD_COLORS, panel_label
 from theory import allocation
 from unlearn.config import require_positive
+from unlearn.metrics import tokens
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
-METHODS = ("NPO", "SimNPO")
+COMPARED = ("NPO", "SimNPO")  # the methods of the figure
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,6 @@ class Config(markov.UnlearningSetup):
             raise ValueError(f"stages must rise strictly from 0 to at most steps={self.steps}, got {self.stages}")
         if not 1 <= self.min_tokens <= 19:
             raise ValueError(f"min_tokens must lie in [1, 19], got {self.min_tokens}")
-
-    def params(self, method: str) -> MethodParams:
-        return MethodParams(beta=self.npo_beta if method == "NPO" else self.simnpo_beta)
 
 
 PRESETS = {
@@ -104,15 +102,15 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 def weight_snapshots(original, method: str, world: markov.MarkovWorld, cfg: Config) -> dict:
     """Unlearn a copy of ``original`` with ``method`` and record, at each of ``cfg.stages``, the weight and the
     log-likelihood of every forget-train sequence (in the order of ``world.forget_set()``)."""
-    device = markov._device(original)
+    device = tokens.model_device(original)
     forget = world.forget_set().to(device)
-    params = cfg.params(method)
-    ref_logp = markov.per_sequence_stats(original, forget).logp
+    params = method_params(cfg, method)
+    ref_logp = tokens.per_sequence_stats(original, forget).logp
     snaps: dict[int, dict] = {}
 
     def evaluate(model, step):
         if step in cfg.stages:
-            stats = markov.per_sequence_stats(model, forget)
+            stats = tokens.per_sequence_stats(model, forget)
             weights = markov.sample_weights(model, forget, method, params, ref_logp)
             snaps[step] = {"weight": weights.tolist(), "logp": stats.logp.double().tolist()}
         return {}
@@ -131,8 +129,8 @@ def run(cfg: Config) -> Result:
     n_tokens = forget.n_tokens.double().numpy()
     series = {"n_tokens": n_tokens.tolist(), "chain": forget.chain.tolist(), "methods": {}}
     metrics: dict[str, float | None] = {}
-    for method in METHODS:
-        x, params = method.lower(), cfg.params(method)
+    for method in COMPARED:
+        x, params = method.lower(), method_params(cfg, method)
         snaps = weight_snapshots(original, method, world, cfg)
         ref = np.asarray(snaps["ref_logp"])
         lbar0 = ref / n_tokens
@@ -162,7 +160,7 @@ def plot(result: Result):
     fig, axes = plt.subplots(2, len(stages) + 1, figsize=(4.6 * (len(stages) + 1), 8.5), constrained_layout=True)
     rng = np.random.default_rng(0)
     jitter = rng.uniform(-0.25, 0.25, n_tokens.shape)
-    for row, method in enumerate(METHODS):
+    for row, method in enumerate(COMPARED):
         r = s["methods"][method]
         ref = np.asarray(r["ref_logp"])
         params = MethodParams(beta=r["beta"])

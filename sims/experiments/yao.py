@@ -4,8 +4,7 @@ Claim. Gradient ascent alone has no floor: on the Markov transformer it drives t
 bound and takes the retain distribution and the output entropy with it. A KL term to the original model on
 normal (retain) data holds the retain distribution back, and the random-mismatch term of Yao et al. (the NLL of
 random normal responses given forget prompts, a bounded descent objective) adds a target to move towards, so
-the forget prompts get normal-looking continuations instead of collapse (Yao et al. Sec. 3 and App. C; SCIENCE
-1.5, E8).
+the forget prompts get normal-looking continuations instead of collapse (Yao et al. Sec. 3 and App. C).
 
 Setting. The markov-length world and original model (``sims.markov.Setup``); unlearning on Forget1 + Forget2
 train in batches of 4 (AdamW, lr 5e-4, as in every Markov experiment), for ``steps`` steps, several times the
@@ -33,14 +32,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sims import markov
-from sims.experiment import Experiment, Result
+from sims.experiment import Experiment, Result, member_curves, method_params
 from sims.plotting import METHOD_COLORS, panel_label
 from unlearn.config import require_at_least_one, require_positive
-from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
-METHODS = ("GA", "GA+KL", "GA+Mismatch+KL")
+COMPARED = ("GA", "GA+KL", "GA+Mismatch+KL")  # the methods of the figure
 METRICS = ("forget_kl", "retain_kl", "entropy")
 
 
@@ -59,9 +57,6 @@ class Config(markov.UnlearningSetup):
         require_at_least_one(self, "eval_every")
         require_positive(self, "lam", "mismatch")
 
-    def params(self) -> MethodParams:
-        return MethodParams(lam=self.lam, mismatch=self.mismatch)
-
 
 PRESETS = {"full": Config(), "fast": Config(**markov.FAST_SETUP, steps=200, eval_limit=300)}
 
@@ -72,14 +67,13 @@ def run(cfg: Config) -> Result:
     world, original, retrained = cfg.models(device, cfg.progress)
     evaluate = markov.summary_evaluator(world, device, cfg.eval_limit)
     history, _ = markov.unlearn_runs(
-        original, METHODS, [cfg.params()] * len(METHODS), world,
-        [generator(cfg.seed, "markov-unlearn", m) for m in METHODS], steps=cfg.steps, batch_size=cfg.batch_size,
+        original, COMPARED, [method_params(cfg, m) for m in COMPARED], world,
+        [generator(cfg.seed, "markov-unlearn", m) for m in COMPARED], steps=cfg.steps, batch_size=cfg.batch_size,
         lr=cfg.lr, evaluate_every=cfg.eval_every, evaluate=evaluate, progress=cfg.progress)
     metrics: dict[str, float | None] = {f"original.{k}": history.evals[k][0][0] for k in METRICS}
     metrics.update({f"retrained.{k}": v for k, v in evaluate(retrained, 0).items()})
     series = {"steps": history.eval_steps, "methods": {}}
-    for i, method in enumerate(METHODS):
-        curves = {k: [v[i] for v in history.evals[k]] for k in METRICS}
+    for method, curves in zip(COMPARED, member_curves(history, METRICS), strict=True):
         series["methods"][method] = curves
         metrics.update({f"{method.lower()}.{k}.final": curves[k][-1] for k in METRICS})
     return Result(metrics, series, {})

@@ -8,10 +8,13 @@ code writes the class-0 logit as a^T phi with a = -theta; gradient descent on ei
 
 The head holds M = W * K independent members: K members (runs differing in method or hyperparameters) for
 each of W data sets ("worlds"), theta shaped (W, K, p). The K members of a world read the same inputs, so one
-batched matrix product serves them all, and member m's gradient depends on member m's loss only. As a
-classifier, a member's "response" is one label: logits come out shaped (M, B, 1, 2), member m = w * K + k,
-with classes (y=0, y=1) and logit 0 for y=0, which ``unlearn.logprobs`` treats like any other sequence model
-once the member axis is folded into the batch.
+batched matrix product serves them all, and member m's gradient depends on member m's loss only.
+
+Like every model of the project it returns an object with ``.logits`` (``CausalLMOutput``, the Hugging Face
+convention). As a classifier, a member's "response" is one label, i.e. a one-token sequence: logits come out
+shaped (M, B, 1, 2), member m = w * K + k, with classes (y=0, y=1) and logit 0 for y=0, the layout of an
+ensemble's logits, so ``unlearn.ensemble.member_logprobs`` and ``member_kl`` turn them into per-member
+statistics like any other model's (labels (M, B, 1), mask all ones).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unlearn.models.transformer import CausalLMOutput
 
 
 def random_feature_matrix(d: int, p: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
@@ -32,12 +37,15 @@ def random_relu_features(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 class LogisticHead(nn.Module):
-    """W x K binary logistic models on fixed features: phi (W, B, p) -> logits (W*K, B, 1, 2), theta at 0."""
+    """W x K binary logistic models on fixed features: phi (W, B, p) -> .logits (W*K, B, 1, 2), theta at 0."""
 
     def __init__(self, p: int, worlds: int = 1, members_per_world: int = 1, dtype=torch.float64):
         super().__init__()
         self.theta = nn.Parameter(torch.zeros(worlds, members_per_world, p, dtype=dtype))
 
-    def forward(self, phi: torch.Tensor) -> torch.Tensor:
+    def forward(self, phi: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CausalLMOutput:
+        """Features phi (W, B, p) of each world's B samples -> CausalLMOutput with logits (W*K, B, 1, 2).
+        ``attention_mask`` is accepted for the shared ``model(inputs, attention_mask=...)`` contract and
+        ignored: each sample is a one-token sequence, with nothing to attend to."""
         z = torch.bmm(self.theta, phi.transpose(1, 2))  # (W, K, B): logit of y=1
-        return F.pad(z.flatten(0, 1).unsqueeze(-1).unsqueeze(-1), (1, 0))  # (W*K, B, 1, 2): logits (0, z)
+        return CausalLMOutput(F.pad(z.flatten(0, 1).unsqueeze(-1).unsqueeze(-1), (1, 0)))  # logits (0, z)

@@ -1,6 +1,6 @@
 """A small causal transformer: the model of the SimNPO paper's Markov-chain study (Fan et al. 2024, App. H).
 
-It follows the released synthetic code (notes/simnpo.md 2.2), not the paper's "GPT-2 small" wording:
+It follows the released synthetic code, not the paper's "GPT-2 small" wording:
 
     h_0 = tok_emb[ids] + pos_emb[0:T]                                   pos_emb ~ N(0, 0.02^2)
     for each of n_layer blocks (post-LayerNorm, single head, no dropout):

@@ -1,12 +1,13 @@
 """unlearn run / unlearn relearn on the Markov toy, end to end through the CLI, and their bad input."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from unlearn.cli import main
+from recipes.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,16 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_writes_the_model_the_mask_and_the_record(run_dir):
-    from sims import toy_run
+    from recipes import run as run_recipe
 
     doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["config"] == dataclasses.asdict(run_recipe.RunConfig(model="markov-fast", method="NPO+RT", beta=0.2,
+                                                                    steps=6, mask="wagle:0.5", eval_limit=100))
     assert doc["config"]["mask"] == "wagle:0.5" and doc["moved_fraction"] == pytest.approx(0.5, abs=1e-6)
     assert doc["after"]["forget_kl"] > doc["before"]["forget_kl"]
     masks = load_file(str(run_dir / "mask.safetensors"))
     weights = load_file(str(run_dir / "model.safetensors"))
-    world, original, _ = toy_run.MODELS["markov-fast"].models("cpu", progress=False)
+    world, original, _ = run_recipe.MODELS["markov-fast"].models("cpu", progress=False)
     start = original.state_dict()
     for name, mask in masks.items():  # frozen weights did not move, the others did
         assert torch.equal(weights[name][~mask], start[name][~mask])
@@ -37,6 +40,8 @@ def test_relearn_on_a_run_folder(run_dir):
     assert main(["relearn", str(run_dir), "--subset", "random", "--draws", "2", "--epochs", "2"]) == 0
     doc = json.loads((run_dir / "relearn.json").read_text())
     assert doc["draws"] == 2 and len(doc["relearn"]) == 2
+    assert doc["config"] == {"subset": "random", "frac": 0.2, "epochs": 2, "batch_size": 32, "lr": 1e-4, "draws": 2,
+                             "device": "cpu"}  # the resolved RelearnConfig
     for r in doc["relearn"]:
         assert r["epochs"] == [0, 1, 2] and r["forget_kl"][-1] < r["forget_kl"][0]
     assert doc["relearn"][0]["forget_kl"][1:] != doc["relearn"][1]["forget_kl"][1:]  # different draws
@@ -68,6 +73,8 @@ def test_a_mask_file_for_another_model_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--subset", "random", "--draws", "0"], "draws must be >= 1, got 0"),
     (["--epochs", "0"], "epochs must be >= 1, got 0"),
+    (["--set", "frac=1.5"], "frac must lie in (0, 1], got 1.5"),
+    (["--set", "subset=longest"], "unknown relearning subset 'longest'"),
 ])
 def test_relearn_refuses_bad_sizes_before_work(run_dir, argv, message, capsys):
     assert main(["relearn", str(run_dir), *argv]) == 2

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sims import markov
-from sims.experiment import atomic_write, to_jsonable
 from unlearn import attribution, distributed
-from unlearn.config import require_at_least_one
+from unlearn.config import config_dict, require_at_least_one, require_positive
+from unlearn.io import atomic_write, to_jsonable
 from unlearn.losses import token_mean_nll
 from unlearn.models.transformer import Transformer
 from unlearn.objectives import MethodParams, get_method
@@ -33,7 +33,7 @@ REFERENCES = ("cached", "copy")  # the adapter reference needs LoRA, which `unle
 
 @dataclass(frozen=True)
 class RunConfig:
-    """``unlearn run`` on a toy model."""
+    """``unlearn run``: a toy model (``MODELS``) or a Hugging Face model and task."""
 
     model: str = "markov"
     task: str = "markov"  # Hugging Face models: markov, facts or jsonl (with forget and retain files)
@@ -56,7 +56,7 @@ class RunConfig:
 
     def __post_init__(self):
         if self.model not in MODELS:
-            self.language_model()  # an architecture name or a model directory, and a valid task
+            self.as_validate_config()  # an architecture name or a model directory, and a valid task
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
         if self.model in MODELS and self.reference != "cached":
@@ -71,9 +71,9 @@ class RunConfig:
     def params(self) -> MethodParams:
         return MethodParams(beta=self.beta, gamma=self.gamma, lam=self.lam, mismatch=self.mismatch)
 
-    def language_model(self):
-        """The ``sims.validate.ValidateConfig`` that names the same model and task (its data and model code)."""
-        from sims.validate import ValidateConfig
+    def as_validate_config(self):
+        """The ``recipes.validate.ValidateConfig`` that names the same model and task (its data and model code)."""
+        from recipes.validate import ValidateConfig
 
         try:
             return ValidateConfig(model=self.model, task=self.task, forget=self.forget, retain=self.retain,
@@ -106,11 +106,11 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
     floats on the device; copy: a frozen model), masks from NLL gradients summed over the forget and retain
     sets, forget and retain NLL per token before and after.
 
-    Under ``torchrun --nproc_per_node N -m unlearn.cli run ...`` the model is sharded with FSDP2
+    Under ``torchrun --nproc_per_node N -m recipes.cli run ...`` the model is sharded with FSDP2
     (``unlearn.distributed``): every rank builds the same model, data and reference, takes its slice of each
     seeded global batch, and the run follows the one-process run up to reduction order; the recorded losses
     are averaged over ranks and rank 0 writes the folder. Masks need the whole model: one process only."""
-    from sims import validate
+    from recipes import validate
     from unlearn.losses import unlearning_losses
     from unlearn.models import hf
     from unlearn.reference import make_reference
@@ -120,7 +120,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         if world > 1 and cfg.mask:
             raise ValueError(f"--mask selects weights of the whole model, which FSDP2 shards over the {world} "
                              "ranks; run masked runs in one process")
-        vcfg = dataclasses.replace(cfg.language_model(), device=str(device))
+        vcfg = dataclasses.replace(cfg.as_validate_config(), device=str(device))
         forget, retain, vocab, _ = validate.task_data(vcfg)
         size = min(cfg.batch_size, len(forget))
         distributed.check_batches(len(forget), size, world, "--batch-size on the forget set")
@@ -162,7 +162,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         return _save(out, model, masks, cfg, doc)
 
 
-def unlearn_toy(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:
+def run_unlearning(cfg: RunConfig, out: Path, progress: bool | None = None) -> dict:
     """Unlearn the cached original model with ``cfg`` and write the run folder (module docstring); a model
     that is not a toy goes to ``unlearn_language_model``."""
     if cfg.model not in MODELS:
@@ -203,31 +203,49 @@ def load_run(folder: Path, device) -> tuple[RunConfig, Transformer]:
     return cfg, model.to(device).eval()
 
 
-def relearn_toy(folder: Path, subset: str, frac: float = 0.2, epochs: int = 3, batch_size: int = 32,
-                lr: float = 1e-4, draws: int = 3, device: str = "cpu", progress: bool | None = None) -> dict:
-    """Relearning attacks on the model of a run folder (``unlearn.relearn``): one run on the shortest ``frac`` of
-    the forget set, or ``draws`` runs on random subsets; forget metrics after each epoch, written to
-    relearn.json in the folder."""
-    if subset not in SUBSETS:
-        raise ValueError(f"unknown relearning subset {subset!r}; valid: {', '.join(SUBSETS)}")
-    require_at_least_one({"draws": draws, "epochs": epochs, "batch_size": batch_size})
-    dev = resolve_device(device)
-    cfg, unlearned = load_run(folder, dev)
-    world = markov.make_world(MODELS[cfg.model].world_config())
+@dataclass(frozen=True)
+class RelearnConfig:
+    """``unlearn relearn`` on a run folder of a toy model."""
+
+    subset: str = "shortest"  # SUBSETS: the shortest responses, or random draws
+    frac: float = 0.2  # of the forget set
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-4
+    draws: int = 3  # random subsets to draw (subset random); the relearn figure and the SimNPO paper draw 5
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.subset not in SUBSETS:
+            raise ValueError(f"unknown relearning subset {self.subset!r}; valid: {', '.join(SUBSETS)}")
+        if not 0 < self.frac <= 1:
+            raise ValueError(f"frac must lie in (0, 1], got {self.frac!r}")
+        require_at_least_one(self, "draws", "epochs", "batch_size")
+        require_positive(self, "lr")
+
+
+def run_relearning(folder: Path, cfg: RelearnConfig = RelearnConfig(), progress: bool | None = None) -> dict:
+    """Relearning attacks on the model of a run folder (``unlearn.relearn``): one run on the shortest ``cfg.frac``
+    of the forget set, or ``cfg.draws`` runs on random subsets; forget metrics after each epoch, written to
+    relearn.json in the folder with ``cfg``."""
+    dev = resolve_device(cfg.device)
+    run, unlearned = load_run(folder, dev)
+    world = markov.make_world(MODELS[run.model].world_config())
     forget = world.forget_set().to(dev)
-    evaluate = markov.summary_evaluator(world, dev, cfg.eval_limit)
-    indices = ([relearn_subset(forget.n_tokens, frac, "shortest")] if subset == "shortest" else
-               [relearn_subset(forget.n_tokens, frac, "random", generator(cfg.seed, "relearn-subset", d))
-                for d in range(draws)])
+    evaluate = markov.summary_evaluator(world, dev, run.eval_limit)
+    indices = ([relearn_subset(forget.n_tokens, cfg.frac, "shortest")] if cfg.subset == "shortest" else
+               [relearn_subset(forget.n_tokens, cfg.frac, "random", generator(run.seed, "relearn-subset", d))
+                for d in range(cfg.draws)])
     runs = []
     for d, index in enumerate(indices):
         model = Transformer(unlearned.cfg).to(dev)
         model.load_state_dict(unlearned.state_dict())
         part = forget.take(index)
-        history = relearn(model, token_mean_nll(part), len(part), epochs=epochs, batch_size=batch_size,
-                          lr=lr, seed=cfg.seed, keys=(subset, d), evaluate=evaluate, progress=progress)
+        history = relearn(model, token_mean_nll(part), len(part), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                          lr=cfg.lr, seed=run.seed, keys=(cfg.subset, d), evaluate=evaluate, progress=progress)
         runs.append({"epochs": list(range(len(history.eval_steps))), **history.evals})
-    doc = {"run": str(folder), "subset": subset, "frac": frac, "epochs": epochs, "batch_size": batch_size,
-           "lr": lr, "draws": len(indices), "relearn": runs}
+    doc = {"run": str(folder), "subset": cfg.subset, "frac": cfg.frac, "epochs": cfg.epochs,
+           "batch_size": cfg.batch_size, "lr": cfg.lr, "draws": len(indices), "config": config_dict(cfg),
+           "relearn": runs}
     atomic_write(folder / "relearn.json", lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
     return doc

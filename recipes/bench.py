@@ -1,7 +1,10 @@
 """Benchmarks (never tests): measured side by side in one process, printed as ratios against a baseline.
 
-    unlearn bench toy [--members 8,32,128] [--quick] [--out FILE]
-    unlearn bench llm [--model llama-100m-shape] [--lora 16] [--quick] [--out FILE]
+    unlearn bench toy [--quick] [--members 8,32,128] [--set key=value ...] [--show-config] [--out FILE]
+    unlearn bench llm [--quick] [--model llama-100m-shape] [--lora 16] [--set key=value ...] [--out FILE]
+
+Each is configured by a frozen dataclass (``ToyBench``, ``LLMBench``; ``--quick`` starts from ``QUICK`` /
+``QUICK_LLM``), which the results record under "config".
 
 ``toy``: M unlearning runs of one toy model trained as one ensemble (``unlearn.ensemble``; the logistic head
 holds its members natively) against the baseline, a loop of single runs of the same settings. Both sides run
@@ -30,7 +33,7 @@ import copy
 import dataclasses
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,13 +47,19 @@ MEMBERS = (8, 32, 128)
 
 @dataclass(frozen=True)
 class ToyBench:
-    """Sizes of one ``bench toy`` run; ``QUICK`` keeps it under a minute on 2 CPU cores."""
+    """Settings of one ``bench toy`` run; ``QUICK`` keeps it under a minute on 2 CPU cores."""
 
     members: tuple[int, ...] = MEMBERS
     logistic_steps: int = 200
     markov_steps: int = 40
     loop_runs: int = 8
     repeats: int = 2  # best of: the first call of a shape pays one-off allocation costs
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if not self.members or min(self.members) < 1:
+            raise ValueError(f"members must be positive integers, got {self.members!r}")
+        require_at_least_one(self, "logistic_steps", "markov_steps", "loop_runs", "repeats")
 
 
 QUICK = ToyBench(members=(8, 32), logistic_steps=50, markov_steps=10, loop_runs=4, repeats=1)
@@ -191,11 +200,9 @@ def bench_toy(cfg: ToyBench, device: torch.device, report: Callable[[str], None]
     return results
 
 
-def environment(device: torch.device, command: Sequence[str]) -> dict:
-    return {"command": " ".join(command), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's (what a benchmark's ratios were measured on)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------------------ bench llm
@@ -203,7 +210,7 @@ def environment(device: torch.device, command: Sequence[str]) -> dict:
 
 @dataclass(frozen=True)
 class LLMBench:
-    """Sizes of one ``bench llm`` run. ``QUICK_LLM`` takes about a minute on 2 CPU cores (63 s measured)."""
+    """Settings of one ``bench llm`` run. ``QUICK_LLM`` takes about a minute on 2 CPU cores (63 s measured)."""
 
     model: str = "llama-100m-shape"
     lora_rank: int = 16
@@ -214,6 +221,7 @@ class LLMBench:
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     full_finetuning: bool = True  # also NPO cached vs copy without LoRA (AdamW on every weight)
+    device: str = "cpu"
 
     def __post_init__(self):  # checked here, before any case starts its process
         if self.dtype not in hf.DTYPES:
@@ -273,7 +281,7 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     forget, retain = data.take(slice(0, B)), data.take(slice(B, 2 * B))
     if reference == "mask":  # WAGLE mask construction: two summed-gradient passes, the scores, the threshold
         return mask_case(model, forget, retain, before, device)
-    precision = "float32" if cfg.dtype == "float32" else "bf16"
+    precision = "float32" if cfg.dtype == "float32" else "bf16-autocast"
     with forward_precision(device, precision):  # a cached reference as the loss computes log pi
         ref = make_reference(reference, model, forget)
     losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref)
@@ -337,7 +345,7 @@ def _case_in_subprocess(cfg: LLMBench, case: tuple, device: torch.device) -> dic
     _, method, reference, lora = case
     payload = json.dumps({"cfg": dataclasses.asdict(cfg), "method": method, "reference": reference, "lora": lora,
                           "device": str(device)})
-    code = "import sys; from unlearn import bench; bench.case_main(sys.argv[1])"
+    code = "import sys; from recipes import bench; bench.case_main(sys.argv[1])"
     out = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"bench llm case {case[0]} failed:\n{out.stderr[-2000:]}")

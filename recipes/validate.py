@@ -18,7 +18,7 @@
    autograd through the objective) against |y| at the first and last evaluation (NPO exactly 1 at step 0;
    SimNPO's 2/|y| factor: SimNPO paper Sec. 4, ``theory.allocation``), and the retain drift.
 
-Precision, optimizer and memory (``PRECISIONS``, ``memory_plan``): AdamW everywhere, its moments in the
+Precision, optimizer and memory (``PRECISION_MODES``, ``memory_plan``): AdamW everywhere, its moments in the
 weights' dtype. ``float32`` (the CPU default); ``bf16-mixed``: float32 weights and moments, bf16 autocast
 (16 bytes per weight, plus autocast's bf16 copy of the weights); ``bf16``: bf16 weights and moments (8 bytes
 per weight), which rounds away an update smaller than half the bf16 spacing of its weight (2^-9 to 2^-8 of
@@ -49,31 +49,33 @@ import numpy as np
 import torch
 
 from sims import markov
-from sims.curves import rate_fits
-from sims.experiment import atomic_write, environment, to_jsonable
+from theory.markov import N_STATES
 from unlearn import data as llm_data
 from unlearn.config import require_at_least_one, require_positive
+from unlearn.io import atomic_write, environment, to_jsonable
 from unlearn.losses import token_mean_nll, unlearning_losses
+from unlearn.metrics.curves import rate_fits
 from unlearn.models import hf
 from unlearn.objectives import MethodParams, SequenceStats, forget_weights
 from unlearn.reference import MODES, batched_logprobs, make_reference
 from unlearn.train import StopRun, TrainConfig, forward_precision, resolve_device, shuffled_batches, train
 
 TASKS = ("markov", "facts", "jsonl")
-# (memorise lr, unlearning lr) by model, AdamW; README "Real causal LMs" has the runs behind them. Memorising:
+# (memorise lr, unlearning lr) by model, AdamW; docs/llm.md has the runs behind them. Memorising:
 # tiny 3e-3, llama-20m-shape 1e-3 (3e-3 diverged) and llama-100m-shape 2e-4 (6e-4 diverged) measured on the CPU,
 # llama-7b-shape 5e-5 extrapolated (the usable rate fell about like 1/width). Unlearning: slow enough that NPO
 # is still moving after the first 20% of steps, where the rate fits start (llama-20m-shape: at 3e-4 NPO
 # saturated within 30 steps, at 3e-5 it did not), fast enough that GA's collapse ends before them (at
 # llama-100m-shape 3e-6 moved it from step ~50 to ~120); 3e-5 at width 256 and 1e-5 at width 768 both ran
-# (README), and llama-7b-shape's 2e-6 is their 1/width extrapolation to width 4096. 1e-5, the NPO paper's
+# (docs/llm.md), and llama-7b-shape's 2e-6 is their 1/width extrapolation to width 4096. 1e-5, the NPO paper's
 # rate for real 7B models, is a local checkpoint's default.
 LEARNING_RATES = {"tiny": (3e-3, 1e-3), "llama-20m-shape": (1e-3, 3e-5), "llama-100m-shape": (2e-4, 1e-5),
                   "llama-7b-shape": (5e-5, 2e-6), "checkpoint": (1e-5, 1e-5)}
 MEMORISE_WARMUP = 10  # optimizer steps
-PRECISIONS = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", "bf16"), "bf16": ("bf16", "bf16")}
-# name -> (the weights' dtype, unlearn.train precision: "bf16" runs forward passes under bf16 autocast)
-METHODS = ("GA", "NPO", "SimNPO")
+PRECISION_MODES = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", "bf16-autocast"),
+                   "bf16": ("bf16", "bf16-autocast")}
+# name -> (the weights' dtype, unlearn.train precision: forward passes in float32 or under bf16 autocast)
+VALIDATED_METHODS = ("GA", "NPO", "SimNPO")
 PREDICTIONS = {
     "ga.linear_r2": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2): linear_r2 >= log_r2",
     "npo.log_r2": "NPO's forget NLL grows like log t (NPO paper Thm. 2): log_r2 >= linear_r2",
@@ -93,7 +95,7 @@ class ValidateConfig:
     task: str = "markov"
     forget: str | None = None
     retain: str | None = None
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = VALIDATED_METHODS
     steps: int = 300
     fit_from: float = 0.2  # fit the rates over the last 80% of the steps (after the first transient)
     lr: float | None = None  # None: LEARNING_RATES
@@ -110,7 +112,7 @@ class ValidateConfig:
     lora_rank: int | None = None
     lora_alpha: float = 16.0
     reference: str = "cached"
-    precision: str = "auto"  # PRECISIONS; auto: float32 on the CPU, on CUDA what fits (module docstring)
+    precision: str = "auto"  # PRECISION_MODES; auto: float32 on the CPU, on CUDA what fits (module docstring)
     gradient_checkpointing: bool = False
     max_length: int = 256
     prompt_format: str = "auto"
@@ -131,11 +133,13 @@ class ValidateConfig:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.task == "jsonl" and not (self.forget and self.retain):
             raise ValueError("--task jsonl needs --forget FILE and --retain FILE")
+        if not self.methods:
+            raise ValueError(f"methods: give at least one of {', '.join(VALIDATED_METHODS)}")
         for name in self.methods:
-            if name not in METHODS:
-                raise ValueError(f"validate runs {', '.join(METHODS)}; got {name!r}")
-        if self.precision not in (*PRECISIONS, "auto"):
-            raise ValueError(f"unknown precision {self.precision!r}; valid: auto, {', '.join(PRECISIONS)}")
+            if name not in VALIDATED_METHODS:
+                raise ValueError(f"validate runs {', '.join(VALIDATED_METHODS)}; got {name!r}")
+        if self.precision not in (*PRECISION_MODES, "auto"):
+            raise ValueError(f"unknown precision {self.precision!r}; valid: auto, {', '.join(PRECISION_MODES)}")
         if self.reference not in MODES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(MODES)}")
         if self.reference == "adapter" and self.lora_rank is None:
@@ -151,7 +155,7 @@ class ValidateConfig:
         return MethodParams(beta={"GA": 1.0, "NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
 
     def model_spec(self, vocab_size: int | None = None, lora: bool = False) -> hf.ModelSpec:
-        return hf.ModelSpec(self.model, dtype=PRECISIONS[self.precision][0], device=self.device,
+        return hf.ModelSpec(self.model, dtype=PRECISION_MODES[self.precision][0], device=self.device,
                             gradient_checkpointing=self.gradient_checkpointing, seed=self.seed,
                             vocab_size=vocab_size if self.model == "tiny" else None,
                             lora=hf.LoraSpec(self.lora_rank, self.lora_alpha) if lora and self.lora_rank else None)
@@ -169,7 +173,7 @@ def task_data(cfg: ValidateConfig):
         forget = markov.Split.concat([world["forget1_train"].take(slice(0, half)),
                                       world["forget2_train"].take(slice(0, cfg.n_forget - half))])
         retain = world["retain_train"].take(slice(0, cfg.n_retain))
-        return markov.token_set(forget), markov.token_set(retain), markov.N_STATES + 2, "markov mixture"
+        return markov.token_set(forget), markov.token_set(retain), N_STATES + 2, "markov mixture"
     if cfg.task == "facts":
         forget_ex, retain_ex = llm_data.facts_task(cfg.n_forget, cfg.facts_split, cfg.seed)
         retain_ex = retain_ex[: cfg.n_retain * len(llm_data.ATTRIBUTES)]
@@ -192,7 +196,7 @@ def task_data(cfg: ValidateConfig):
 def memory_plan(n_parameters: int, n_lora: int, precision: str, reference: str, memorise: bool = True) -> dict:
     """Device bytes of weights, gradients and AdamW moments (two per trained weight) in each phase; activations
     (the built-in tasks' batches are at most 64 x 20 tokens) and AdamW's temporary (one chunk of at most 256 MiB
-    or one larger weight: ``unlearn.train.AdamW``) are left out, and ``plan_precision`` adds room for them:
+    or one larger weight: ``unlearn.optim.AdamW``) are left out, and ``plan_precision`` adds room for them:
 
         memorise   4 N b + c                       weights, gradients, two moments (every weight trains)
         unlearn    N b + 3 N b + c  (+ N b copy)   the working model, its gradients and moments, the frozen
@@ -204,7 +208,7 @@ def memory_plan(n_parameters: int, n_lora: int, precision: str, reference: str, 
     copy of the weights, held for the backward pass: an upper bound), else 0; n_lora = 0 is full fine-tuning.
     The memorised weights wait in host memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16,
     121 GB (113 GiB) in bf16-mixed."""
-    b = torch.finfo(hf.DTYPES[PRECISIONS[precision][0]]).bits // 8
+    b = torch.finfo(hf.DTYPES[PRECISION_MODES[precision][0]]).bits // 8
     weights, cast = n_parameters * b, 2 * n_parameters if precision == "bf16-mixed" else 0
     trained = 16 * n_lora if n_lora else 3 * weights
     plan = {"memorise_bytes": 4 * weights + cast if memorise else 0,
@@ -277,7 +281,7 @@ def memorise_batch_size(cfg: ValidateConfig) -> int:
 
 
 def _precision(cfg: ValidateConfig) -> str:
-    return PRECISIONS[cfg.precision][1]
+    return PRECISION_MODES[cfg.precision][1]
 
 
 def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, progress) -> dict:

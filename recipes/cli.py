@@ -1,0 +1,463 @@
+"""The ``unlearn`` command line.
+
+    unlearn list                                   every experiment and the claim its figure shows
+    unlearn figures [NAME ...] [--preset fast|full] [--out DIR] [--device cpu|cuda] [--set key=value ...]
+                    [--seeds N] [--timing]
+    unlearn run --model markov --method NPO [--mask wagle:0.8] --out DIR     one unlearning run on a toy model
+    unlearn relearn DIR --subset shortest|random                              a relearning attack on its result
+    unlearn validate --model tiny|PATH|llama-7b-shape --task markov|facts|jsonl --out DIR    toy predictions on an LM
+    unlearn bench toy [--quick] [--out FILE]       ensembles vs loops of single runs on the toy models
+    unlearn bench llm [--quick] [--out FILE]       cached / adapter references vs a frozen copy on a Llama
+
+Each command's work is a recipe of its own (``recipes.figures``, ``run``, ``validate``, ``bench``); this module
+parses and dispatches. Every command but ``list`` runs from a typed frozen config dataclass (figures: the
+experiment's; run: RunConfig, relearn: RelearnConfig, validate: ValidateConfig, bench: ToyBench / LLMBench),
+which holds every default once.
+``--set key=value`` (repeatable) sets any key, after the named options, which are aliases of keys (``Alias``);
+``--show-config`` prints the resolved config as JSON and stops before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from recipes.figures import FIGURES_HELP, cmd_figures, cmd_list
+from unlearn.config import config_dict, format_value, resolve
+
+
+class Alias(NamedTuple):
+    """A named flag of a command, an alias of one key of the command's config dataclass: given, it sets that
+    key (through ``convert`` when its text needs one); absent (argparse default None), the config's default
+    stands. Its help ends with that default, read from the dataclass (and the --quick preset's, where one
+    differs), so that each default is written once, in the dataclass."""
+
+    option: str  # "--batch-size"
+    key: str  # "batch_size"
+    help: str
+    kwargs: dict = {}  # more add_argument keywords (type, choices, metavar, action); never mutated
+    convert: Callable[[Any], Any] | None = None
+    none: str = ""  # what a default of None means, shown after it
+
+
+def _dest(alias: Alias) -> str:
+    return f"config_{alias.key}"
+
+
+def alias_help(alias: Alias, cls: type, preset: Any = None) -> str:
+    """``alias``'s help: its text, then "(default X)" with X the field's default as --set spells it, what a
+    None default means, the --quick preset's value where it differs, and the config key where it is not the
+    option's name."""
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[alias.key]
+    notes = [format_value(default) + (f": {alias.none}" if alias.none and default is None else "")]
+    if preset is not None and getattr(preset, alias.key) != default:
+        notes.append(f"--quick {format_value(getattr(preset, alias.key))}")
+    if alias.key != alias.option.lstrip("-").replace("-", "_"):
+        notes.append(f"config key {alias.key}")
+    return f"{alias.help} (default {'; '.join(notes)})".replace("%", "%%")
+
+
+def config_help(cls: type, preset: Any = None) -> str:
+    """The paragraph of a command's --help that names its config keys and how they are set."""
+    order = "the defaults" + (" (with --quick, its preset)" if preset is not None else "")
+    text = (f"config: {order}, then the options below, then --set key=value (repeatable; lists comma-separated, "
+            "optional keys take none); an option and a --set of the same key must agree. --show-config prints "
+            "the resolved config as JSON and exits before any work. Keys: "
+            + ", ".join(f.name for f in dataclasses.fields(cls)) + ".")
+    return textwrap.fill(text, width=110, break_on_hyphens=False)
+
+
+def add_config(parser: argparse.ArgumentParser, cls: type, aliases: tuple[Alias, ...], preset: Any = None) -> None:
+    """The config flags of a command: its aliases, --set and --show-config."""
+    for alias in aliases:
+        kwargs = dict(alias.kwargs)
+        if "action" not in kwargs and "choices" not in kwargs:
+            kwargs.setdefault("metavar", alias.option.lstrip("-").replace("-", "_").upper())
+        parser.add_argument(alias.option, dest=_dest(alias), default=None, help=alias_help(alias, cls, preset),
+                            **kwargs)
+    parser.add_argument("--set", action="append", default=[], metavar="key=value",
+                        help="set one config key (repeatable; the keys are listed above)")
+    parser.add_argument("--show-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.set_defaults(aliases=aliases)
+
+
+def resolve_config(args, base: Any) -> Any:
+    """The command's config: ``base`` (a config class, or a preset), then the aliases given, then --set."""
+    given = {}
+    for alias in args.aliases:
+        value = getattr(args, _dest(alias))
+        if value is not None:
+            given[alias.key] = (alias.option, alias.convert(value) if alias.convert else value)
+    return resolve(base, given, args.set)
+
+
+def show_config(args, command: str, cfg: Any) -> bool:
+    """With --show-config, print the resolved config and say so (the command then returns, having done nothing)."""
+    if args.show_config:
+        print(json.dumps({"command": command, "config": config_dict(cfg)}, indent=2))
+    return args.show_config
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _members(text: str) -> tuple[int, ...]:
+    try:
+        members = tuple(int(m) for m in text.split(","))
+        if min(members) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--members must be comma-separated positive integers, got {text!r}") from None
+    return members
+
+
+def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
+    """--model, and the data of a Hugging Face model: --task, --forget, --retain (run and validate)."""
+    from recipes.validate import TASKS
+
+    return (Alias("--model", "model", model_help),
+            Alias("--task", "task", f"the data: {', '.join(TASKS)}{task_note}"),
+            Alias("--forget", "forget", "forget set for --task jsonl", {"metavar": "FILE"}),
+            Alias("--retain", "retain", "retain set for --task jsonl", {"metavar": "FILE"}))
+
+
+def run_aliases() -> tuple[Alias, ...]:
+    from recipes.run import MODELS, REFERENCES
+    from unlearn.models.hf import ARCHITECTURES
+    from unlearn.objectives import METHODS
+
+    alternative = [name for name, m in METHODS.items() if "alt_logp" in m.needs["forget"]]
+    return (
+        *_model_and_task(f"{' or '.join(MODELS)}, or a Hugging Face model directory or architecture "
+                         f"({', '.join(ARCHITECTURES)})", "; Hugging Face models only"),
+        Alias("--method", "method", f"one of {', '.join(METHODS)} (docs/methods.md); those that read alternative "
+                                    f"responses ({', '.join(alternative)}) run on the toy models only"),
+        Alias("--beta", "beta", "NPO/SimNPO/DPO inverse temperature, for every method; the SimNPO experiments "
+                                "use 4", {"type": float}),
+        Alias("--gamma", "gamma", "SimNPO margin", {"type": float}),
+        Alias("--lam", "lam", "weight of the retain term", {"type": float}),
+        Alias("--mismatch", "mismatch", "GA+Mismatch+KL's mismatch weight", {"type": float}),
+        Alias("--steps", "steps", "unlearning steps", {"type": int}),
+        Alias("--batch-size", "batch_size", "forget (and retain) batch size", {"type": int}),
+        Alias("--lr", "lr", "AdamW learning rate", {"type": float}),
+        Alias("--mask", "mask", "train only the masked weights, see above", {"metavar": "KIND:R|FILE"},
+              none="every weight trains"),
+        Alias("--mu", "mu", "WAGLE's Hessian scale mu (as released)", {"type": float}),
+        Alias("--seed", "seed", "batch order, mask draws", {"type": int}),
+        Alias("--eval-limit", "eval_limit", "toy models: evaluate on the first N sequences of each test split",
+              {"type": int, "metavar": "N"}, none="all"),
+        Alias("--reference", "reference", "Hugging Face models: cached (log-probs, and retain logits for *+KL "
+                                          "methods, computed once) or copy (a frozen model: less memory than cached "
+                                          "logits of a large vocabulary)", {"choices": REFERENCES}),
+        Alias("--device", "device", "cpu or cuda"),
+    )
+
+
+def relearn_aliases() -> tuple[Alias, ...]:
+    from unlearn.relearn import SUBSETS
+
+    return (
+        Alias("--subset", "subset", "relearn on the shortest responses or on random draws", {"choices": SUBSETS}),
+        Alias("--frac", "frac", "fraction of the forget set", {"type": float}),
+        Alias("--epochs", "epochs", "relearning epochs", {"type": int}),
+        Alias("--batch-size", "batch_size", "batch size", {"type": int}),
+        Alias("--lr", "lr", "AdamW learning rate", {"type": float}),
+        Alias("--draws", "draws", "random subsets to draw, with --subset random; the relearn figure and the "
+                                  "SimNPO paper draw 5", {"type": int}),
+        Alias("--device", "device", "cpu or cuda"),
+    )
+
+
+def validate_aliases() -> tuple[Alias, ...]:
+    from recipes.validate import PRECISION_MODES, VALIDATED_METHODS
+    from unlearn.models.hf import ARCHITECTURES
+    from unlearn.reference import MODES
+
+    return (
+        *_model_and_task(f"{', '.join(ARCHITECTURES)}, or a local model directory"),
+        Alias("--methods", "methods", f"comma-separated, of {', '.join(VALIDATED_METHODS)}", convert=_comma_list),
+        Alias("--steps", "steps", "unlearning steps per method", {"type": int}),
+        Alias("--lr", "lr", "unlearning AdamW learning rate", {"type": float}, none="by model, above"),
+        Alias("--memorise-lr", "memorise_lr", "memorising AdamW learning rate", {"type": float}, none="by model"),
+        Alias("--batch-size", "batch_size", "forget sequences per step", {"type": int}),
+        Alias("--memorise-epochs", "memorise_epochs", "most epochs of memorising", {"type": int}),
+        Alias("--lora", "lora_rank", "unlearn through a LoRA adapter of this rank", {"type": int, "metavar": "RANK"},
+              none="full fine-tuning"),
+        Alias("--reference", "reference", f"where NPO's log pi_ref comes from: {', '.join(MODES)} (adapter needs "
+                                          "--lora)"),
+        Alias("--precision", "precision", f"{', '.join(PRECISION_MODES)}, or auto, see above"),
+        Alias("--gradient-checkpointing", "gradient_checkpointing", "trade compute for activation memory",
+              {"action": "store_true"}),
+        Alias("--prompt-format", "prompt_format", "auto, chat or plain (files and facts)"),
+        Alias("--seed", "seed", "the task's draws, the initial weights of an architecture, batch order",
+              {"type": int}),
+        Alias("--device", "device", "cpu, cuda, or auto: cuda when a GPU is visible"),
+    )
+
+
+def bench_toy_aliases() -> tuple[Alias, ...]:
+    return (
+        Alias("--members", "members", "ensemble sizes, comma-separated", {"metavar": "M,M,..."}, convert=_members),
+        Alias("--device", "device", "cpu or cuda"),
+    )
+
+
+def bench_llm_aliases() -> tuple[Alias, ...]:
+    from unlearn.models.hf import DTYPES
+
+    return (
+        Alias("--model", "model", "architecture or model directory"),
+        Alias("--lora", "lora_rank", "LoRA rank", {"type": int, "metavar": "RANK"}),
+        Alias("--seq-len", "seq_len", "tokens per sequence", {"type": int}),
+        Alias("--batch-size", "batch_size", "sequences per batch", {"type": int}),
+        Alias("--dtype", "dtype", "weights' dtype", {"choices": tuple(DTYPES)}),
+        Alias("--gradient-checkpointing", "gradient_checkpointing", "recompute activations in backward",
+              {"action": "store_true"}),
+        Alias("--device", "device", "cpu or cuda"),
+    )
+
+
+BENCH_TOY_HELP = """\
+Train M unlearning runs of a toy model as one ensemble and, side by side, as a loop of single runs, for the
+logistic model (npo-synthetic's size, float64) and the Markov transformer (4 layers, d 128, float32), and
+print runs x steps per second of each, the speedup, and the ensemble's matmul FLOP rate as a fraction of
+this machine's measured matmul rate. A benchmark, not a test: nothing is asserted.
+"""
+
+
+def cmd_bench_toy(args) -> int:
+    from recipes import bench
+    from unlearn.train import resolve_device
+
+    cfg = resolve_config(args, bench.QUICK if args.quick else bench.ToyBench)
+    if show_config(args, "bench toy", cfg):
+        return 0
+    device = resolve_device(cfg.device)
+    return _bench_report(bench.bench_toy(cfg, device), cfg, device, args)
+
+
+def _bench_report(results: dict, cfg, device, args) -> int:
+    """Add the config, device and command to a benchmark's results; write them to --out if asked."""
+    from recipes import bench
+    from unlearn.io import atomic_write, environment, to_jsonable
+
+    env = {**environment(str(device)), "command": " ".join(["unlearn", *args.argv]),
+           "device_name": bench.device_name(device)}
+    doc = {**results, "env": env, "config": config_dict(cfg)}
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
+        print(f"wrote {out}")
+    return 0
+
+
+RUN_HELP = """\
+Unlearn the cached original Markov transformer (`markov`: the SimNPO paper's setup; `markov-fast`: the fast
+presets' smaller world and model; either is pretrained once and cached) with one method, and write DIR/run.json
+(the resolved config, forget KL / retain KL / entropy before and after, the training history) and
+DIR/model.safetensors. With a Hugging Face model (a directory, or tiny / llama-...-shape) the data is --task's
+(markov, facts, or jsonl with --forget/--retain), the reference is --reference's, and forget/retain NLL per token
+are recorded; methods that read alternative responses run on the toy models only.
+On several GPUs (or CPU processes), `torchrun --nproc_per_node N -m recipes.cli run --model ... --device cuda`
+shards the model with FSDP2; each rank takes its slice of every batch (--batch-size must split evenly) and
+rank 0 writes DIR.
+
+masks (--mask): wagle:R, magnitude:R or random:R keep the top fraction R in (0, 1] of weights by that score
+(WAGLE: |(theta - g_r/mu) * g_f|, with --mu) and freeze the rest bitwise; a .safetensors file gives the
+masks directly (it must match the model). The mask is written to DIR/mask.safetensors.
+"""
+
+RELEARN_HELP = """\
+Fine-tune the unlearned model of a run folder (written by `unlearn run`) on a fraction of its forget set, the
+shortest responses or random draws, and record the forget KL, retain KL and entropy after every epoch in
+DIR/relearn.json (SimNPO paper Fig. 6's relearning attack), with the resolved config.
+"""
+
+
+def cmd_run(args) -> int:
+    from recipes.run import RunConfig, run_unlearning
+    from unlearn.distributed import is_main
+
+    cfg = resolve_config(args, RunConfig)
+    if show_config(args, "run", cfg):
+        return 0
+    if not args.out:
+        args.parser.error("the following arguments are required: --out")
+    doc = run_unlearning(cfg, Path(args.out))
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
+    before, after = doc["before"], doc["after"]
+    print(" ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before) + f"; wrote {args.out}/run.json")
+    return 0
+
+
+def cmd_relearn(args) -> int:
+    from recipes.run import RelearnConfig, run_relearning
+
+    cfg = resolve_config(args, RelearnConfig)
+    if show_config(args, "relearn", cfg):
+        return 0
+    if not args.run:
+        args.parser.error("the following arguments are required: DIR")
+    doc = run_relearning(Path(args.run), cfg)
+    for d, r in enumerate(doc["relearn"]):
+        print(f"draw {d}: forget_kl by epoch " + " ".join(f"{v:.4g}" for v in r["forget_kl"]))
+    print(f"wrote {args.run}/relearn.json")
+    return 0
+
+
+VALIDATE_HELP = """\
+Check on a causal LM what the toy models predict. The model is fine-tuned until it has memorised the forget
+and retain sets (built-in tasks; skip with --memorise-epochs 0 for a model that knows its data), then unlearned
+with each method; DIR/validate.json holds the resolved config, the forget NLL against steps with linear and
+log-step fits, the per-sequence weights against |y| at the first and last evaluation, the retain drift, and
+beside each the toy model's prediction; DIR/validate.png shows them. DIR/validate.ckpt lets an interrupted run
+resume.
+
+models: a local Hugging Face directory (local files only), or an architecture with random weights from a config
+(no download). tasks: markov (the SimNPO Markov mixture as tokens), facts (fictitious authors, TOFU-like), jsonl
+(--forget FILE --retain FILE: prompt/response JSONL or TOFU JSON).
+
+Optimizer and precision: AdamW, its moments in the weights' dtype. --precision float32 (the CPU default),
+bf16-mixed (float32 weights, bf16 autocast) or bf16 (bf16 weights: 8 bytes per weight with AdamW, so that
+llama-7b-shape fits one 80 GB GPU, but updates smaller than a bf16 step of their weight are lost); on a GPU,
+auto takes bf16-mixed when it fits the free memory (llama-7b-shape: about 113 GiB) and bf16 otherwise. A run
+that does not fit is refused before it starts, with the memory it needs. Learning rates default by model, as
+AdamW's usable rate falls with width (recipes.validate.LEARNING_RATES; the run prints the ones it uses, and
+--show-config shows them).
+"""
+
+
+def cmd_validate(args) -> int:
+    from recipes.validate import ValidateConfig, run_validate
+
+    cfg = resolve_config(args, ValidateConfig)
+    if show_config(args, "validate", cfg):
+        return 0
+    doc = run_validate(cfg, Path(args.out))
+    for key, value in doc["metrics"].items():
+        predicted = doc["predictions"].get(key, {}).get("value")
+        shown = "null" if value is None else f"{value:.4g}"
+        print(f"{key:<48} {shown:>10}" + ("" if predicted is None else f"   (toy prediction {predicted:.4g})"))
+    print(f"wrote {args.out}/validate.json and validate.png")
+    return 0
+
+
+BENCH_LLM_HELP = """\
+NPO and NPO+KL steps on one Llama-shaped model (random weights), same batch, each setting in its own process:
+the cached reference (NPO) and the adapter reference (NPO+KL, LoRA) against a frozen copy of the model (what
+peer frameworks do), with LoRA, and NPO cached vs copy with full fine-tuning (AdamW on every weight). Prints
+peak memory, step time, tokens per second and model FLOP utilisation (4 N + 2 N_trainable + 12 L d T FLOPs per
+trained token over this device's matmul rate in the working dtype, measured in the same run) of each, and the
+ratios. A setting that runs out of GPU memory is reported as such (and, on CUDA, whether each fits 80 GiB). A
+benchmark: nothing is asserted.
+"""
+
+
+def cmd_bench_llm(args) -> int:
+    from recipes import bench
+    from unlearn.train import resolve_device
+
+    cfg = resolve_config(args, bench.QUICK_LLM if args.quick else bench.LLMBench)
+    if show_config(args, "bench llm", cfg):
+        return 0
+    device = resolve_device(cfg.device)
+    return _bench_report(bench.bench_llm(cfg, device), cfg, device, args)
+
+
+LLM_EXTRA = ("transformers", "peft")  # pyproject's optional [llm] dependencies
+
+
+def _described(description: str, cls: type, preset: Any = None) -> dict:
+    """add_parser keywords of a configured command: its description, then its config paragraph."""
+    return {"description": f"{description}\n{config_help(cls, preset)}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recipes import bench
+    from recipes.run import RelearnConfig, RunConfig
+    from recipes.validate import ValidateConfig
+    from unlearn.objectives import methods_help
+
+    parser = argparse.ArgumentParser(
+        prog="unlearn",
+        description="Theory, simulations and one training core for the mechanics of LLM unlearning "
+                    "(GA, NPO, SimNPO).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="name every experiment with its one-line claim")
+    p_list.set_defaults(func=cmd_list)
+    p_fig = sub.add_parser("figures", help="run experiments and write their figure and metrics",
+                           description=FIGURES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_fig.add_argument("names", nargs="*", metavar="NAME", help="experiments to run (default: all; see `unlearn list`)")
+    p_fig.add_argument("--preset", choices=("fast", "full"), default="full",
+                       help="fast: quick preview; full: the paper's settings (default: full)")
+    p_fig.add_argument("--out", default="figures", metavar="DIR", help="output folder (default: figures)")
+    p_fig.add_argument("--device", choices=("cpu", "cuda"), help="where tensors live (default: the config's, cpu)")
+    p_fig.add_argument("--set", action="append", metavar="key=value", help="override one config field (repeatable)")
+    p_fig.add_argument("--seeds", type=int, metavar="N",
+                       help="independent replicates of the experiments that have them (config key 'seeds')")
+    p_fig.add_argument("--timing", action="store_true", help="print a table of wall times at the end")
+    p_fig.add_argument("--show-config", action="store_true", help="print the resolved config(s) and exit")
+    p_fig.set_defaults(func=cmd_figures)
+    p_run = sub.add_parser("run", help="one unlearning run on a toy model (optionally with a weight mask)",
+                           epilog=f"methods [the hyperparameters each reads]:\n{methods_help()}",
+                           **_described(RUN_HELP, RunConfig))
+    add_config(p_run, RunConfig, run_aliases())
+    p_run.add_argument("--out", metavar="DIR", help="the run folder to write (required unless --show-config)")
+    p_run.set_defaults(func=cmd_run, parser=p_run)
+    p_re = sub.add_parser("relearn", help="a relearning attack on the model of a run folder",
+                          **_described(RELEARN_HELP, RelearnConfig))
+    p_re.add_argument("run", nargs="?", metavar="DIR", help="a folder written by `unlearn run`")
+    add_config(p_re, RelearnConfig, relearn_aliases())
+    p_re.set_defaults(func=cmd_relearn, parser=p_re)
+    p_val = sub.add_parser("validate", help="check the toy models' predictions on a causal LM",
+                           **_described(VALIDATE_HELP, ValidateConfig))
+    add_config(p_val, ValidateConfig, validate_aliases())
+    p_val.add_argument("--out", default="validate", metavar="DIR", help="output folder (default validate)")
+    p_val.set_defaults(func=cmd_validate)
+    p_bench = sub.add_parser("bench", help="benchmarks: measured ratios against a baseline, side by side")
+    bench_sub = p_bench.add_subparsers(dest="bench", required=True)
+    p_toy = bench_sub.add_parser("toy", help="ensembles vs loops of single runs on the toy models",
+                                 **_described(BENCH_TOY_HELP, bench.ToyBench, bench.QUICK))
+    p_toy.add_argument("--quick", action="store_true", help="fewer steps and sizes: under a minute on 2 CPU cores")
+    add_config(p_toy, bench.ToyBench, bench_toy_aliases(), bench.QUICK)
+    p_toy.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p_toy.set_defaults(func=cmd_bench_toy)
+    p_llm = bench_sub.add_parser("llm", help="cached / adapter references vs a frozen copy on a Llama",
+                                 **_described(BENCH_LLM_HELP, bench.LLMBench, bench.QUICK_LLM))
+    p_llm.add_argument("--quick", action="store_true", help="a smaller model: about a minute on 2 CPU cores")
+    add_config(p_llm, bench.LLMBench, bench_llm_aliases(), bench.QUICK_LLM)
+    p_llm.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p_llm.set_defaults(func=cmd_bench_llm)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError) as err:
+        print(f"unlearn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name not in LLM_EXTRA:
+            raise
+        print(f"unlearn {args.command}: error: Hugging Face models need {err.name}, which is not installed: "
+              "pip install 'unlearn-mechanics[llm]' (from a clone: pip install -e '.[llm]')", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
