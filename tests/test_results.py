@@ -1,27 +1,50 @@
-"""The committed measurements in benchmarks/results/ agree with themselves and with the README: each
-validate.json's metrics follow from the curves it stores, each ``bench llm`` JSON's ratios from the values it
-records, and the README's tables quote both. Nothing is re-run: these guard the reports, not the code."""
+"""The committed measurements in benchmarks/results/ agree with themselves and with the docs: each validate.json's
+metrics follow from the curves it stores, each ``bench`` JSON's ratios from the values it records, and the
+tables of docs/llm.md and docs/performance.md quote them. Nothing is re-run: these guard the reports, not the
+code."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sims.curves import rate_fits
+from unlearn.metrics.curves import rate_fits
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+LLM_DOC = ROOT / "docs" / "llm.md"
+PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 VALIDATE = sorted(RESULTS.glob("validate-*/validate.json"))
 BENCH = sorted(RESULTS.glob("llm-*.json"))
+TIMING = sorted(RESULTS.glob("figures-*-timing-cpu.txt"))
 
 
 def _name(path: Path) -> str:
     return path.parent.name if path.name == "validate.json" else path.stem
 
 
+def cells(line: str) -> list[str]:
+    """The cells of a Markdown table row (escaped pipes stay inside their cell)."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def validate_table() -> tuple[list[str], dict[str, list[str]]]:
+    """docs/llm.md's validate table: its header cells and {key cell: row cells}."""
+    lines = LLM_DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| key |") and "validate-" in line)
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        row = cells(line)
+        rows[row[0]] = row
+    return cells(lines[start]), rows
+
+
 def test_there_are_reports_to_check():
-    assert len(VALIDATE) >= 4 and len(BENCH) >= 4
+    assert len(VALIDATE) >= 4 and len(BENCH) >= 4 and len(TIMING) >= 2
 
 
 @pytest.mark.parametrize("path", VALIDATE, ids=_name)
@@ -47,19 +70,38 @@ def test_validate_metrics_follow_from_their_curves(path):
         assert metrics["validate.npo.weight_step0_max_abs_dev_from_1"] == pytest.approx(np.max(np.abs(w0 - 1)))
 
 
+def test_the_validate_table_has_one_column_per_report():
+    """Every committed report has its column (the header links its validate.json), and every column a report."""
+    header, _ = validate_table()
+    reports = header[1:-1]
+    assert header[0] == "key" and header[-1] == "toy prediction"
+    found = [re.search(r"(validate-[^/]+)/validate\.json", c) for c in reports]
+    assert all(found), f"a column of docs/llm.md's validate table links no report: {reports}"
+    assert sorted(f.group(1) for f in found) == sorted(path.parent.name for path in VALIDATE)
+
+
 @pytest.mark.parametrize("path", VALIDATE, ids=_name)
-def test_the_readme_validate_table_quotes_each_report(path):
-    """The README's row of each key holds this report's value, rounded as the table rounds it."""
+def test_the_validate_table_quotes_each_report(path):
+    """docs/llm.md's column of each report holds its values, rounded as the table rounds them, and a failed
+    prediction (GA not linear, NPO not logarithmic) is bold, a kept one is not."""
     m = {k.removeprefix("validate."): v for k, v in json.loads(path.read_text())["metrics"].items()}
-    rows = {line.split("|")[1].strip(): line for line in (ROOT / "README.md").read_text().splitlines()
-            if line.startswith("| `validate.")}
+    header, rows = validate_table()
+    column = next(i for i, c in enumerate(header) if f"{path.parent.name}/" in c)
     quoted = {
-        "`validate.ga.linear_r2` / `validate.ga.log_r2`": f"{m['ga.linear_r2']:.3f} / {m['ga.log_r2']:.3f}",
-        "`validate.npo.log_r2` / `validate.npo.linear_r2`": f"{m['npo.log_r2']:.3f} / {m['npo.linear_r2']:.3f}",
-        "`validate.simnpo.pearson_weight_length.step0`": f"{m['simnpo.pearson_weight_length.step0']:.2f}",
+        "`validate.ga.linear_r2` / `validate.ga.log_r2`":
+            (f"{m['ga.linear_r2']:.3f} / {m['ga.log_r2']:.3f}", m["ga.linear_r2"] < m["ga.log_r2"]),
+        "`validate.npo.log_r2` / `validate.npo.linear_r2`":
+            (f"{m['npo.log_r2']:.3f} / {m['npo.linear_r2']:.3f}", m["npo.log_r2"] < m["npo.linear_r2"]),
+        "`validate.npo.weight_step0_max_abs_dev_from_1`": (f"{m['npo.weight_step0_max_abs_dev_from_1']:g}", False),
+        "`validate.simnpo.pearson_weight_length.step0`": (f"{m['simnpo.pearson_weight_length.step0']:.2f}", False),
+        "`validate.ga.retain_nll_drift` / `npo` / `simnpo`":
+            (" / ".join(f"{m[f'{x}.retain_nll_drift']:.2f}" for x in ("ga", "npo", "simnpo")), False),
     }
-    for key, text in quoted.items():
-        assert text in rows[key], f"README row {key} lacks {text} ({path.parent.name})"
+    for key, (text, failed) in quoted.items():
+        assert key in rows, f"docs/llm.md's validate table lacks the row {key}"
+        shown, expected = rows[key][column], (f"**{text}**" if failed else text)
+        assert shown == expected, f"docs/llm.md row {key}, column {path.parent.name}: {shown!r}, the report " \
+                                  f"gives {expected!r} (bold: the prediction fails)"
 
 
 @pytest.mark.parametrize("path", BENCH, ids=_name)
@@ -79,3 +121,38 @@ def test_bench_ratios_follow_from_their_recorded_values(path):
         saved = cases["full.npo.copy"]["peak_bytes"] - cases["full.npo.cached"]["peak_bytes"]
         assert doc["full.npo.saved_bytes"] == saved
         assert doc["full.npo.saved_over_model_bytes"] == pytest.approx(saved / cases["full.npo.copy"]["param_bytes"])
+
+
+@pytest.mark.parametrize("path", BENCH, ids=_name)
+def test_the_performance_table_quotes_each_bench_report(path):
+    """docs/performance.md's row of each bench llm file holds its three ratio pairs and the bytes saved."""
+    doc = json.loads(path.read_text())
+    rows = [cells(line) for line in PERFORMANCE_DOC.read_text().splitlines()
+            if line.startswith(f"| [{path.name}]")]
+    assert len(rows) == 1, f"docs/performance.md needs one ratio row for {path.name}"
+    expected = [f"{doc[f'{c}.peak_mem_ratio']:.2f} / {doc[f'{c}.step_time_ratio']:.2f}"
+                for c in ("npo.cached_vs_copy", "npo+kl.adapter_vs_copy", "full.npo.cached_vs_copy")]
+    assert rows[0][2:5] == expected, f"docs/performance.md row {path.name}"
+    assert rows[0][5] == f"{doc['full.npo.saved_over_model_bytes']:.2f}"
+
+
+def test_the_performance_page_quotes_the_toy_bench():
+    doc = json.loads((RESULTS / "toy-cpu.json").read_text())
+    rows = {cells(line)[0].split()[0]: cells(line) for line in PERFORMANCE_DOC.read_text().splitlines()
+            if line.startswith(("| logistic", "| markov"))}
+    for model in ("logistic", "markov"):
+        members = doc["config"]["members"]
+        assert rows[model][1] == " / ".join(map(str, members))
+        assert rows[model][2] == f"{doc[f'{model}.loop.runs_steps_per_s']:.0f}"
+        assert rows[model][3] == " / ".join(f"{doc[f'{model}.members={m}.ensemble.runs_steps_per_s']:.0f}"
+                                            for m in members)
+        assert rows[model][4] == " / ".join(f"{doc[f'{model}.members={m}.speedup']:.1f}x" for m in members)
+
+
+@pytest.mark.parametrize("path", TIMING, ids=_name)
+def test_the_performance_page_quotes_each_timing_table(path):
+    """The --timing summary table (from its header line on) appears verbatim in docs/performance.md."""
+    lines = path.read_text().splitlines()
+    table = "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("experiment")):])
+    table = table.split("\n\n")[0].rstrip()
+    assert table in PERFORMANCE_DOC.read_text(), f"docs/performance.md does not quote {path.name}'s table"
