@@ -15,6 +15,12 @@ experiment's; run: RunConfig, relearn: RelearnConfig, validate: ValidateConfig, 
 which holds every default once.
 ``--set key=value`` (repeatable) sets any key, after the named options, which are aliases of keys (``Alias``);
 ``--show-config`` prints the resolved config as JSON and stops before any work.
+
+Before any work each command also checks its device (``unlearn.train.resolve_device``: cpu, cuda, cuda:N) and
+its output (``unlearn.io.writable_dir`` / ``writable_file``: created and probed), so that bad input costs
+seconds, not a finished run. ``main`` turns expected errors (bad values, missing files, unreadable checkpoints)
+into one line, ``unlearn CMD: error: ...``, exit status 2, and Ctrl-C into ``unlearn CMD: interrupted`` with
+what was kept, exit status 130; neither prints a traceback.
 """
 
 from __future__ import annotations
@@ -88,13 +94,29 @@ def add_config(parser: argparse.ArgumentParser, cls: type, aliases: tuple[Alias,
 
 
 def resolve_config(args, base: Any) -> Any:
-    """The command's config: ``base`` (a config class, or a preset), then the aliases given, then --set."""
+    """The command's config: ``base`` (a config class, or a preset), then the aliases given, then --set. A device
+    given either way is checked by name first (cpu, cuda, cuda:N; validate's auto), so that an unknown one is
+    named before a config that reads it (validate's precision by device) passes it to torch."""
+    from unlearn.config import parse_overrides
+    from unlearn.train import resolve_device
+
     given = {}
     for alias in args.aliases:
         value = getattr(args, _dest(alias))
         if value is not None:
             given[alias.key] = (alias.option, alias.convert(value) if alias.convert else value)
+    cls = base if isinstance(base, type) else type(base)
+    device = parse_overrides(cls, args.set).get("device", given.get("device", (None, None))[1])
+    if device not in (None, "auto"):
+        resolve_device(device, available=False)
     return resolve(base, given, args.set)
+
+
+def check_device(cfg: Any) -> Any:
+    """The config's device, refused before any work if unknown or not there (``resolve_device``)."""
+    from unlearn.train import resolve_device
+
+    return resolve_device(cfg.device)
 
 
 def show_config(args, command: str, cfg: Any) -> bool:
@@ -139,8 +161,8 @@ def run_aliases() -> tuple[Alias, ...]:
                          f"({', '.join(ARCHITECTURES)})", "; Hugging Face models only"),
         Alias("--method", "method", f"one of {', '.join(METHODS)} (docs/methods.md); those that read alternative "
                                     f"responses ({', '.join(alternative)}) run on the toy models only"),
-        Alias("--beta", "beta", "NPO/SimNPO/DPO inverse temperature, for every method; the SimNPO experiments "
-                                "use 4", {"type": float}),
+        Alias("--beta", "beta", "NPO/SimNPO/DPO inverse temperature, read by the methods that list it below and "
+                                "refused for the others; the SimNPO experiments use 4", {"type": float}),
         Alias("--gamma", "gamma", "SimNPO margin", {"type": float}),
         Alias("--lam", "lam", "weight of the retain term", {"type": float}),
         Alias("--mismatch", "mismatch", "GA+Mismatch+KL's mismatch weight", {"type": float}),
@@ -151,12 +173,19 @@ def run_aliases() -> tuple[Alias, ...]:
               none="every weight trains"),
         Alias("--mu", "mu", "WAGLE's Hessian scale mu (as released)", {"type": float}),
         Alias("--seed", "seed", "batch order, mask draws", {"type": int}),
-        Alias("--eval-limit", "eval_limit", "toy models: evaluate on the first N sequences of each test split",
+        Alias("--eval-limit", "eval_limit", "evaluate on the first N sequences of each evaluation set (toy models: "
+                                            "the test splits; Hugging Face models: the forget and retain sets)",
               {"type": int, "metavar": "N"}, none="all"),
         Alias("--reference", "reference", "Hugging Face models: cached (log-probs, and retain logits for *+KL "
                                           "methods, computed once) or copy (a frozen model: less memory than cached "
                                           "logits of a large vocabulary)", {"choices": REFERENCES}),
         Alias("--device", "device", "cpu or cuda"),
+        Alias("--overwrite", "overwrite", "replace the run in an existing --out folder (its relearn.json, and its "
+                                          "mask.safetensors when this run has no mask, are removed)",
+              {"action": "store_true"}),
+        Alias("--stop-on", "stop_on", "collapse: end at the first collapsed evaluation (retain NLL or output entropy "
+                                      "at log V, or entropy ~0) and keep the model of the last healthy one",
+              {"choices": ("collapse",)}, none="run every step"),
     )
 
 
@@ -188,8 +217,10 @@ def validate_aliases() -> tuple[Alias, ...]:
         Alias("--memorise-lr", "memorise_lr", "memorising AdamW learning rate", {"type": float}, none="by model"),
         Alias("--batch-size", "batch_size", "forget sequences per step", {"type": int}),
         Alias("--memorise-epochs", "memorise_epochs", "most epochs of memorising", {"type": int}),
-        Alias("--lora", "lora_rank", "unlearn through a LoRA adapter of this rank", {"type": int, "metavar": "RANK"},
-              none="full fine-tuning"),
+        Alias("--lora", "lora_rank", "unlearn through a LoRA adapter of this rank (RANK >= 1)",
+              {"type": int, "metavar": "RANK"}, none="full fine-tuning"),
+        Alias("--eval-limit", "eval_limit", "evaluate the first N sequences of the forget and retain sets (training "
+                                            "always reads all of them)", {"type": int, "metavar": "N"}, none="all"),
         Alias("--reference", "reference", f"where NPO's log pi_ref comes from: {', '.join(MODES)} (adapter needs "
                                           "--lora)"),
         Alias("--precision", "precision", f"{', '.join(PRECISION_MODES)}, or auto, see above"),
@@ -199,6 +230,9 @@ def validate_aliases() -> tuple[Alias, ...]:
         Alias("--seed", "seed", "the task's draws, the initial weights of an architecture, batch order",
               {"type": int}),
         Alias("--device", "device", "cpu, cuda, or auto: cuda when a GPU is visible"),
+        Alias("--stop-on", "stop_on", "collapse: end each method at its first collapsed evaluation (retain NLL or "
+                                      "output entropy at log V, or entropy ~0)", {"choices": ("collapse",)},
+              none="run every step"),
     )
 
 
@@ -240,7 +274,17 @@ def cmd_bench_toy(args) -> int:
     if show_config(args, "bench toy", cfg):
         return 0
     device = resolve_device(cfg.device)
+    _check_out_file(args)
     return _bench_report(bench.bench_toy(cfg, device), cfg, device, args)
+
+
+def _check_out_file(args) -> None:
+    """A benchmark's --out FILE, checked before it runs (``writable_file``)."""
+    from unlearn.io import writable_file
+
+    if args.out:
+        writable_file(args.out)
+        args.kept = lambda: f"the benchmark did not finish; {args.out} is written only when it finishes"
 
 
 def _bench_report(results: dict, cfg, device, args) -> int:
@@ -252,8 +296,7 @@ def _bench_report(results: dict, cfg, device, args) -> int:
            "device_name": bench.device_name(device)}
     doc = {**results, "env": env, "config": config_dict(cfg)}
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = Path(args.out)  # checked before the benchmark ran (_check_out_file)
         atomic_write(out, lambda p: Path(p).write_text(json.dumps(to_jsonable(doc), indent=1)))
         print(f"wrote {out}")
     return 0
@@ -272,7 +315,10 @@ rank 0 writes DIR.
 
 masks (--mask): wagle:R, magnitude:R or random:R keep the top fraction R in (0, 1] of weights by that score
 (WAGLE: |(theta - g_r/mu) * g_f|, with --mu) and freeze the rest bitwise; a .safetensors file gives the
-masks directly (it must match the model). The mask is written to DIR/mask.safetensors.
+masks directly. A mask file must name every trainable parameter, unless its safetensors metadata says
+missing=frozen (the parameters it leaves out stay fixed) or missing=free (they train); anything else is
+refused, naming the file and the first missing parameters. The mask is written to DIR/mask.safetensors, and
+run.json's moved_fraction counts the weights that actually changed.
 """
 
 RELEARN_HELP = """\
@@ -285,29 +331,39 @@ DIR/relearn.json (SimNPO paper Fig. 6's relearning attack), with the resolved co
 def cmd_run(args) -> int:
     from recipes.run import RunConfig, run_unlearning
     from unlearn.distributed import is_main
+    from unlearn.io import output_dir
+    from unlearn.metrics.collapse import describe_collapse
 
     cfg = resolve_config(args, RunConfig)
     if show_config(args, "run", cfg):
         return 0
     if not args.out:
         args.parser.error("the following arguments are required: --out")
-    doc = run_unlearning(cfg, Path(args.out))
+    check_device(cfg)
+    with output_dir(args.out) as out:
+        args.kept = lambda: f"the run did not finish; {out} is written only when a run finishes"
+        doc = run_unlearning(cfg, out)
     if not is_main():  # under torchrun rank 0 reports
         return 0
     before, after = doc["before"], doc["after"]
-    print(" ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before) + f"; wrote {args.out}/run.json")
+    print(" ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before if k != "collapse"))
+    print(f"{describe_collapse(doc)}; wrote {args.out}/run.json")
     return 0
 
 
 def cmd_relearn(args) -> int:
     from recipes.run import RelearnConfig, run_relearning
+    from unlearn.io import writable_dir
 
     cfg = resolve_config(args, RelearnConfig)
     if show_config(args, "relearn", cfg):
         return 0
     if not args.run:
         args.parser.error("the following arguments are required: DIR")
-    doc = run_relearning(Path(args.run), cfg)
+    check_device(cfg)
+    folder = writable_dir(args.run, "run folder", create=False)  # relearn.json is written there
+    args.kept = lambda: f"the attack did not finish; {folder / 'relearn.json'} is written only when it finishes"
+    doc = run_relearning(folder, cfg)
     for d, r in enumerate(doc["relearn"]):
         print(f"draw {d}: forget_kl by epoch " + " ".join(f"{v:.4g}" for v in r["forget_kl"]))
     print(f"wrote {args.run}/relearn.json")
@@ -338,17 +394,29 @@ AdamW's usable rate falls with width (recipes.validate.LEARNING_RATES; the run p
 
 def cmd_validate(args) -> int:
     from recipes.validate import ValidateConfig, run_validate
+    from unlearn.io import output_dir
 
     cfg = resolve_config(args, ValidateConfig)
     if show_config(args, "validate", cfg):
         return 0
-    doc = run_validate(cfg, Path(args.out))
+    check_device(cfg)
+    with output_dir(args.out) as out:
+        args.kept = lambda: _validate_kept(out / "validate.ckpt")
+        doc = run_validate(cfg, out)
     for key, value in doc["metrics"].items():
-        predicted = doc["predictions"].get(key, {}).get("value")
+        prediction = doc["predictions"].get(key, {})
         shown = "null" if value is None else f"{value:.4g}"
-        print(f"{key:<48} {shown:>10}" + ("" if predicted is None else f"   (toy prediction {predicted:.4g})"))
+        print(f"{key:<48} {shown:>10}" + ("" if prediction.get("value") is None else
+                                          f"   (toy prediction {prediction['value']:.4g}: {prediction['verdict']})"))
     print(f"wrote {args.out}/validate.json and validate.png")
     return 0
+
+
+def _validate_kept(ckpt: Path) -> str:
+    """What an interrupted validate keeps: its checkpoints, from which the same command resumes."""
+    if ckpt.is_dir() and any(ckpt.iterdir()):
+        return f"what finished is kept in {ckpt}; rerun the same command to resume from there"
+    return "nothing had finished yet; rerunning starts over"
 
 
 BENCH_LLM_HELP = """\
@@ -370,6 +438,7 @@ def cmd_bench_llm(args) -> int:
     if show_config(args, "bench llm", cfg):
         return 0
     device = resolve_device(cfg.device)
+    _check_out_file(args)
     return _bench_report(bench.bench_llm(cfg, device), cfg, device, args)
 
 
@@ -442,20 +511,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(err: OSError) -> str:
+    """An OSError in one line, with the path(s) it names: "PATH: No space left on device"."""
+    if err.filename is None:
+        return str(err)
+    paths = str(err.filename) + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    return f"{paths}: {err.strerror or err}"
+
+
+def _is_safetensors_error(err: Exception) -> bool:
+    """Whether ``err`` is safetensors' error for a file it cannot read (a truncated or foreign file); imported
+    only when such an error is in hand."""
+    if not type(err).__module__.startswith("safetensors"):
+        return False
+    from safetensors import SafetensorError
+
+    return isinstance(err, SafetensorError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse and dispatch. Expected errors print one line, ``unlearn CMD: error: ...``, and return 2; Ctrl-C
+    prints ``unlearn CMD: interrupted`` with what was kept (``args.kept``, set by the command) and returns 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    args.kept = None  # a command sets it to a callable: what an interruption leaves behind, in a few words
+    name = f"unlearn {args.command}"
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        kept = args.kept() if args.kept else None
+        print(f"{name}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        return 130
     except (ValueError, RuntimeError) as err:
-        print(f"unlearn {args.command}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{name}: error: {_os_error(err)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         if err.name not in LLM_EXTRA:
             raise
-        print(f"unlearn {args.command}: error: Hugging Face models need {err.name}, which is not installed: "
+        print(f"{name}: error: Hugging Face models need {err.name}, which is not installed: "
               "pip install 'unlearn-mechanics[llm]' (from a clone: pip install -e '.[llm]')", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not _is_safetensors_error(err):
+            raise
+        print(f"{name}: error: a .safetensors file could not be read (truncated, or not a safetensors file): "
+              f"{err}", file=sys.stderr)
         return 2
 
 

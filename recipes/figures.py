@@ -52,7 +52,7 @@ def cmd_figures(args) -> int:
     from sims.experiment import run_and_save
     from unlearn import cache
     from unlearn.config import config_dict
-    from unlearn.io import to_jsonable
+    from unlearn.io import failed_record, writable_dir, write_failed
     from unlearn.train import NonFiniteLossError, resolve_device
 
     experiments, get_experiment = _experiments()
@@ -79,28 +79,37 @@ def cmd_figures(args) -> int:
         for exp, cfg in plans:
             print(json.dumps({"name": exp.name, "preset": args.preset, "config": config_dict(cfg)}, indent=2))
         return 0
-    out = Path(args.out)
-    timings = []
+    out = writable_dir(args.out)  # before any experiment runs: a bad --out costs seconds, not a finished run
+    timings, written = [], []
+    running = [None]
+    args.kept = lambda: _kept(written, running[0], out)
     for exp, cfg in plans:
+        running[0] = exp.name
         start = time.perf_counter()
         cache.EVENTS.clear()
         try:
             doc = run_and_save(exp, args.preset, cfg, out)
         except NonFiniteLossError as err:
-            kept = out / f"{exp.name}.failed.json"
-            out.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(to_jsonable({
-                "name": exp.name, "preset": args.preset, "config": config_dict(cfg), "error": str(err),
-                "step": err.step, "run": err.name, "terms": err.terms, "history": vars(err.history),
-            }), indent=1))
+            kept = write_failed(out, exp.name, failed_record(config_dict(cfg), err, name=exp.name,
+                                                              preset=args.preset))
             print(f"unlearn figures {exp.name}: {err}; what was computed is in {kept}", file=sys.stderr)
             return 3
         print(f"{exp.name}: wrote {out / (exp.name + '.png')} and .json in {time.perf_counter() - start:.1f}s "
               f"({len(doc['metrics'])} metrics)")
         timings.append((exp.name, doc["wall_s"], cache.EVENTS["stored"], cache.EVENTS["loaded"]))
+        written.append(exp.name)
+    running[0] = None
     if args.timing:
         print_timing(timings, args.preset)
     return 0
+
+
+def _kept(written: list[str], running: str | None, out: Path) -> str:
+    """What an interrupted ``unlearn figures`` keeps: the experiments it wrote, and the one it stopped in."""
+    stopped = f"{running} did not finish" if running else ""
+    if not written:
+        return f"no experiment had finished, nothing was written to {out}" + (f" ({stopped})" if stopped else "")
+    return (f"kept {', '.join(written)} in {out} (NAME.png and NAME.json)" + (f"; {stopped}" if stopped else ""))
 
 
 BUDGET_S = {"full": 20 * 60, "fast": 3 * 60}  # every figure from an empty cache, 2 CPU cores

@@ -2,12 +2,29 @@
 
 1. Data and model: a built-in task (``markov``: the SimNPO Markov mixture as tokens, with Forget1 length 20 and
    Forget2 length 5 so that response lengths differ; ``facts``: fictitious authors, TOFU-like) or JSONL/TOFU
-   files (``--task jsonl --forget F --retain R``); a local Hugging Face model directory, or a named
-   architecture with random weights (``tiny``, ``llama-100m-shape``, ``llama-7b-shape``; ``unlearn.models.hf``).
+   files (``--task jsonl --forget F --retain R``); a local Hugging Face model directory (with its own
+   tokenizer), or a named architecture with random weights (``tiny``, ``llama-100m-shape``, ``llama-7b-shape``;
+   ``unlearn.models.hf``), which reads bytes (``unlearn.data.byte_tokenizer``: 258 ids for any data, so the
+   model's size never depends on the data's). Reading and tokenising report their time.
 2. Memorise: fine-tune (one AdamW run: 10-step warm-up, linear decay; token-mean NLL, batches of at least
-   64) on forget + retain until the forget set's NLL per response token is below ``memorise_nll``, stops falling, or
-   ``memorise_epochs`` pass; for a model that already knows its data (a real checkpoint with
-   ``--memorise-epochs 0``) this is skipped.
+   64) on forget + retain, evaluating the forget NLL per response token every 10 epochs, and stop at the first
+   of (``memorise``):
+
+       target     NLL <= floor + memorise_nll
+       plateau    NLL > 0.98 x the previous evaluation's (less than 2% in 10 epochs), from the third on
+       budget     memorise_epochs epochs (0: skipped, for a model that already knows its data, such as a real
+                  checkpoint with ``--memorise-epochs 0``)
+
+   The floor (``memorisation_floor``) is the forget NLL of a perfect memoriser of the training data: where
+   training sequences share a context (the markov task's sequences share prompts: 0.151 nats per token at the
+   defaults) the best fit of forget + retain is the data's own conditional distribution, not certainty; 0 when
+   no two training sequences share a context (every prompt distinct). The forget set counts as
+   memorised (``memorisation``: validate.json's ``memorised.reached``) when the final NLL is at most
+   ``floor + max(memorise_nll, memorised_within)`` (``memorised.target``): a plateau close to the floor counts
+   (every published run ended on one, 0.05 to 0.11 nats above it), one far above it (a learning rate too small
+   for the model: 5.71 -> 5.12) does not. The predictions assume memorised data: when it was not reached, a
+   WARNING says so with the epochs or learning rate that would get there, and every prediction's verdict is
+   "not applicable" instead of pass or fail.
 3. Unlearn from the memorised model with each method for ``steps`` steps (AdamW, forget batches of
    ``batch_size``), through the same loop, objectives and reference handling as every run (``unlearn.losses``,
    ``unlearn.reference``), optionally with LoRA; every ``eval_every`` steps record each forget sequence's
@@ -16,7 +33,13 @@
 4. Measure, beside each the toy model's prediction (``PREDICTIONS``): forget NLL against steps with linear and
    log-step fits (NPO paper Theorem 2: GA linear, NPO logarithmic), the per-sequence weights dL/dlogp (by
    autograd through the objective) against |y| at the first and last evaluation (NPO exactly 1 at step 0;
-   SimNPO's 2/|y| factor: SimNPO paper Sec. 4, ``theory.allocation``), and the retain drift.
+   SimNPO's 2/|y| factor: SimNPO paper Sec. 4, ``theory.allocation``), and the retain drift; each prediction
+   gets a verdict (``VERDICTS``: pass, fail, or not applicable).
+
+Evaluation (memorising's forget NLL, the recorded forget log-likelihoods and retain NLL) reads the first
+``eval_limit`` sequences of each set (``evaluation_sets``; None: all), training always the whole sets: with
+the default 1024 the built-in tasks are evaluated whole, and a 50k-line file costs no more per evaluation than
+a 1k-line one.
 
 Precision, optimizer and memory (``PRECISION_MODES``, ``memory_plan``): AdamW everywhere, its moments in the
 weights' dtype. ``float32`` (the CPU default); ``bf16-mixed``: float32 weights and moments, bf16 autocast
@@ -28,10 +51,14 @@ and bf16 otherwise (50 GiB: one 80 GB GPU); a run whose plan does not fit is ref
 allocated. The memorised weights wait in host memory while each method unlearns from a copy of them on the
 device. Learning rates default by model (``LEARNING_RATES``): AdamW's usable rate falls with width.
 
-Checkpoints: the memorised model and each finished method's measurements are written to OUT/validate.ckpt
-(atomically) under a key of everything they depend on, so an interrupted run resumes without redoing finished
-work, and a changed setting never reads a stale entry. Each stage's wall time is kept with it (validate.json's
-``seconds``) and printed as the stage ends, so a log shows how far a run got.
+Checkpoints: the memorised model (a folder memorised-KEY holding model.safetensors and record.json, written
+as a unit: built under a temporary name and renamed) and each finished method's measurements (METHOD-KEY.json,
+written atomically) go to OUT/validate.ckpt under a key of everything they depend on, so an interrupted run
+resumes without redoing finished work, and a changed setting never reads a stale entry. A stage that fails
+leaves nothing of itself there (and no empty folder); an unreadable entry is named, with "delete it to redo
+that stage". A non-finite loss (``unlearn.train.NonFiniteLossError``) keeps what was computed, the history and
+the config, in OUT/validate.failed.json, and the error says so. Each stage's wall time is kept with it
+(validate.json's ``seconds``) and printed as the stage ends, so a log shows how far a run got.
 """
 
 from __future__ import annotations
@@ -40,6 +67,9 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,13 +82,22 @@ from sims import markov
 from theory.markov import N_STATES
 from unlearn import data as llm_data
 from unlearn.config import require_at_least_one, require_positive
-from unlearn.io import atomic_write, environment, to_jsonable
+from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll, unlearning_losses
+from unlearn.metrics.collapse import CollapseMonitor, describe_collapse, vocab_size_of
 from unlearn.metrics.curves import rate_fits
 from unlearn.models import hf
 from unlearn.objectives import MethodParams, SequenceStats, forget_weights
 from unlearn.reference import MODES, batched_logprobs, make_reference
-from unlearn.train import StopRun, TrainConfig, forward_precision, resolve_device, shuffled_batches, train
+from unlearn.train import (
+    NonFiniteLossError,
+    StopRun,
+    TrainConfig,
+    forward_precision,
+    resolve_device,
+    shuffled_batches,
+    train,
+)
 
 TASKS = ("markov", "facts", "jsonl")
 # (memorise lr, unlearning lr) by model, AdamW; docs/llm.md has the runs behind them. Memorising:
@@ -87,6 +126,16 @@ PREDICTIONS = {
                                           "correlation of 1/|y| with |y| if length alone set it (equal likelihood "
                                           "per token lbar); a spread of lbar moves the measurement toward 0",
 }
+NOT_MEMORISED = "not applicable: the forget set was not memorised"
+VERDICTS = {  # how each prediction's verdict is read off the measurement m and the predicted value v
+    "ga.linear_r2": "pass when m >= v (the log fit's R^2)",
+    "npo.log_r2": "pass when m >= v (the linear fit's R^2)",
+    "npo.weight_step0_max_abs_dev_from_1": "pass when m <= 1e-3",
+    "npo.pearson_weight_length.step0": "pass when m is undefined (every weight equal)",
+    "simnpo.pearson_weight_length.step0": "pass when m < 0 (weights fall with |y|)",
+}
+MEMORISE_EVERY = 10  # epochs between memorising's evaluations
+PLATEAU = 0.98  # memorising stops when an evaluation's NLL is above this times the previous one's
 
 
 @dataclass(frozen=True)
@@ -106,9 +155,11 @@ class ValidateConfig:
     n_retain: int = 32
     facts_split: str = "forget10"
     memorise_epochs: int = 300
-    memorise_nll: float = 0.05
+    memorise_nll: float = 0.05  # memorising's target: nats per response token above the data's floor
+    memorised_within: float = 0.15  # memorised when the NLL ends at most this (or memorise_nll) above the floor
     memorise_lr: float | None = None  # None: LEARNING_RATES
     eval_every: int = 5
+    eval_limit: int | None = 1024  # evaluate the first N sequences of each set (never training); None: all
     lora_rank: int | None = None
     lora_alpha: float = 16.0
     reference: str = "cached"
@@ -118,6 +169,7 @@ class ValidateConfig:
     prompt_format: str = "auto"
     seed: int = 0
     device: str = "auto"  # cuda when a GPU is visible, else cpu
+    stop_on: str | None = None  # "collapse": end a method at its first collapsed evaluation (unlearn.metrics.collapse)
 
     def __post_init__(self):
         resolved = {}
@@ -142,10 +194,17 @@ class ValidateConfig:
             raise ValueError(f"unknown precision {self.precision!r}; valid: auto, {', '.join(PRECISION_MODES)}")
         if self.reference not in MODES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(MODES)}")
+        if self.stop_on not in (None, "collapse"):
+            raise ValueError(f"unknown stop_on {self.stop_on!r}; valid: collapse (or none)")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ValueError(f"lora_rank (--lora) must be >= 1, got {self.lora_rank}; leave it out (None) for "
+                             "full fine-tuning without LoRA")
         if self.reference == "adapter" and self.lora_rank is None:
             raise ValueError("the adapter reference needs LoRA (--lora RANK)")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"eval_limit must be >= 1 (or None: evaluate every sequence), got {self.eval_limit}")
         require_at_least_one(self, "steps", "batch_size", "eval_every", "n_forget", "n_retain", "max_length")
-        require_positive(self, "lr", "npo_beta", "simnpo_beta", "memorise_lr")
+        require_positive(self, "lr", "npo_beta", "simnpo_beta", "memorise_lr", "memorise_nll", "memorised_within")
         if self.memorise_epochs < 0:
             raise ValueError(f"memorise_epochs must be >= 0, got {self.memorise_epochs}")
         if not hf.ModelSpec(self.model).is_architecture:
@@ -164,8 +223,11 @@ class ValidateConfig:
 # ----------------------------------------------------------------------------------------------------- data
 
 
-def task_data(cfg: ValidateConfig):
-    """(forget TokenSet, retain TokenSet, vocab size or None, description) of the task."""
+def task_data(cfg: ValidateConfig, report: Callable[[str], None] | None = print, progress: bool | None = None):
+    """(forget TokenSet, retain TokenSet, vocab size or None, description) of the task. Reading files and
+    tokenising report their time through ``report`` (None: silent) and show a progress bar for long files
+    (``unlearn.data``). An architecture reads bytes (``unlearn.data.byte_tokenizer``: the vocabulary, and so
+    the model, is the same for any data); a model directory keeps its own tokenizer."""
     if cfg.task == "markov":
         half = max(1, cfg.n_forget // 2)  # draw twice as many as needed: each train split keeps >= half of them
         world = markov.make_world(markov.MarkovWorldConfig(seed=cfg.seed, n_retain=2 * cfg.n_retain,
@@ -174,20 +236,32 @@ def task_data(cfg: ValidateConfig):
                                       world["forget2_train"].take(slice(0, cfg.n_forget - half))])
         retain = world["retain_train"].take(slice(0, cfg.n_retain))
         return markov.token_set(forget), markov.token_set(retain), N_STATES + 2, "markov mixture"
+    report = report or (lambda line: None)
+    start = time.perf_counter()
     if cfg.task == "facts":
         forget_ex, retain_ex = llm_data.facts_task(cfg.n_forget, cfg.facts_split, cfg.seed)
         retain_ex = retain_ex[: cfg.n_retain * len(llm_data.ATTRIBUTES)]
     else:
-        forget_ex, retain_ex = llm_data.read_examples(cfg.forget), llm_data.read_examples(cfg.retain)
-    if hf.ModelSpec(cfg.model).is_architecture:
-        texts = [f"{e.prompt} {e.response}" for e in forget_ex + retain_ex] + [llm_data.PLAIN_TEMPLATE]
-        tokenizer = llm_data.word_tokenizer(texts)
-    else:
-        tokenizer = hf.load_tokenizer(cfg.model)
-    tok = [llm_data.tokenize_examples(ex, tokenizer, cfg.max_length, cfg.prompt_format)
+        forget_ex = llm_data.read_examples(cfg.forget, progress)
+        retain_ex = llm_data.read_examples(cfg.retain, progress)
+        report(f"read {len(forget_ex):,} forget and {len(retain_ex):,} retain examples in "
+               f"{time.perf_counter() - start:.1f} s")
+    architecture = hf.ModelSpec(cfg.model).is_architecture
+    tokenizer = llm_data.byte_tokenizer() if architecture else hf.load_tokenizer(cfg.model)
+    start = time.perf_counter()
+    tok = [llm_data.tokenize_examples(ex, tokenizer, cfg.max_length, cfg.prompt_format, progress=progress)
            for ex in (forget_ex, retain_ex)]
-    vocab = len(tokenizer) if hf.ModelSpec(cfg.model).is_architecture else None
-    return tok[0], tok[1], vocab, cfg.task
+    kind = f"bytes, {len(tokenizer)} ids" if architecture else "the model's tokenizer"
+    report(f"tokenised {len(forget_ex) + len(retain_ex):,} examples ({kind}; widths {tok[0].input_ids.shape[1]} "
+           f"and {tok[1].input_ids.shape[1]} tokens) in {time.perf_counter() - start:.1f} s")
+    return tok[0], tok[1], len(tokenizer) if architecture else None, cfg.task
+
+
+def evaluation_sets(cfg: ValidateConfig, forget, retain):
+    """(forget, retain) as evaluated: the first ``eval_limit`` sequences of each (all when it is None). Training
+    reads the whole sets."""
+    limit = slice(0, cfg.eval_limit)
+    return forget.take(limit), retain.take(limit)
 
 
 # --------------------------------------------------------------------------------------------------- memory
@@ -253,27 +327,87 @@ def nll_per_token(model, data) -> float:
     return float(-logp.sum() / data.n_tokens.sum())
 
 
-def memorise(model, forget, retain, cfg: ValidateConfig, progress) -> tuple[list[float], int]:
+def memorisation_floor(forget, retain, n: int | None = None) -> float:
+    """The NLL per response token of the first ``n`` forget sequences (None: all) under a perfect memoriser of
+    forget + retain: the token-mean NLL over both is smallest where the model predicts, after each context (the
+    whole sequence up to a trained token), the data's own distribution of the next token, so this floor is the
+    mean of -log(count(context, token) / count(context)) over those sequences' response tokens; 0 when no two
+    trained contexts coincide (every prompt distinct). It is what memorising converges to, not a bound: a model
+    that favoured the forget set's continuations over the retain set's could go below it."""
+    both = llm_data.TokenSet.concat([forget, retain])
+    ids, labels, mask = (t.cpu().numpy() for t in (both.input_ids, both.labels, both.mask))
+    n = len(forget) if n is None else min(n, len(forget))
+    scale = int(max(ids.max(), labels.max())) + 1
+    context = np.zeros(len(ids), np.int64)
+    total = 0.0
+    for t in range(ids.shape[1]):
+        context = np.unique(context * scale + ids[:, t], return_inverse=True)[1].reshape(-1)  # prefix ids[:, :t+1]
+        rows = np.nonzero(mask[:, t])[0]
+        if not len(rows):
+            continue
+        _, per_context, n_context = np.unique(context[rows], return_inverse=True, return_counts=True)
+        _, per_pair, n_pair = np.unique(context[rows] * scale + labels[rows, t], return_inverse=True,
+                                        return_counts=True)
+        p = n_pair[per_pair.reshape(-1)] / n_context[per_context.reshape(-1)]
+        total -= np.log(p[rows < n]).sum()
+    return float(total / mask[:n].sum())
+
+
+def memorise(model, forget, retain, cfg: ValidateConfig, progress, evaluated=None) -> dict:
     """Fine-tune on forget + retain (one AdamW run: MEMORISE_WARMUP warm-up steps, then a linear decay to 0 at
-    memorise_epochs; batches of ``memorise_batch_size``) until the forget NLL per token is below memorise_nll,
-    stops falling (less than 2% over 10 epochs), or memorise_epochs pass; returns the forget NLL every 10
-    epochs and the epochs run."""
+    memorise_epochs; batches of ``memorise_batch_size``) until the rule of the module docstring (step 2) stops it,
+    judging the forget NLL per token of ``evaluated`` (the forget sequences evaluated; None: the first
+    ``eval_limit``) every MEMORISE_EVERY epochs. Returns the record: the NLL at each evaluation
+    (``forget_nll_per_token``) and its epoch (``curve_epochs``), the epochs run, the floor, the stopping target
+    and what stopped it (``stopped``: target, plateau, budget, or skipped when memorise_epochs is 0)."""
+    evaluated = evaluation_sets(cfg, forget, retain)[0] if evaluated is None else evaluated
+    floor = memorisation_floor(forget, retain, len(evaluated))
+    target = floor + cfg.memorise_nll
     both = llm_data.TokenSet.concat([forget, retain])
     micro_batches, per_epoch = shuffled_batches(len(both), memorise_batch_size(cfg), cfg.seed, "memorise")
-    curve = []
+    curve, stopped = [], ["budget" if cfg.memorise_epochs else "skipped"]
 
     def evaluate(m, step):
-        curve.append(nll_per_token(m, forget))
-        plateau = len(curve) >= 3 and curve[-1] > 0.98 * curve[-2]  # what is left is not memorisable
-        if curve[-1] <= cfg.memorise_nll or plateau:
+        curve.append(nll_per_token(m, evaluated))
+        plateau = len(curve) >= 3 and curve[-1] > PLATEAU * curve[-2]  # what is left is not memorisable
+        if curve[-1] <= target or plateau:
+            stopped[0] = "target" if curve[-1] <= target else "plateau"
             raise StopRun({"forget_nll": curve[-1]})
         return {"forget_nll": curve[-1]}
 
     tc = TrainConfig(steps=cfg.memorise_epochs * per_epoch, lr=cfg.memorise_lr, optimizer="adamw",
-                     schedule="warmup_linear", warmup_steps=MEMORISE_WARMUP, eval_every=10 * per_epoch,
+                     schedule="warmup_linear", warmup_steps=MEMORISE_WARMUP, eval_every=MEMORISE_EVERY * per_epoch,
                      device=cfg.device, precision=_precision(cfg), progress=progress, name="memorise")
     history = train(model, token_mean_nll(both), micro_batches, tc, evaluate=evaluate)
-    return curve, history.eval_steps[-1] // per_epoch
+    return {"forget_nll_per_token": curve, "curve_epochs": [s / per_epoch for s in history.eval_steps],
+            "epochs": history.eval_steps[-1] // per_epoch, "floor": floor, "stop_target": target,
+            "stopped": stopped[0]}
+
+
+def memorisation(cfg: ValidateConfig, record: dict) -> dict:
+    """Whether memorising reached its goal (module docstring, step 2): ``reached``, the ``target`` it was judged
+    against (floor + max(memorise_nll, memorised_within)), the ``nll`` it ended at, the ``floor``, what stopped
+    it, and when it was not reached a ``suggestion`` of what would reach it."""
+    curve, floor = record["forget_nll_per_token"], record["floor"]
+    target = floor + max(cfg.memorise_nll, cfg.memorised_within)
+    verdict = {"reached": curve[-1] <= target, "target": target, "nll": curve[-1], "floor": floor,
+               "stopped": record["stopped"], "suggestion": None}
+    if verdict["reached"]:
+        return verdict
+    larger = f"--memorise-lr {3 * cfg.memorise_lr:.3g} (3x the {cfg.memorise_lr:g} used)"
+    if record["stopped"] == "skipped":
+        verdict["suggestion"] = (f"memorise it first: leave out --memorise-epochs 0 (the default is "
+                                 f"{ValidateConfig.memorise_epochs} epochs)")
+    elif record["stopped"] == "budget" and len(curve) >= 2 and curve[-1] < curve[-2]:
+        # the excess over the floor fell like exp(-rate * epochs) over the last interval: the epochs it needs
+        span = record["curve_epochs"][-1] - record["curve_epochs"][-2]
+        rate = math.log((curve[-2] - floor) / (curve[-1] - floor)) / span
+        needed = math.ceil(record["epochs"] + math.log((curve[-1] - floor) / (target - floor)) / rate - 1e-6)
+        verdict["suggestion"] = (f"at the rate of its last {span:g} epochs it would need about {needed:,} epochs: "
+                                 f"--memorise-epochs {needed}, or {larger}")
+    else:
+        verdict["suggestion"] = f"its NLL stopped falling ({record['stopped']}): try {larger}"
+    return verdict
 
 
 def memorise_batch_size(cfg: ValidateConfig) -> int:
@@ -285,14 +419,17 @@ def _precision(cfg: ValidateConfig) -> str:
 
 
 def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, progress) -> dict:
-    """One method from a copy of the memorised model; the recorded forget log-likelihoods and retain NLL."""
+    """One method from a copy of the memorised model; the recorded forget log-likelihoods and retain NLL, of the
+    evaluated sequences (``evaluation_sets``)."""
     model = copy.deepcopy(memorised).to(cfg.device)
     if cfg.lora_rank:
         model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
+    eval_forget, eval_retain = evaluation_sets(cfg, forget, retain)
     with torch.no_grad(), forward_precision(cfg.device, _precision(cfg)):  # as the loss and the evaluations run
         reference = make_reference(cfg.reference, model, forget)
         # log pi_ref(y|x) as the loss reads it: the NPO weights are taken against these
-        reference_logp = reference.forget_logp(model, torch.arange(len(forget), device=cfg.device), forget.trim())
+        reference_logp = reference.forget_logp(model, torch.arange(len(eval_forget), device=cfg.device),
+                                               eval_forget.trim())
     size = min(cfg.batch_size, len(forget))
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "validate", method, "forget")
     retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "validate", method, "retain")
@@ -301,15 +438,21 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
 
     def evaluate(m, step):
         record["steps"].append(step)
-        record["forget_logp"].append(batched_logprobs(m, forget).tolist())
-        record["retain_nll"].append(nll_per_token(m, retain))
-        return {}
+        record["forget_logp"].append(batched_logprobs(m, eval_forget).tolist())
+        record["retain_nll"].append(nll_per_token(m, eval_retain))
+        return {"retain_nll": record["retain_nll"][-1]}
 
+    # the entropy (and collapse) on the evaluated retain sequences, under the steps' precision as every pass
+    monitor = CollapseMonitor(evaluate, vocab_size_of(model), stop=cfg.stop_on == "collapse", data=eval_retain)
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=cfg.eval_every, device=cfg.device,
                      precision=_precision(cfg), progress=progress, name=f"validate {method}")
-    train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
-          evaluate=evaluate)
-    return record
+    history = train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
+                    evaluate=monitor)
+    record["entropy"] = history.evals["entropy"]
+    if monitor.stopped_at is not None:  # the record ends at the last healthy evaluation
+        for key in ("steps", "forget_logp", "retain_nll", "entropy"):
+            record[key] = record[key][:-1]
+    return {**record, **monitor.summary()}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -352,38 +495,95 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
     return metrics, curves
 
 
-def predictions(metrics: dict, lengths) -> dict:
-    """The toy models' prediction beside each measurement: a number where theory gives one, and its rule."""
+def predictions(metrics: dict, lengths, memorised: bool = True) -> dict:
+    """The toy models' prediction beside each measurement: a number where theory gives one, its rule, and a
+    verdict (``VERDICTS``): pass or fail, undetermined when a measurement is missing, and NOT_MEMORISED when the
+    forget set was not memorised (the predictions assume it was)."""
     lengths = np.asarray(lengths, float)
     values = {"npo.weight_step0_max_abs_dev_from_1": 0.0,
               "simnpo.pearson_weight_length.step0": _pearson(1 / lengths, lengths),  # 2/|y| at equal lbar
               "ga.linear_r2": metrics.get("ga.log_r2"),  # predicted: at least the other fit's R^2
               "npo.log_r2": metrics.get("npo.linear_r2")}
-    return {f"validate.{key}": {"value": values.get(key), "rule": rule} for key, rule in PREDICTIONS.items()
+    return {f"validate.{key}": {"value": values.get(key), "rule": rule,
+                                "verdict": verdict(key, metrics.get(key), values.get(key)) if memorised
+                                else NOT_MEMORISED}
+            for key, rule in PREDICTIONS.items()
             if any(k.startswith(key.split(".")[0] + ".") for k in metrics)}  # the methods that ran
+
+
+def verdict(key: str, measured, predicted) -> str:
+    """pass or fail of one prediction by its VERDICTS rule (undetermined when a number it needs is missing)."""
+    if key == "npo.pearson_weight_length.step0":
+        return "pass" if measured is None else "fail"
+    if measured is None or (key in ("ga.linear_r2", "npo.log_r2") and predicted is None):
+        return "undetermined: the measurement is missing (too few evaluations to fit)"
+    passed = {"ga.linear_r2": lambda: measured >= predicted, "npo.log_r2": lambda: measured >= predicted,
+              "npo.weight_step0_max_abs_dev_from_1": lambda: measured <= 1e-3,
+              "simnpo.pearson_weight_length.step0": lambda: measured < 0}[key]()
+    return "pass" if passed else "fail"
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
+CHECKPOINT_FORMAT = 4  # 3: memorised-KEY folders, evaluation limits, memorising's floor; 4: collapse records
+
+
 def _key(cfg: ValidateConfig, stage: str) -> str:
-    """A hash of everything the stage's checkpoint depends on (and of the record format, 2)."""
-    fields = dataclasses.asdict(cfg)
+    """A hash of everything the stage's checkpoint depends on (and of CHECKPOINT_FORMAT); memorised_within only
+    judges the memorised model afterwards, and keys nothing."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "memorised_within"}
     if stage == "memorised":
         fields = {k: v for k, v in fields.items() if k not in ("methods", "steps", "lr", "npo_beta", "simnpo_beta",
                                                                 "eval_every", "lora_rank", "lora_alpha",
-                                                                "reference", "batch_size")}
+                                                                "reference", "batch_size", "stop_on")}
         fields["memorise_batch_size"] = memorise_batch_size(cfg)
-    return hashlib.sha256(json.dumps({"stage": stage, "format": 2, **fields}, sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps({"stage": stage, "format": CHECKPOINT_FORMAT, **fields}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _read_checkpoint(path: Path) -> dict:
+def _unreadable(path: Path, err: Exception, entry: Path | None = None) -> ValueError:
+    """The error of a checkpoint file that cannot be read: its path, why, and what to delete (``entry``, the
+    stage's folder, or the file itself)."""
+    what = "it" if entry is None else str(entry)
+    return ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); delete {what} to redo "
+                      "that stage")
+
+
+def _read_checkpoint(path: Path, entry: Path | None = None) -> dict:
     """A stage's JSON record; one that cannot be read is named, with what to do (written atomically, it only
     breaks when edited or copied by hand)."""
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({err}); delete it to redo that stage") from None
+        raise _unreadable(path, err, entry) from None
+
+
+def _load_weights(model, path: Path, entry: Path) -> None:
+    """``model``'s weights from a safetensors checkpoint; a missing, truncated, corrupt or mismatched file is
+    named as a broken JSON record is (``_read_checkpoint``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise _unreadable(path, err, entry) from None
+
+
+def _write_unit(folder: Path, files: dict[str, Callable[[str], None]]) -> None:
+    """Write each of ``files`` (name -> write(path)) into a temporary folder beside ``folder``, then rename it to
+    ``folder``: a reader sees all of them or none, and an interruption leaves only the temporary folder's
+    removal undone at worst (never a half-written stage under its key)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for name, write in files.items():
+            write(str(tmp / name))
+        shutil.rmtree(folder, ignore_errors=True)  # a stale or broken entry of the same key, if any
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _timed(run: Callable[[], dict]) -> dict:
@@ -395,24 +595,21 @@ def _timed(run: Callable[[], dict]) -> dict:
 
 
 def memorised_model(cfg: ValidateConfig, vocab: int | None, forget, retain, ckpt: Path, progress):
-    """(model, record) after step 2 of the module docstring, read from its checkpoint when there is one."""
-    from safetensors.torch import load_file, save_file
+    """(model, record) after step 2 of the module docstring, read from its checkpoint (the folder
+    memorised-KEY: model.safetensors and record.json) when there is one, else written there as a unit."""
+    from safetensors.torch import save_file
 
     model = hf.load_model(cfg.model_spec(vocab))
-    state_path = ckpt / f"memorised-{_key(cfg, 'memorised')}.safetensors"
-    info_path = state_path.with_suffix(".json")
-    if state_path.is_file() and info_path.is_file():
-        model.load_state_dict(load_file(str(state_path), device=str(next(model.parameters()).device)))
-        return model, _read_checkpoint(info_path)
-
-    def run():
-        curve, epochs = memorise(model, forget, retain, cfg, progress)
-        return {"forget_nll_per_token": curve, "epochs": epochs}
-
-    record = _timed(run)
+    folder = ckpt / f"memorised-{_key(cfg, 'memorised')}"
+    if folder.is_dir():
+        record = _read_checkpoint(folder / "record.json", folder)
+        _load_weights(model, folder / "model.safetensors", folder)
+        return model, record
+    record = _timed(lambda: memorise(model, forget, retain, cfg, progress))
     if record["epochs"]:  # a model that did not train is its own checkpoint
-        atomic_write(state_path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
-        atomic_write(info_path, lambda p: Path(p).write_text(json.dumps(record)))
+        _write_unit(folder, {
+            "model.safetensors": lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p),
+            "record.json": lambda p: Path(p).write_text(json.dumps(record))})
     return model, record
 
 
@@ -422,14 +619,36 @@ def method_record(memorised, method: str, forget, retain, cfg: ValidateConfig, c
     if path.is_file():
         return _read_checkpoint(path)
     record = _timed(lambda: unlearn_method(memorised, method, forget, retain, cfg, progress))
+    ckpt.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(record)))
     return record
 
 
+def keep_failure(err: NonFiniteLossError, stage: str, cfg: ValidateConfig, out: Path, **computed) -> Path:
+    """OUT/validate.failed.json: the stage that stopped, the error, the history recorded up to the step that
+    overflowed, the config, and ``computed`` (what finished before it), as ``unlearn figures`` keeps
+    NAME.failed.json; the error's message then names the file."""
+    path = write_failed(out, "validate", failed_record(dataclasses.asdict(cfg), err, stage=stage, **computed))
+    err.args = (f"{err}; what was computed is in {path}",)
+    return path
+
+
 def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
                  report: Callable[[str], None] = print) -> dict:
-    """Everything of the module docstring; writes OUT/validate.json and OUT/validate.png and returns the JSON."""
-    forget, retain, vocab, description = task_data(cfg)
+    """Everything of the module docstring; writes OUT/validate.json and OUT/validate.png and returns the JSON.
+    A failure leaves no empty checkpoint folder behind; a non-finite loss keeps OUT/validate.failed.json."""
+    ckpt = out / "validate.ckpt"
+    existed = ckpt.exists()
+    try:
+        return _run_validate(cfg, out, ckpt, progress, report)
+    finally:  # on success the report was written; on failure a folder this run made and left empty goes
+        if not existed and ckpt.is_dir() and not any(ckpt.iterdir()):
+            ckpt.rmdir()
+
+
+def _run_validate(cfg: ValidateConfig, out: Path, ckpt: Path, progress: bool | None,
+                  report: Callable[[str], None]) -> dict:
+    forget, retain, vocab, description = task_data(cfg, report, progress)
     device = resolve_device(cfg.device)
     size = model_size(cfg, vocab)
     precision, plan = plan_precision(cfg, size, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
@@ -441,33 +660,59 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
            f"lr {cfg.memorise_lr:g} (memorise) / {cfg.lr:g} (unlearn), about {plan['peak_bytes'] / 2**30:.1f} GiB "
            f"of weights, gradients and moments")
     forget, retain = forget.to(device), retain.to(device)
-    ckpt = out / "validate.ckpt"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    model, memorised = memorised_model(cfg, vocab, forget, retain, ckpt, progress)
+    eval_forget, eval_retain = evaluation_sets(cfg, forget, retain)
+    if len(eval_forget) < len(forget) or len(eval_retain) < len(retain):
+        report(f"evaluating the first {len(eval_forget):,} of {len(forget):,} forget and {len(eval_retain):,} of "
+               f"{len(retain):,} retain sequences (eval_limit {cfg.eval_limit}); training on all of them")
+    try:
+        model, memorised = memorised_model(cfg, vocab, forget, retain, ckpt, progress)
+    except NonFiniteLossError as err:
+        keep_failure(err, "memorise", cfg, out)
+        raise
     nll = memorised["forget_nll_per_token"]
+    judged = memorisation(cfg, memorised)
     report(f"memorised: forget NLL per token {nll[0]:.3g} -> {nll[-1]:.3g} in {memorised['epochs']} epochs"
-           f"{_took(memorised)}")
+           f"{_took(memorised)}; stopped by {judged['stopped']}, floor {judged['floor']:.3g}, memorised below "
+           f"{judged['target']:.3g}: {'reached' if judged['reached'] else 'NOT reached'}")
+    warning = None
+    if not judged["reached"]:
+        warning = (f"WARNING: the forget set was not memorised (forget NLL per token {judged['nll']:.3g}, memorised "
+                   f"below {judged['target']:.3g}); the predictions assume memorised data, so every verdict is "
+                   f"'not applicable'. {judged['suggestion'][0].upper()}{judged['suggestion'][1:]}.")
+        report(warning)
     model = model.cpu()  # the memorised weights wait in host memory; each method unlearns a copy on the device
-    lengths = forget.n_tokens.cpu().numpy()
+    lengths = eval_forget.n_tokens.cpu().numpy()
     metrics, curves, seconds = {}, {}, {"memorise": memorised.get("seconds")}
     for method in cfg.methods:
-        record = method_record(model, method, forget, retain, cfg, ckpt, progress)
+        try:
+            record = method_record(model, method, forget, retain, cfg, ckpt, progress)
+        except NonFiniteLossError as err:
+            keep_failure(err, method, cfg, out, memorised={**memorised, **judged}, metrics=metrics)
+            raise
         found, curves[method] = measure(method, record, lengths, cfg.params(method), cfg.fit_from)
         x = method.lower()
         report(f"{method}: {cfg.steps} steps{_took(record)}; forget NLL per token "
-               f"{found[f'{x}.forget_nll_per_token.start']:.3g} -> {found[f'{x}.forget_nll_per_token.end']:.3g}")
+               f"{found[f'{x}.forget_nll_per_token.start']:.3g} -> {found[f'{x}.forget_nll_per_token.end']:.3g}; "
+               f"{describe_collapse(record)}")
         metrics.update({f"validate.{k}": v for k, v in found.items()})
+        metrics[f"validate.{x}.collapsed_at_step"] = record["collapsed_at_step"]
         seconds[method] = record.get("seconds")
     plain = {k.removeprefix("validate."): v for k, v in metrics.items()}
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
-           "predictions": predictions(plain, lengths), "memorised": memorised, "curves": curves,
-           "lengths": lengths.tolist(), "n_parameters": size[0], "env": environment(cfg.device),
+           "predictions": predictions(plain, lengths, judged["reached"]), "memorised": {**memorised, **judged},
+           "curves": curves, "lengths": lengths.tolist(), "n_parameters": size[0], "env": environment(cfg.device),
+           "evaluated": {"forget": len(eval_forget), "retain": len(eval_retain), "forget_total": len(forget),
+                         "retain_total": len(retain)},
            "seconds": seconds,  # wall time of each stage, as first run (a resumed run reads it back)
            "memory_plan": {"n_lora": size[1], **plan,  # and what CUDA measured (activations included)
                            "measured_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                            else None}}
     doc = to_jsonable(doc)
     write_report(doc, out)
+    for key, p in doc["predictions"].items():
+        report(f"{key}: {p['verdict']}")
+    if warning:
+        report(warning)  # again, last: the verdicts above do not apply
     return doc
 
 
@@ -475,6 +720,7 @@ def write_report(doc: dict, out: Path) -> None:
     """OUT/validate.json and OUT/validate.png (``plot``), each written atomically."""
     import matplotlib.pyplot as plt
 
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "validate.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
     fig = plot(doc)
     atomic_write(out / "validate.png", lambda p: fig.savefig(p, dpi=110, format="png"))

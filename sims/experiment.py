@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from unlearn.config import apply_overrides, config_dict
-from unlearn.io import atomic_write, environment, to_jsonable
+from unlearn.io import atomic_write, environment, to_jsonable, writable_dir
 from unlearn.objectives import MethodParams, get_method
 
 
@@ -62,13 +62,15 @@ def record(experiment: Experiment, preset: str, cfg: Any, result: Result, wall_s
 
 
 def run_and_save(experiment: Experiment, preset: str, cfg: Any, out: Path) -> dict[str, Any]:
-    """Run, then write out/NAME.json and out/NAME.png; returns the JSON document."""
+    """Check that ``out`` is a folder it can write (created if need be) before running, so that a bad folder is
+    refused in a second rather than after the run (a one-line ValueError naming it); then run, and write
+    out/NAME.json and out/NAME.png; returns the JSON document."""
     import matplotlib.pyplot as plt
 
+    out = writable_dir(out, "output folder")
     start = time.perf_counter()
     result = experiment.run(cfg)
     doc = record(experiment, preset, cfg, result, wall_s=time.perf_counter() - start)
-    out.mkdir(parents=True, exist_ok=True)
     fig = experiment.plot(Result(doc["metrics"], doc["series"], doc["paper"]))
     atomic_write(out / f"{experiment.name}.png", lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)

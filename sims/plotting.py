@@ -1,5 +1,5 @@
 """One visual language for every figure: a colour per method (``unlearn.objectives.METHODS`` rows), shared across
-panels and experiments."""
+panels and experiments, and one math-text style (``MATHTEXT``, set on import)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ import numpy as np
 from unlearn.objectives import METHODS
 
 METHOD_COLORS = {name: m.color for name, m in METHODS.items()}  # set in the METHODS rows
+
+# Math text (every log axis's tick labels are $\mathdefault{10^{k}}$) in DejaVu Sans, matplotlib's default text
+# font, named face by face. The default "dejavusans" set also asks for 'DejaVu Sans Display' (display-size
+# symbols, a font of matplotlib's own that some installs lack: findfont then warns on every run, the README's
+# first command included); this set asks only for DejaVu Sans and Computer Modern (the ex font and the fallback
+# for symbols DejaVu Sans lacks), and the labels look the same.
+MATHTEXT = {"mathtext.fontset": "custom", "mathtext.rm": "DejaVu Sans", "mathtext.sf": "DejaVu Sans",
+            "mathtext.it": "DejaVu Sans:italic", "mathtext.bf": "DejaVu Sans:bold",
+            "mathtext.bfit": "DejaVu Sans:italic:bold", "mathtext.cal": "DejaVu Sans:italic",
+            "mathtext.tt": "DejaVu Sans Mono", "mathtext.fallback": "cm"}
+plt.rcParams.update(MATHTEXT)
 
 
 def beta_colors(betas) -> dict[float, tuple]:

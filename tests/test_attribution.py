@@ -1,6 +1,8 @@
 """unlearn.attribution: WAGLE, magnitude and random scores, exact top-fraction masks, mask files, and masked
 training that leaves every masked-out weight bitwise unchanged."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -126,12 +128,39 @@ def test_mask_files_round_trip_and_refuse_another_model(tmp_path):
         at.load_masks(tmp_path / "bad.safetensors", model)
 
 
+def test_a_mask_file_names_every_parameter_or_says_what_the_missing_ones_do(tmp_path):
+    """No tensors, or some parameters left out: refused naming the file and the first missing parameters, unless
+    the metadata says missing=frozen (all-False masks for them) or missing=free (all-True)."""
+    model = tiny()
+    names = list(at.trainable(model))
+    head = {"head.weight": torch.zeros_like(model.head.weight, dtype=torch.bool)}
+    for tensors, message in (({}, f"no mask for {len(names)} of the model's {len(names)} trainable parameters "
+                                  f"('{names[0]}', '{names[1]}', '{names[2]}' and {len(names) - 3} more)"),
+                             (head, f"no mask for {len(names) - 1} of the model's {len(names)} trainable")):
+        path = at.save_masks(tensors, tmp_path / "m.safetensors")
+        with pytest.raises(ValueError, match=f"mask file .*m.safetensors: {re.escape(message)}.*missing=frozen or "
+                                             "missing=free"):
+            at.load_masks(path, model)
+    for rule in at.MISSING:
+        path = at.save_masks(head, tmp_path / f"{rule}.safetensors", {"missing": rule})
+        masks = at.load_masks(path, model)
+        assert list(masks) == names and not masks["head.weight"].any()
+        assert all(bool(m.all()) == (rule == "free") and not bool(m.any()) == (rule == "frozen")
+                   for name, m in masks.items() if name != "head.weight")
+    path = at.save_masks({}, tmp_path / "none.safetensors", {"missing": "frozen"})
+    assert not any(m.any() for m in at.load_masks(path, model).values())
+    path = at.save_masks(head, tmp_path / "bad.safetensors", {"missing": "maybe"})
+    with pytest.raises(ValueError, match="bad.safetensors: metadata missing='maybe'; valid: frozen, free"):
+        at.load_masks(path, model)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("wagle:1.5", "ratio must lie in \\(0, 1\\]"),
     ("wagle:0", "ratio must lie in \\(0, 1\\]"),
     ("wagle:lots", "is not a number"),
     ("snip:0.5", "expected KIND:RATIO with KIND one of wagle, magnitude, random"),
-    ("missing.safetensors", "expected KIND:RATIO"),
+    ("missing.safetensors", "mask file missing.safetensors: no such file"),
+    (".", "expected KIND:RATIO"),
 ])
 def test_bad_mask_specs_fail_naming_the_problem(spec, message):
     with pytest.raises(ValueError, match=message):

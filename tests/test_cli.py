@@ -274,3 +274,31 @@ def test_run_method_help_lists_every_method():
     method_help = " ".join(options[options.index("--method METHOD"):options.index("--beta BETA")].split())
     for name in METHODS:
         assert f" {name}," in method_help or f" {name} " in method_help, name
+
+
+def test_figures_ask_for_no_font_an_install_may_lack(monkeypatch, caplog):
+    """The README's first command drew its log axes' tick labels ($\\mathdefault{10^k}$) with the default math
+    font set, which also asks for 'DejaVu Sans Display', and an install without it printed "findfont: Font family
+    ['DejaVu Sans Display'] not found" on every run. Drawn as that command draws it, with that font gone from
+    matplotlib's list, the npo-synthetic figure logs no findfont warning."""
+    import io
+    import logging
+    from pathlib import Path
+
+    import matplotlib.font_manager as fm
+    import matplotlib.mathtext
+    import matplotlib.pyplot as plt
+
+    from sims.experiment import load
+    from sims.experiments import get_experiment
+
+    saved = Path(__file__).resolve().parents[1] / "figures" / "npo-synthetic.json"
+    monkeypatch.setattr(fm.fontManager, "ttflist", [f for f in fm.fontManager.ttflist if "Display" not in f.name])
+    fm.FontManager._findfont_cached.cache_clear()  # forget fonts found before (and after: the list comes back)
+    matplotlib.mathtext.MathTextParser._parse_cached.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="matplotlib.font_manager"):
+        fig = get_experiment("npo-synthetic").plot(load(saved))
+        fig.savefig(io.BytesIO(), format="png")
+        plt.close(fig)
+    fm.FontManager._findfont_cached.cache_clear()
+    assert not [r.getMessage() for r in caplog.records if "findfont" in r.getMessage()]

@@ -2,10 +2,11 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from recipes.cli import main
 
@@ -25,12 +26,13 @@ def test_run_writes_the_model_the_mask_and_the_record(run_dir):
     doc = json.loads((run_dir / "run.json").read_text())
     assert doc["config"] == dataclasses.asdict(run_recipe.RunConfig(model="markov-fast", method="NPO+RT", beta=0.2,
                                                                     steps=6, mask="wagle:0.5", eval_limit=100))
-    assert doc["config"]["mask"] == "wagle:0.5" and doc["moved_fraction"] == pytest.approx(0.5, abs=1e-6)
+    assert doc["config"]["mask"] == "wagle:0.5" and doc["mask_fraction"] == pytest.approx(0.5, abs=1e-6)
     assert doc["after"]["forget_kl"] > doc["before"]["forget_kl"]
     masks = load_file(str(run_dir / "mask.safetensors"))
     weights = load_file(str(run_dir / "model.safetensors"))
     world, original, _ = run_recipe.MODELS["markov-fast"].models("cpu", progress=False)
     start = original.state_dict()
+    assert doc["moved_fraction"] == _moved(start, weights) <= doc["mask_fraction"]
     for name, mask in masks.items():  # frozen weights did not move, the others did
         assert torch.equal(weights[name][~mask], start[name][~mask])
     assert any(not torch.equal(weights[n][m], start[n][m]) for n, m in masks.items())
@@ -47,18 +49,129 @@ def test_relearn_on_a_run_folder(run_dir):
     assert doc["relearn"][0]["forget_kl"][1:] != doc["relearn"][1]["forget_kl"][1:]  # different draws
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--mask", "wagle:1.5"], "the ratio must lie in (0, 1]"),
-    (["run", "--mask", "snip:0.5"], "expected KIND:RATIO with KIND one of wagle, magnitude, random"),
-    (["run", "--method", "NPOO"], "unknown method 'NPOO'"),
-    (["run", "--beta", "0"], "beta must be a finite number > 0"),
-    (["run", "--model", "llama"], "model 'llama': not a toy model (markov, markov-fast)"),
-    (["run", "--reference", "copy"], "the toy models (markov, markov-fast) use the cached reference"),
-])
-def test_bad_run_arguments_fail_before_work(argv, message, capsys, tmp_path):
-    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+def _moved(start, weights):
+    """The fraction of the parameter entries of ``start`` that differ in ``weights``, counted directly."""
+    changed = sum(int((weights[name] != value).sum()) for name, value in start.items())
+    return changed / sum(value.numel() for value in start.values())
+
+
+FAST = ["run", "--model", "markov-fast", "--steps", "2", "--batch-size", "2", "--eval-limit", "10"]
+TINY = ["run", "--model", "tiny", "--steps", "2", "--batch-size", "2", "--eval-limit", "4"]
+
+
+def _mask_file(tensors=None, name="m.safetensors", **metadata):
+    """A setup that writes a mask file holding ``tensors`` (default none) with safetensors ``metadata``."""
+    def setup(tmp, monkeypatch):
+        save_file(tensors or {}, str(tmp / name), metadata=metadata or None)
+    return setup
+
+
+def _toy_pos_emb_mask():
+    from recipes.run import _toy_model
+
+    return {"pos_emb": torch.zeros_like(_toy_model("markov-fast").pos_emb, dtype=torch.bool)}
+
+
+def _run_folder(*names):
+    def setup(tmp, monkeypatch):
+        (tmp / "x").mkdir()
+        for name in names:
+            (tmp / "x" / name).write_text("{}")
+    return setup
+
+
+def _damaged_run(tmp, monkeypatch):
+    """A run folder of markov-fast whose model.safetensors was cut short."""
+    from recipes.run import RunConfig, _toy_model
+
+    (tmp / "x").mkdir()
+    (tmp / "x" / "run.json").write_text(json.dumps({"config": dataclasses.asdict(RunConfig(model="markov-fast"))}))
+    save_file(_toy_model("markov-fast").state_dict(), str(tmp / "x" / "model.safetensors"))
+    data = (tmp / "x" / "model.safetensors").read_bytes()
+    (tmp / "x" / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _no_memory(tmp, monkeypatch):
+    from recipes import run
+
+    monkeypatch.setattr(run, "free_memory", lambda device: 1024)  # 1 KiB free
+
+
+def _files(root):
+    """{path: bytes} of every file under ``root`` (the CLI may create --out's folder, empty, when it checks it)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# (argv, message fragment, setup(tmp_path, monkeypatch) or None): "{tmp}" is the test's folder; a run command
+# without --out gets --out {tmp}/x. Each is refused with exit status 2, one line, and nothing written.
+REFUSALS = [
+    (["run", "--mask", "wagle:1.5"], "the ratio must lie in (0, 1]", None),
+    (["run", "--mask", "snip:0.5"], "expected KIND:RATIO with KIND one of wagle, magnitude, random", None),
+    (["run", "--method", "NPOO"], "unknown method 'NPOO'", None),
+    (["run", "--beta", "0"], "beta must be a finite number > 0", None),
+    (["run", "--model", "llama"], "model 'llama': not a toy model (markov, markov-fast)", None),
+    # 1. settings that do not apply to the model, task, method or mask
+    ([*FAST, "--reference", "copy"], "--reference copy does not apply: the toy models (markov, markov-fast) use the "
+                                     "cached reference", None),
+    ([*FAST, "--task", "jsonl", "--forget", "{tmp}/f.jsonl", "--retain", "{tmp}/r.jsonl"],
+     "--task jsonl does not apply: the toy model markov-fast trains on its own Markov world", None),
+    ([*FAST, "--task", "jsonl", "--forget", "{tmp}/f.jsonl", "--retain", "{tmp}/r.jsonl"],
+     "; --retain {tmp}/r.jsonl does not apply: the toy model", None),
+    ([*FAST, "--set", "task=facts"], "--task facts does not apply", None),
+    ([*TINY, "--task", "markov", "--forget", "{tmp}/f.jsonl"],
+     "--forget {tmp}/f.jsonl does not apply: a file of --task jsonl, and the task is markov", None),
+    ([*TINY, "--task", "facts", "--retain", "{tmp}/r.jsonl"], "--retain {tmp}/r.jsonl does not apply", None),
+    ([*TINY, "--method", "DPO"], "--method DPO does not apply: it needs alternative responses to the forget prompts",
+     None),
+    ([*TINY, "--method", "GA", "--reference", "copy"],
+     "--reference copy does not apply: GA reads no reference model", None),
+    ([*FAST, "--method", "NPO", "--gamma", "0.5"], "--gamma 0.5 does not apply: NPO does not read gamma (it reads "
+                                                   "beta)", None),
+    ([*FAST, "--method", "GA", "--beta", "0.2"], "--beta 0.2 does not apply: GA does not read beta (it reads none "
+                                                 "of beta, gamma, lam, mismatch)", None),
+    ([*FAST, "--method", "NPO", "--set", "lam=2"], "--lam 2.0 does not apply: NPO does not read lam", None),
+    ([*FAST, "--method", "SimNPO", "--mismatch", "2"], "--mismatch 2.0 does not apply", None),
+    ([*FAST, "--mu", "1e-3"], "--mu 0.001 does not apply: WAGLE's Hessian scale, read only with --mask wagle:R",
+     None),
+    ([*FAST, "--mu", "1e-3", "--mask", "random:0.5"], "--mu 0.001 does not apply", None),
+    ([*FAST, "--mu", "1e-3", "--mask", "{tmp}/m.safetensors"], "--mu 0.001 does not apply", _mask_file()),
+    # 2. mask files: every trainable parameter, or metadata that says what the missing ones do; a missing file
+    ([*FAST, "--mask", "{tmp}/nofile.safetensors"], "mask file {tmp}/nofile.safetensors: no such file", None),
+    ([*FAST, "--mask", "{tmp}/m.safetensors"], "mask file {tmp}/m.safetensors: no mask for 26 of the model's 26 "
+     "trainable parameters ('pos_emb', 'tok_emb.weight', 'blocks.0.attn.q.weight' and 23 more); name every one, "
+     "or say what they do in the file's metadata: missing=frozen or missing=free", _mask_file()),
+    ([*FAST, "--mask", "{tmp}/m.safetensors"], "no mask for 25 of the model's 26 trainable parameters "
+     "('tok_emb.weight',", lambda tmp, mp: _mask_file(_toy_pos_emb_mask())(tmp, mp)),
+    ([*FAST, "--mask", "{tmp}/m.safetensors"], "mask file {tmp}/m.safetensors: metadata missing='some'; valid: "
+                                               "frozen, free", _mask_file(missing="some")),
+    ([*TINY, "--mask", "{tmp}/m.safetensors"], "mask file {tmp}/m.safetensors: no mask for", _mask_file()),
+    # 3. cached retain logits that do not fit the free memory
+    ([*TINY, "--method", "NPO+KL"], "GiB free on cpu; use --reference copy", _no_memory),
+    # 4. weak messages: one line naming the option, before any work
+    ([*FAST, "--eval-limit", "0"], "eval_limit must be >= 1 (sequences of each evaluation set), or none", None),
+    ([*FAST, "--mu", "0", "--mask", "wagle:0.5"], "invalid config: mu must be a finite number > 0, got 0.0", None),
+    ([*FAST, "--lr", "-1"], "lr must be a finite number > 0, got -1.0", None),
+    ([*FAST, "--out", "{tmp}/x"], "--out {tmp}/x: already holds a run (run.json, relearn.json); give a new folder, "
+                                  "or --overwrite", _run_folder("run.json", "relearn.json")),
+    ([*FAST, "--out", "{tmp}/x"], "already holds a run (mask.safetensors)", _run_folder("mask.safetensors")),
+    ([*FAST, "--out", "{tmp}/x/run.json"], "--out {tmp}/x/run.json: is a file, not a folder", _run_folder("run.json")),
+    (["relearn", "{tmp}/x"], "{tmp}/x/model.safetensors: damaged, not readable as safetensors", _damaged_run),
+    (["relearn", "{tmp}/x"], "redo the run with `unlearn run ... --out {tmp}/x --overwrite`", _damaged_run),
+]
+
+
+@pytest.mark.parametrize("argv, message, setup", REFUSALS, ids=[f"{i}" for i in range(len(REFUSALS))])
+def test_bad_arguments_are_refused_before_work(argv, message, setup, capsys, tmp_path, monkeypatch):
+    if setup is not None:
+        setup(tmp_path, monkeypatch)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] == "run" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "x")]
+    before = _files(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in err and len(err.strip().splitlines()) == 1, err
+    assert _files(tmp_path) == before  # nothing written, nothing removed
 
 
 def test_a_mask_file_for_another_model_is_refused(tmp_path, capsys):
@@ -126,3 +239,151 @@ def test_a_method_without_its_data_is_refused_before_training(tmp_path, capsys):
     assert main(argv) == 2
     assert "needs alternative responses to the forget prompts" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _frozen_file(tmp_path):
+    from unlearn.attribution import save_masks
+
+    return str(save_masks({}, tmp_path / "frozen.safetensors", {"missing": "frozen"}))
+
+
+def _pos_emb_fixed_file(tmp_path):
+    from unlearn.attribution import save_masks
+
+    return str(save_masks(_toy_pos_emb_mask(), tmp_path / "free.safetensors", {"missing": "free"}))
+
+
+@pytest.mark.parametrize("mask, mask_fraction", [
+    ("random:0.5", 0.5),
+    ("random:1.0", 1.0),  # none frozen
+    (_frozen_file, 0.0),  # all frozen: an empty file that says missing=frozen
+    (_pos_emb_fixed_file, 1 - 19 * 64 / 44234),  # one parameter frozen, the rest free by its metadata
+    (None, None),
+])
+def test_the_moved_fraction_is_what_moved(mask, mask_fraction, tmp_path):
+    """run.json's moved_fraction is the fraction of weight entries that differ after the run, counted here
+    directly from the weights before and after; mask_fraction is what the mask let move."""
+    from recipes import run as run_recipe
+
+    spec = mask(tmp_path) if callable(mask) else mask
+    out = tmp_path / "run"
+    assert main([*FAST, *(["--mask", spec] if spec else []), "--lr", "1e-2", "--out", str(out)]) == 0
+    doc = json.loads((out / "run.json").read_text())
+    _, original, _ = run_recipe.MODELS["markov-fast"].models("cpu", progress=False)
+    start = dict(original.named_parameters())
+    moved = _moved({k: v.detach() for k, v in start.items()}, load_file(str(out / "model.safetensors")))
+    assert doc["moved_fraction"] == moved
+    if mask_fraction is None:
+        assert doc["mask_fraction"] is None and moved > 0.5
+    else:
+        assert doc["mask_fraction"] == pytest.approx(mask_fraction, abs=1e-4) and moved <= doc["mask_fraction"]
+        assert (moved == 0) == (mask_fraction == 0)
+    assert (out / "mask.safetensors").exists() == (spec is not None)
+
+
+def test_overwrite_replaces_a_run_and_removes_what_no_longer_describes_it(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main([*FAST, "--mask", "random:0.5", "--out", str(out)]) == 0
+    (out / "relearn.json").write_text("{}")  # a relearning attack on the first model
+    assert main([*FAST, "--out", str(out)]) == 2
+    assert "already holds a run (run.json, model.safetensors, mask.safetensors, relearn.json)" in \
+        capsys.readouterr().err
+    assert main([*FAST, "--set", "overwrite=true", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "run.json"]
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["config"]["mask"] is None and doc["config"]["overwrite"] is True and doc["mask_fraction"] is None
+    assert main([*FAST, "--mask", "random:0.5", "--set", "overwrite=true", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mask.safetensors", "model.safetensors", "run.json"]
+
+
+def test_eval_limit_limits_the_evaluation_sets_of_a_hugging_face_run(tmp_path, monkeypatch):
+    """--eval-limit N: every evaluation of a Hugging Face run reads the first N forget and retain sequences."""
+    from recipes import validate
+
+    sizes, nll = [], validate.nll_per_token
+    monkeypatch.setattr(validate, "nll_per_token", lambda model, data: sizes.append(len(data)) or nll(model, data))
+    argv = ["run", "--model", "tiny", "--steps", "2", "--batch-size", "2", "--set", "eval_limit=3"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 0
+    assert len(sizes) >= 4 and set(sizes) == {3}
+
+
+def test_cached_logits_that_do_not_fit_are_refused_with_their_sizes():
+    """Retain logits of 8k sequences x 256 tokens x a 32k vocabulary (about 61 GiB) beside 3 x 27 GiB of
+    gradients and AdamW moments: refused one byte below CACHE_HEADROOM x (logits + max(logits, state)), run at it."""
+    from recipes.run import CACHE_HEADROOM, check_cached_logits
+
+    n, width, vocab, state = 8000, 256, 32000, 3 * 4 * 7 * 10**9
+    logits = 4 * n * width * vocab
+    need = CACHE_HEADROOM * (logits + max(logits, state))
+    check_cached_logits(n, width, vocab, state, int(need))
+    check_cached_logits(n, width, vocab, state, None)  # unknown free memory: not checked
+    with pytest.raises(ValueError) as err:
+        check_cached_logits(n, width, vocab, state, int(need) - 1, "cuda:0")
+    message = str(err.value)
+    assert f"= {logits / 2**30:.2f} GiB" in message and f"about {need / 2**30:.2f} GiB" in message
+    assert f"the {(int(need) - 1) / 2**30:.2f} GiB free on cuda:0; use --reference copy" in message
+    small = 4 * 10 * 8 * 12  # without the training state, twice the logits
+    check_cached_logits(10, 8, 12, 0, int(CACHE_HEADROOM * 2 * small))
+    with pytest.raises(ValueError, match="do not fit"):
+        check_cached_logits(10, 8, 12, 0, int(CACHE_HEADROOM * 2 * small) - 1)
+
+
+def test_free_memory_reads_memavailable_and_falls_back(tmp_path):
+    import os
+
+    from recipes.run import available_ram, free_memory
+
+    (tmp_path / "meminfo").write_text("MemTotal:  8000 kB\nMemFree:  100 kB\nMemAvailable:  2048 kB\n")
+    assert available_ram(tmp_path / "meminfo") == 2048 * 1024
+    fallback = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert abs(available_ram(tmp_path / "nothing") - fallback) < 2**30  # free pages move while we look
+    assert free_memory(torch.device("cpu")) > 0 and free_memory(torch.device("meta")) is None
+
+
+def test_a_diverging_toy_run_keeps_what_it_computed(tmp_path, capsys):
+    """lr 1e6 makes the loss non-finite at step 1: the run stops before that update, and OUT/run.failed.json
+    holds the config, the step, the losses and evaluations so far; the error names the file."""
+    out = tmp_path / "r"
+    argv = ["run", "--model", "markov-fast", "--method", "GA", "--lr", "1e6", "--steps", "5", "--eval-limit", "20",
+            "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite loss at step 1" in err[0] and str(out / "run.failed.json") in err[0]
+    record = json.loads((out / "run.failed.json").read_text())
+    assert record["config"]["lr"] == 1e6 and record["step"] == 1 and len(record["history"]["loss"]) == 1
+    assert record["before"]["forget_kl"] > 0 and not (out / "run.json").exists()
+
+
+def test_stop_on_collapse_keeps_the_last_healthy_model(tmp_path, capsys):
+    """GA at lr 0.05 collapses the Markov toy within a few steps (retain NLL far above log 10): with --stop-on
+    collapse the run ends at the first collapsed evaluation, run.json names it, and the saved weights are those
+    of the last healthy evaluation (here step 0: the original model, bitwise); without it the run goes on and
+    only records the step."""
+    from recipes import run as run_recipe
+
+    common = ["run", "--model", "markov-fast", "--method", "GA", "--lr", "0.05", "--steps", "20", "--eval-limit", "20"]
+    assert main([*common, "--stop-on", "collapse", "--out", str(tmp_path / "stop")]) == 0
+    assert "the run stopped there and kept the model of step 0" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "stop" / "run.json").read_text())
+    assert doc["collapse"] == "uniform" and doc["stopped_on_collapse"] == doc["collapsed_at_step"] > 0
+    assert doc["kept_step"] == 0 and doc["after"] == doc["before"]
+    _, original, _ = run_recipe.MODELS["markov-fast"].models("cpu", progress=False)
+    weights = load_file(str(tmp_path / "stop" / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in original.state_dict().items())
+    assert main([*common, "--out", str(tmp_path / "go")]) == 0
+    went_on = json.loads((tmp_path / "go" / "run.json").read_text())
+    assert went_on["collapsed_at_step"] == doc["collapsed_at_step"] and went_on["stopped_on_collapse"] is None
+    assert went_on["history"]["eval_steps"][-1] == 20 and went_on["after"]["retain_nll"] > math.log(10)
+
+
+def test_a_hugging_face_run_that_diverges_is_named_collapsed(tmp_path, capsys):
+    """AdamW at lr 1e6 keeps the loss finite (every weight near 1e6) and leaves a uniform model, which looked
+    like successful unlearning (forget NLL = log V); run.json names it. A random-weight model is already near
+    uniform, so the record also says it started there."""
+    argv = ["run", "--model", "tiny", "--task", "markov", "--method", "GA", "--lr", "1e6", "--steps", "2",
+            "--batch-size", "4", "--eval-limit", "8", "--out", str(tmp_path / "hf")]
+    assert main(argv) == 0
+    assert "collapse: uniform at step 0" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "hf" / "run.json").read_text())
+    assert doc["collapse"] == "uniform" and doc["collapsed_at_step"] == 0 and doc["started_collapsed"]
+    assert all(kind == "uniform" for kind in doc["collapse_kinds"])

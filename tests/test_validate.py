@@ -1,8 +1,10 @@
-"""unlearn validate on the tiny Llama: end to end through the CLI, the promised metric keys, and resuming
-from its checkpoints without redoing finished work."""
+"""unlearn validate on the tiny Llama: end to end through the CLI, the promised metric keys, resuming from its
+checkpoints without redoing finished work, the memorisation rule and its verdicts, and bad settings or broken
+checkpoints refused with a message that names them, leaving nothing behind."""
 
 import dataclasses
 import json
+import math
 import shutil
 
 import numpy as np
@@ -41,6 +43,46 @@ def test_validate_writes_the_promised_metrics_and_figure(first):
         assert m[f"validate.{x}.forget_nll_per_token.end"] > m[f"validate.{x}.forget_nll_per_token.start"]
     assert doc["memorised"]["forget_nll_per_token"][-1] < doc["memorised"]["forget_nll_per_token"][0]
     assert (out / "validate.png").read_bytes()[:4] == b"\x89PNG"
+    # 20 epochs do not memorise the markov task (it plateaus near 0.2 after ~200): every verdict says so
+    memorised = doc["memorised"]
+    assert memorised["reached"] is False and memorised["stopped"] == "budget"
+    assert memorised["floor"] == pytest.approx(0.151, abs=1e-3) and memorised["target"] == memorised["floor"] + 0.15
+    assert {p["verdict"] for p in doc["predictions"].values()} == {validate.NOT_MEMORISED}
+    assert doc["evaluated"] == {"forget": 32, "retain": 32, "forget_total": 32, "retain_total": 32}
+
+
+def test_every_method_records_whether_and_when_it_collapsed(first):
+    """Each method's record holds the collapse kind of every evaluation (unlearn.metrics.collapse) and the step
+    it first collapsed at, also as the metric validate.X.collapsed_at_step; the kinds follow the rule applied to
+    the recorded retain NLL and entropy."""
+    from unlearn.metrics.collapse import collapse_kind
+
+    out, doc = first
+    for method in ("GA", "NPO", "SimNPO"):
+        record = validate._read_checkpoint(next((out / "validate.ckpt").glob(f"{method}-*.json")))
+        log_v = record["collapse_rule"]["log_vocab"]
+        kinds = [collapse_kind(n, h, round(math.exp(log_v))) for n, h in zip(record["retain_nll"], record["entropy"],
+                                                                             strict=True)]
+        assert record["collapse_kinds"] == kinds and len(kinds) == len(record["steps"])
+        first_step = next((s for s, k in zip(record["steps"], kinds, strict=True) if k), None)
+        metric = doc["metrics"][f"validate.{method.lower()}.collapsed_at_step"]
+        assert metric == record["collapsed_at_step"] == first_step
+
+
+def test_verdicts_of_memorised_data_follow_their_rules(first):
+    """The same measurements, judged as if memorised: NPO's step-0 weights are all 1 (no correlation to speak
+    of), SimNPO's fall with |y|; each prediction gets pass, fail or undetermined by its VERDICTS rule."""
+    _, doc = first
+    plain = {k.removeprefix("validate."): v for k, v in doc["metrics"].items()}
+    found = validate.predictions(plain, doc["lengths"], memorised=True)
+    assert set(found) == {f"validate.{k}" for k in validate.VERDICTS}
+    for key in ("npo.weight_step0_max_abs_dev_from_1", "npo.pearson_weight_length.step0",
+                "simnpo.pearson_weight_length.step0"):
+        assert found[f"validate.{key}"]["verdict"] == "pass"
+    assert found["validate.ga.linear_r2"]["verdict"].startswith("undetermined")  # 10 steps: too few to fit
+    assert validate.verdict("ga.linear_r2", 0.99, 0.9) == "pass" and validate.verdict("npo.log_r2", 0.8, 0.9) == "fail"
+    assert validate.verdict("simnpo.pearson_weight_length.step0", 0.2, -1.0) == "fail"
+    assert validate.verdict("ga.linear_r2", None, None).startswith("undetermined")
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_work(first, tmp_path, monkeypatch):
@@ -74,7 +116,7 @@ def test_validate_on_jsonl_files(tmp_path):
             "--steps", "4", "--memorise-epochs", "10", "--methods", "NPO", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     doc = json.loads((tmp_path / "out" / "validate.json").read_text())
-    assert doc["lengths"] == [3, 6, 2]  # response tokens + EOS; the retain rows are narrower (memorised together)
+    assert doc["lengths"] == [8, 24, 5]  # response bytes + EOS; the retain rows are narrower (memorised together)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -85,10 +127,18 @@ def test_validate_on_jsonl_files(tmp_path):
     (["validate", "--precision", "fp8"], "unknown precision 'fp8'; valid: auto, float32, bf16-mixed, bf16"),
     (["validate", "--set", "methods=none"], "methods: give at least one of GA, NPO, SimNPO"),
     (["validate", "--set", "npo_beta=0"], "npo_beta must be a finite number > 0"),
+    (["validate", "--lora", "0"], "lora_rank (--lora) must be >= 1, got 0; leave it out (None) for full"),
+    (["validate", "--lora", "0", "--reference", "adapter"], "lora_rank (--lora) must be >= 1, got 0"),
+    (["validate", "--lora", "-2"], "lora_rank (--lora) must be >= 1, got -2"),
+    (["validate", "--set", "eval_limit=0"], "eval_limit must be >= 1 (or None: evaluate every sequence), got 0"),
+    (["validate", "--set", "memorise_nll=0"], "memorise_nll must be a finite number > 0"),
+    (["validate", "--set", "memorised_within=-1"], "memorised_within must be a finite number > 0"),
 ])
 def test_bad_validate_arguments(argv, message, capsys, tmp_path):
+    """Refused at config time, before any data is read or anything is written."""
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_markov_task_holds_the_sequences_asked_for():
@@ -165,7 +215,7 @@ def test_reduced_precisions_run_end_to_end(precision, bytes_per_weight, tmp_path
     assert doc["metrics"]["validate.npo.weight_step0_max_abs_dev_from_1"] == 0.0
     from safetensors.torch import load_file
 
-    state = load_file(next((tmp_path / "validate.ckpt").glob("memorised-*.safetensors")))
+    state = load_file(next((tmp_path / "validate.ckpt").glob("memorised-*/model.safetensors")))
     assert {t.dtype for t in state.values()} == {torch.bfloat16 if precision == "bf16" else torch.float32}
 
 
@@ -186,13 +236,133 @@ def test_every_unlearning_setting_keys_the_method_checkpoints():
         assert len(keys) == 6
 
 
-def test_an_unreadable_checkpoint_is_named(first, tmp_path, capsys):
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("entry, damage", [
+    ("GA-*.json", lambda p: p.write_text('{"steps": [0, 5')),
+    ("memorised-*/record.json", _truncate),
+    ("memorised-*/model.safetensors", _truncate),  # was a raw SafetensorError
+    ("memorised-*/model.safetensors", lambda p: p.write_bytes(b"")),
+])
+def test_an_unreadable_checkpoint_is_named(first, tmp_path, capsys, entry, damage):
+    """A checkpoint entry broken by hand (truncated, emptied) is named with what to do, whatever its kind, and
+    the run writes nothing."""
     out, _ = first
     shutil.copytree(out / "validate.ckpt", tmp_path / "validate.ckpt")
-    broken = next((tmp_path / "validate.ckpt").glob("GA-*.json"))
-    broken.write_text('{"steps": [0, 5')
+    broken = next((tmp_path / "validate.ckpt").glob(entry))
+    damage(broken)
     assert main([*ARGS, "--out", str(tmp_path)]) == 2
-    assert f"{broken}: not a readable checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    delete = "it" if broken.parent.name == "validate.ckpt" else broken.parent  # the stage's folder, as a unit
+    assert f"{broken}: not a readable checkpoint" in err and f"delete {delete} to redo that stage" in err
+    assert not (tmp_path / "validate.json").exists()
+
+
+def test_a_non_finite_memorising_run_keeps_its_history_and_no_checkpoint(tmp_path, capsys):
+    """--memorise-lr 1e6 overflows: the error names the step and where the history went; the checkpoint folder
+    is not left behind, empty or partial."""
+    argv = ["validate", "--memorise-lr", "1e6", "--methods", "NPO", "--steps", "2", "--set", "n_forget=4",
+            "--set", "n_retain=4", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    kept = tmp_path / "validate.failed.json"
+    assert "non-finite" in err and "of run 'memorise'" in err and f"what was computed is in {kept}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["validate.failed.json"]
+    doc = json.loads(kept.read_text())
+    assert doc["stage"] == "memorise" and doc["config"]["memorise_lr"] == 1e6
+    assert doc["step"] <= len(doc["history"]["loss"]) <= doc["step"] + 1 and doc["history"]["evals"]["forget_nll"]
+
+
+def test_a_stage_that_fails_leaves_nothing_under_its_key(tmp_path, monkeypatch):
+    """An error while the memorised checkpoint is written (here: the disk fills after its weights, before its
+    record) leaves no memorised-KEY folder, no temporary one, and no empty validate.ckpt."""
+    from pathlib import Path
+
+    cfg = validate.ValidateConfig(device="cpu", memorise_epochs=1, n_forget=4, n_retain=4, methods=("NPO",), steps=2)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        validate.run_validate(cfg, tmp_path, progress=False, report=lambda line: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_forget_set_that_was_not_memorised_is_said_loudly(tmp_path, capsys):
+    """One memorising epoch leaves the forget NLL far above the floor: validate.json records reached = false,
+    the target and the NLL it ended at, every verdict is 'not applicable', a WARNING line says so and suggests
+    the epochs (from the slope of the memorising curve) or the 3x learning rate that would get there."""
+    argv = ["validate", "--memorise-epochs", "1", "--methods", "NPO", "--steps", "2", "--set", "n_forget=8",
+            "--set", "eval_limit=6", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "validate.json").read_text())
+    memorised = doc["memorised"]
+    assert memorised["reached"] is False and memorised["stopped"] == "budget" and memorised["epochs"] == 1
+    assert memorised["nll"] == memorised["forget_nll_per_token"][-1] > memorised["target"]
+    assert memorised["target"] == pytest.approx(memorised["floor"] + 0.15)
+    assert {p["verdict"] for p in doc["predictions"].values()} == {
+        "not applicable: the forget set was not memorised"}
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING: the forget set was not memorised")]
+    lines = out.splitlines()
+    assert len(warnings) == 2 and lines.index(warnings[1], lines.index(warnings[0]) + 1) > lines.index(
+        "validate.npo.log_r2: not applicable: the forget set was not memorised")  # repeated after the verdicts
+    assert "--memorise-epochs " in warnings[0] and "--memorise-lr 0.009 (3x the 0.003 used)" in warnings[0]
+    # evaluation read the first 6 forget sequences (the retain set has 32, above the limit too); training all
+    assert doc["evaluated"] == {"forget": 6, "retain": 6, "forget_total": 8, "retain_total": 32}
+    assert len(doc["lengths"]) == 6 and doc["config"]["eval_limit"] == 6
+
+
+def test_memorisation_rule_by_hand():
+    """reached when the NLL ends within max(memorise_nll, memorised_within) of the floor; the suggestion reads
+    the slope of the excess over the floor (halving every 10 epochs from 1.6 to 0.8 above it: 3 more halvings
+    reach 0.1 above, 30 epochs), or a 3x rate after a plateau or without a slope."""
+    cfg = validate.ValidateConfig(device="cpu", memorise_lr=1e-3)
+    record = {"forget_nll_per_token": [1.8, 1.0], "curve_epochs": [10, 20], "epochs": 20, "floor": 0.2,
+              "stopped": "budget"}
+    judged = validate.memorisation(dataclasses.replace(cfg, memorised_within=0.1), record)
+    assert judged["reached"] is False and judged["target"] == pytest.approx(0.3) and judged["nll"] == 1.0
+    assert "about 50 epochs: --memorise-epochs 50, or --memorise-lr 0.003 (3x the 0.001 used)" in judged["suggestion"]
+    assert validate.memorisation(dataclasses.replace(cfg, memorised_within=0.8), record)["reached"] is True
+    plateau = validate.memorisation(cfg, {**record, "stopped": "plateau"})["suggestion"]
+    assert plateau == "its NLL stopped falling (plateau): try --memorise-lr 0.003 (3x the 0.001 used)"
+    skipped = {**record, "forget_nll_per_token": [1.0], "curve_epochs": [0], "epochs": 0, "stopped": "skipped"}
+    assert "leave out --memorise-epochs 0" in validate.memorisation(cfg, skipped)["suggestion"]
+
+
+def test_the_memorisation_floor_is_the_datas_own_uncertainty():
+    """Two forget sequences share a prompt and their first response token differs (and a retain sequence
+    shares it too, agreeing with the first): the best model gives the first token 2/3 and 1/3; every other
+    token is determined by its context. Distinct prompts have a floor of 0."""
+    from unlearn.data import TokenSet
+
+    forget = TokenSet.from_ids([([5], [1, 2, 0]), ([5], [3, 4, 0])], pad_id=0)
+    retain = TokenSet.from_ids([([5], [1, 7, 0]), ([6], [1, 2, 0])], pad_id=0)
+    expected = -(math.log(2 / 3) + math.log(1 / 3) + math.log(1 / 2)) / 6  # after 5, 1: 2 (forget) or 7
+    assert validate.memorisation_floor(forget, retain) == pytest.approx(expected)
+    assert validate.memorisation_floor(forget, retain, n=1) == pytest.approx(-(math.log(2 / 3) + math.log(1 / 2)) / 3)
+    distinct = TokenSet.from_ids([([5], [1, 2, 0]), ([6], [1, 2, 0])], pad_id=0)
+    assert validate.memorisation_floor(distinct, distinct.take(slice(0, 0))) == 0.0
+
+
+def test_the_evaluation_limit_never_touches_training():
+    """Memorising with eval_limit 2 and with every sequence evaluated trains the same weights (for a fixed
+    budget); only the recorded NLL, of 2 sequences or all, differs."""
+    from unlearn.models import hf
+
+    states, curves = [], []
+    for limit in (2, None):
+        cfg = validate.ValidateConfig(device="cpu", memorise_epochs=2, n_forget=6, n_retain=4, eval_limit=limit)
+        forget, retain, vocab, _ = validate.task_data(cfg)
+        model = hf.load_model(cfg.model_spec(vocab))
+        curves.append(validate.memorise(model, forget, retain, cfg, progress=False)["forget_nll_per_token"])
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        torch.testing.assert_close(value, states[1][key], rtol=0, atol=0)
+    assert curves[0] != curves[1]
 
 
 def test_npo_weights_are_taken_against_the_recorded_reference():

@@ -11,7 +11,9 @@ switched off after the retain problem is re-fitted with Hessian ~ mu I: theta_o 
 sensitivity, -(g_r * g_f) / mu the forget-retain gradient alignment; the released configs use mu = 1e-6, where the
 second term dominates. A mask keeps the global top ``ratio`` fraction of every trainable weight (embeddings,
 norms and head included; no per-layer quota): True = may move. ``unlearn.train`` multiplies gradients and
-weight decay by it, so a masked-out weight is bitwise unchanged (WAGLE's own loop still decays them).
+weight decay by it, so a masked-out weight is bitwise unchanged (WAGLE's own loop still decays them). A mask
+file (``save_masks``, ``load_masks``) names every trainable parameter, or says in its metadata whether the ones
+it leaves out are frozen or free (``missing=frozen`` / ``missing=free``).
 
 Threshold without a global sort (``top_fraction_masks``): the k-th largest of N scores is bracketed by quantiles
 of a random sample, the scores inside the bracket (a small fraction of N) are gathered and the exact k-th value
@@ -153,7 +155,7 @@ def top_fraction_masks(scores: Scores, ratio: float, generator: torch.Generator 
 
 def parse_mask_spec(spec: str) -> tuple[str, float] | Path:
     """"wagle:0.8" / "magnitude:0.5" / "random:0.2" -> (kind, ratio); anything else must be an existing
-    .safetensors mask file (``save_masks``)."""
+    .safetensors mask file (``save_masks``): a .safetensors path that is not there is refused as such."""
     kind, sep, raw = spec.partition(":")
     if sep and kind in KINDS:
         try:
@@ -164,31 +166,47 @@ def parse_mask_spec(spec: str) -> tuple[str, float] | Path:
             raise ValueError(f"mask {spec!r}: the ratio must lie in (0, 1] (the fraction of weights that may move)")
         return kind, ratio
     path = Path(spec)
-    if path.suffix == ".safetensors" and path.is_file():
-        return path
+    if path.suffix == ".safetensors":
+        if path.is_file():
+            return path
+        raise ValueError(f"mask file {path}: " + ("not a file" if path.exists() else "no such file"))
     raise ValueError(f"mask {spec!r}: expected KIND:RATIO with KIND one of {', '.join(KINDS)} (e.g. wagle:0.8), "
                      "or the path of a .safetensors mask file")
 
 
 def save_masks(masks: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write {parameter name: bool tensor} as safetensors, atomically (temporary file, then rename)."""
+    """Write {parameter name: bool tensor} as safetensors, atomically (temporary file, then rename). A file that
+    leaves trainable parameters out must say what they do in ``metadata``: {"missing": "frozen"} or
+    {"missing": "free"} (``load_masks``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().bool().contiguous().cpu() for k, v in masks.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
+    # metadata None, not {}: safetensors 0.8 writes an unreadable header for no tensors with empty metadata
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {}) or None))
     return path
 
 
+MISSING = ("frozen", "free")  # what a mask file's metadata ``missing`` may say of the parameters it leaves out
+
+
 def load_masks(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Masks from a safetensors file, checked against ``model``: every tensor must name one of its trainable
-    parameters with that parameter's shape, and be boolean; an error names the file and the parameter."""
-    from safetensors import SafetensorError
+    """Masks from a safetensors file, checked against ``model``, one mask for every trainable parameter.
+
+    Every tensor must name one of the model's trainable parameters with that parameter's shape, and be boolean.
+    The file must name EVERY trainable parameter, unless its safetensors metadata says ``missing=frozen`` (the
+    parameters it leaves out do not move: all-False masks) or ``missing=free`` (they all may move: all-True
+    masks); a file that leaves parameters out without saying so (an empty file, a mask of another model's
+    subset) is refused, naming the first of them, so that no mask is silently read as "train everything".
+    Errors name the file and the parameter."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         masks = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
     except (OSError, SafetensorError) as err:
         raise ValueError(f"mask file {path}: cannot read it as safetensors ({err})") from None
     params = trainable(model)
@@ -199,7 +217,17 @@ def load_masks(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
         if mask.dtype != torch.bool or mask.shape != params[name].shape:
             raise ValueError(f"mask file {path}: {name!r} is {mask.dtype} {tuple(mask.shape)}, the parameter "
                              f"needs torch.bool {tuple(params[name].shape)}")
-    return {name: mask.to(params[name].device) for name, mask in masks.items()}
+    missing = [name for name in params if name not in masks]
+    rule = metadata.get("missing")
+    if rule is not None and rule not in MISSING:
+        raise ValueError(f"mask file {path}: metadata missing={rule!r}; valid: {', '.join(MISSING)}")
+    if missing and rule is None:
+        shown = ", ".join(repr(n) for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(f"mask file {path}: no mask for {len(missing)} of the model's {len(params)} trainable "
+                         f"parameters ({shown}); name every one, or say what they do in the file's metadata: "
+                         "missing=frozen or missing=free")
+    return {name: masks[name].to(p.device) if name in masks else
+            torch.full(p.shape, rule == "free", dtype=torch.bool, device=p.device) for name, p in params.items()}
 
 
 def scores(kind: str, model: nn.Module, *, gradients: Callable[[], tuple[Scores, Scores]] | None = None,

@@ -16,8 +16,17 @@ the response and its EOS only (``unlearn.logprobs``). An example whose response 
 
 Built-in tasks (no download): ``markov`` renders the SimNPO Markov mixture as token ids (state s -> id s;
 prompt = the first state), and ``facts`` generates fictitious authors with ~20 question/answer facts each,
-TOFU-like, with a forget split of 1, 5 or 10% of the authors (``facts_task``), and a word-level tokenizer
-built in-process for them.
+TOFU-like, with a forget split of 1, 5 or 10% of the authors (``facts_task``).
+
+Tokenizers for models built from a config (``unlearn.models.hf`` architectures): ``byte_tokenizer``, one token
+per UTF-8 byte plus <pad> and <eos> (258 ids, ``BYTE_VOCAB``), the same for every data set, so that the model's
+size never depends on the data's (a word vocabulary built from 50k lines had 100,010 words and grew ``tiny``
+from 19k to 6.4M parameters). A real checkpoint keeps its own tokenizer. ``word_tokenizer`` (a vocabulary of
+the words of given texts) remains for tests that want short sequences.
+
+Scale: reading and tokenising are linear in the examples; tokenising encodes in chunks (a fast tokenizer
+batches each chunk in Rust), and both show a progress bar (on a terminal) for ``PROGRESS_FROM`` examples or
+more.
 """
 
 from __future__ import annotations
@@ -27,12 +36,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unlearn.rng import generator as make_generator
 
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer: "
 PROMPT_FORMATS = ("auto", "chat", "plain")
+PROGRESS_FROM = 10_000  # examples: reading and tokenising this many or more show a progress bar on a terminal
+TOKENIZE_CHUNK = 1024  # examples per batched tokenizer call
+
+
+def _bar(total: int, desc: str, progress: bool | None):
+    """A tqdm bar over ``total`` items: shown when ``progress`` is True, or (None) on a terminal for
+    PROGRESS_FROM items or more; never when False."""
+    from tqdm.auto import tqdm
+
+    disable = not progress if progress is not None else (None if total >= PROGRESS_FROM else True)
+    return tqdm(total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True, unit=" examples")
 
 
 @dataclass(frozen=True)
@@ -60,8 +81,9 @@ def _fields(item: dict, where: str) -> tuple[str, str]:
     return values[0], values[1]
 
 
-def read_examples(path: str | Path) -> list[Example]:
-    """Prompt/response pairs from a JSONL or JSON file (module docstring); errors name file, line and field."""
+def read_examples(path: str | Path, progress: bool | None = None) -> list[Example]:
+    """Prompt/response pairs from a JSONL or JSON file (module docstring); errors name file, line and field.
+    ``progress``: a bar over the lines (None: on a terminal, for PROGRESS_FROM lines or more)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark, if any, is not data
@@ -83,13 +105,17 @@ def read_examples(path: str | Path) -> list[Example]:
         located = [(f"{path} item {i}", item) for i, item in enumerate(items)]
     else:
         located = []
-        for number, line in enumerate(text.split("\n"), start=1):  # JSON strings may hold U+2028 etc. unescaped
-            if not line.strip():
-                continue
-            try:
-                located.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        lines = text.split("\n")  # JSON strings may hold U+2028 etc. unescaped
+        with _bar(len(lines), f"reading {path.name}", progress) as bar:
+            for number, line in enumerate(lines, start=1):
+                if number % 1000 == 0:
+                    bar.update(1000)
+                if not line.strip():
+                    continue
+                try:
+                    located.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
     examples = []
     for where, item in located:
         if not isinstance(item, dict):
@@ -155,16 +181,16 @@ class TokenSet(Rows):
         """From (prompt ids, response ids incl. EOS) pairs (the prompt holds at least one id)."""
         width = max(len(p) + len(r) for p, r in sequences) - 1
         n = len(sequences)
-        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-        labels = torch.full((n, width), pad_id, dtype=torch.long)
-        attention = torch.zeros(n, width, dtype=torch.bool)
-        mask = torch.zeros(n, width, dtype=torch.bool)
+        input_ids = np.full((n, width), pad_id, dtype=np.int64)
+        labels = np.full((n, width), pad_id, dtype=np.int64)
+        attention = np.zeros((n, width), dtype=bool)
+        mask = np.zeros((n, width), dtype=bool)
         for b, (prompt, response) in enumerate(sequences):
-            ids = torch.tensor(prompt + response, dtype=torch.long)
+            ids = prompt + response
             L = len(ids) - 1
             input_ids[b, :L], labels[b, :L], attention[b, :L] = ids[:-1], ids[1:], True
             mask[b, len(prompt) - 1: L] = True
-        return TokenSet(input_ids, attention, labels, mask)
+        return TokenSet(*(torch.from_numpy(a) for a in (input_ids, attention, labels, mask)))
 
 
 def format_prompt(tokenizer, prompt: str, prompt_format: str = "auto",
@@ -188,33 +214,51 @@ def prompt_and_response_ids(tokenizer, prompt_text: str, response: str, chat: bo
     "Answer", ":", " ", "Paris"), and split before the first token that ends inside the response (a token
     straddling the boundary, like " Paris", belongs to the response). A chat prompt ends in its template's own
     tokens and is tokenized apart from the response, as are both with a slow tokenizer (it has no offsets)."""
+    return _encode_pairs(tokenizer, [prompt_text], [response], chat)[0]
+
+
+def _encode_pairs(tokenizer, prompts: list[str], responses: list[str], chat: bool) -> list[tuple[list, list]]:
+    """``prompt_and_response_ids`` of many pairs, with one batched tokenizer call per kind of text."""
     if chat or not getattr(tokenizer, "is_fast", False):
-        return (tokenizer(prompt_text, add_special_tokens=not chat)["input_ids"],
-                tokenizer(response, add_special_tokens=False)["input_ids"])
-    whole = tokenizer(prompt_text + response, return_offsets_mapping=True)
-    pairs = list(zip(whole["input_ids"], whole["offset_mapping"], strict=True))
-    cut = next((i for i, (_, (_, end)) in enumerate(pairs) if end > len(prompt_text)), len(pairs))
-    # special tokens the tokenizer appends (an EOS of its own) cover no text: the caller adds the EOS
-    return [i for i, _ in pairs[:cut]], [i for i, (start, end) in pairs[cut:] if end > start]
+        return list(zip(tokenizer(prompts, add_special_tokens=not chat)["input_ids"],
+                        tokenizer(responses, add_special_tokens=False)["input_ids"], strict=True))
+    whole = tokenizer([p + r for p, r in zip(prompts, responses, strict=True)], return_offsets_mapping=True)
+    out = []
+    for prompt_text, ids, offsets in zip(prompts, whole["input_ids"], whole["offset_mapping"], strict=True):
+        n = len(prompt_text)
+        cut = next((i for i, (_, end) in enumerate(offsets) if end > n), len(ids))
+        # special tokens the tokenizer appends (an EOS of its own) cover no text: the caller adds the EOS
+        out.append((ids[:cut], [i for i, (start, end) in zip(ids[cut:], offsets[cut:], strict=True) if end > start]))
+    return out
 
 
 def tokenize_examples(examples: list[Example], tokenizer, max_length: int, prompt_format: str = "auto",
-                      plain_template: str = PLAIN_TEMPLATE) -> TokenSet:
+                      plain_template: str = PLAIN_TEMPLATE, progress: bool | None = None) -> TokenSet:
     """The TokenSet of ``examples`` (module docstring). A chat-templated prompt carries its own special tokens;
-    a plain one gets the tokenizer's (e.g. BOS)."""
+    a plain one gets the tokenizer's (e.g. BOS). Encoded TOKENIZE_CHUNK examples per tokenizer call;
+    ``progress``: a bar (None: on a terminal, for PROGRESS_FROM examples or more)."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; responses must end with one")
+    if not examples:
+        raise ValueError("no examples to tokenize")
     sequences = []
-    for ex in examples:
-        text, chat = format_prompt(tokenizer, ex.prompt, prompt_format, plain_template)
-        prompt, response = prompt_and_response_ids(tokenizer, text, ex.response, chat)
-        response = response + [tokenizer.eos_token_id]
-        if not prompt:  # the first response token needs a context to be predicted from
-            prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-        if len(prompt) + len(response) > max_length:
-            raise ValueError(f"{ex.source}: prompt ({len(prompt)} tokens) + response ({len(response)} tokens with "
-                             f"EOS) exceed max_length={max_length}; the response would be truncated")
-        sequences.append((prompt, response))
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    with _bar(len(examples), "tokenising", progress) as bar:
+        for first in range(0, len(examples), TOKENIZE_CHUNK):
+            chunk = examples[first: first + TOKENIZE_CHUNK]
+            texts = [format_prompt(tokenizer, ex.prompt, prompt_format, plain_template) for ex in chunk]
+            chat = texts[0][1]  # the same for every example: it depends on the format and the tokenizer only
+            pairs = _encode_pairs(tokenizer, [t for t, _ in texts], [ex.response for ex in chunk], chat)
+            for ex, (prompt, response) in zip(chunk, pairs, strict=True):
+                response = response + [tokenizer.eos_token_id]
+                if not prompt:  # the first response token needs a context to be predicted from
+                    prompt = [start]
+                if len(prompt) + len(response) > max_length:
+                    raise ValueError(f"{ex.source}: prompt ({len(prompt)} tokens) + response ({len(response)} tokens "
+                                     f"with EOS) exceed max_length={max_length}; the response would be truncated "
+                                     f"(raise max_length, e.g. --set max_length={2 * max_length})")
+                sequences.append((list(prompt), response))
+            bar.update(len(chunk))
     return TokenSet.from_ids(sequences, tokenizer.pad_token_id)
 
 
@@ -271,6 +315,48 @@ def facts_task(n_authors: int = 100, split: str = "forget10", seed: int = 0) -> 
     n_forget = max(1, round(FORGET_FRACS[split] * n_authors))
     return ([ex for facts in authors[:n_forget] for ex in facts],
             [ex for facts in authors[n_forget:] for ex in facts])
+
+
+BYTE_VOCAB = 258  # <pad>, <eos>, then byte b as id b + 2
+
+
+class ByteTokenizer:
+    """A byte-level tokenizer: <pad> (id 0), <eos> (id 1), and byte b of a text's UTF-8 encoding as id b + 2,
+    ``BYTE_VOCAB`` = 258 ids for any data. It offers what ``tokenize_examples`` and ``len`` read from a
+    transformers tokenizer (no chat template, no BOS; not "fast": a prompt and its response are encoded apart,
+    which for bytes is the same as encoding them as one text). Text that spells "<eos>" is bytes like any other:
+    special tokens are never read from the data."""
+
+    pad_token, eos_token, bos_token = "<pad>", "<eos>", None
+    pad_token_id, eos_token_id, bos_token_id = 0, 1, None
+    chat_template = None
+    is_fast = False
+
+    def __len__(self) -> int:
+        return BYTE_VOCAB
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return (np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 2).tolist()
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self.encode(text) if isinstance(text, str) else [self.encode(t) for t in text]}
+
+    def decode(self, ids) -> str:
+        """The text of ``ids`` (a list or tensor), <eos> and <pad> written out, invalid UTF-8 replaced."""
+        out, run = [], bytearray()
+        for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
+            if i >= 2:
+                run.append(i - 2)
+                continue
+            out += [run.decode("utf-8", errors="replace"), (self.pad_token, self.eos_token)[i]]
+            run = bytearray()
+        return "".join([*out, run.decode("utf-8", errors="replace")])
+
+
+def byte_tokenizer() -> ByteTokenizer:
+    """The tokenizer of models built from a config (module docstring): ``ByteTokenizer``."""
+    return ByteTokenizer()
 
 
 def word_tokenizer(texts: list[str]):

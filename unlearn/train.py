@@ -123,11 +123,23 @@ class NonFiniteLossError(RuntimeError):
         self.step, self.name, self.terms, self.history = step, name, terms, history
 
 
-def resolve_device(name: str) -> torch.device:
-    """torch.device(name), refusing a CUDA device that is not there with a message saying so."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was requested but no CUDA GPU is visible to torch")
+def resolve_device(name: str, available: bool = True) -> torch.device:
+    """torch.device(name) for ``name`` one of cpu, cuda, cuda:N; any other name is refused with a ValueError
+    naming it and those choices (not torch's list of every device type it knows). With ``available`` (the
+    default) a CUDA device that is not there is refused too (RuntimeError), saying so; ``available=False``
+    checks the name only (a config written on one machine for another)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise ValueError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N")
+    if available and device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} was requested but no CUDA GPU is visible to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {name!r} was requested but torch sees {torch.cuda.device_count()} "
+                               "CUDA GPU(s), numbered from 0")
     return device
 
 

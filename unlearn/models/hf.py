@@ -2,8 +2,13 @@
 from a config with random weights (no download, ever).
 
     load_model(ModelSpec("path/to/llama"))                       AutoModelForCausalLM, local files only
-    load_model(ModelSpec("tiny"))                                a 2-layer Llama for tests (27k parameters at vocab 128)
+    load_model(ModelSpec("tiny"))                                a 2-layer Llama for tests (27k parameters at vocab 128,
+                                                                 35k at the byte vocabulary's 258)
     load_model(ModelSpec("llama-7b-shape", dtype="bf16", lora=LoraSpec(rank=16)))   Llama-2-7B's shape, random
+
+An architecture's vocabulary never depends on the data: it is the shape's, or a fixed override (``vocab_size``:
+``unlearn.data.BYTE_VOCAB`` for text read as bytes, the states of the markov task), so that a larger data set
+never makes a larger model (a vocabulary of the data's words did: 50k lines grew ``tiny`` to 6.4M parameters).
 
 The output contract is the one every model of the project follows: ``model(input_ids, attention_mask=...)``
 returns an object whose ``.logits`` are (B, T, V) with logits[b, t] the distribution of token t + 1.
@@ -73,7 +78,7 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     lora: LoraSpec | None = None
-    vocab_size: int | None = None  # architectures only: override the shape's vocabulary (built-in tasks)
+    vocab_size: int | None = None  # architectures only: override the shape's vocabulary (a fixed size, above)
     seed: int = 0
 
     def __post_init__(self):
