@@ -44,6 +44,7 @@ from unlearn.config import config_dict, format_value, require_at_least_one, requ
 from unlearn.io import atomic_write, failed_record, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll
 from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
+from unlearn.metrics.tokens import nll_per_token
 from unlearn.models.transformer import Transformer
 from unlearn.objectives import MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
@@ -334,8 +335,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         forget_eval, retain_eval = forget.take(limit), retain.take(limit)
 
         def evaluate(m, step):  # every rank runs the same passes over the same sets (FSDP2 gathers in each)
-            return {"forget_nll": validate.nll_per_token(m, forget_eval),
-                    "retain_nll": validate.nll_per_token(m, retain_eval)}
+            return {"forget_nll": nll_per_token(m, forget_eval),
+                    "retain_nll": nll_per_token(m, retain_eval)}
 
         monitor = CollapseMonitor(evaluate, vocab_size_of(model), stop=cfg.stop_on == "collapse", data=retain_eval)
         before = monitor(model, 0)

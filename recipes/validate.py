@@ -86,6 +86,7 @@ from unlearn.io import atomic_write, environment, failed_record, to_jsonable, wr
 from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.metrics.collapse import CollapseMonitor, describe_collapse, vocab_size_of
 from unlearn.metrics.curves import rate_fits
+from unlearn.metrics.tokens import nll_per_token
 from unlearn.models import hf
 from unlearn.objectives import MethodParams, SequenceStats, forget_weights
 from unlearn.reference import MODES, batched_logprobs, make_reference
@@ -320,11 +321,6 @@ def plan_precision(cfg: ValidateConfig, size: tuple[int, int], free_bytes: int |
 
 
 # ------------------------------------------------------------------------------------------------- training
-
-
-def nll_per_token(model, data) -> float:
-    logp = batched_logprobs(model, data)
-    return float(-logp.sum() / data.n_tokens.sum())
 
 
 def memorisation_floor(forget, retain, n: int | None = None) -> float:

@@ -298,10 +298,10 @@ def test_overwrite_replaces_a_run_and_removes_what_no_longer_describes_it(tmp_pa
 
 def test_eval_limit_limits_the_evaluation_sets_of_a_hugging_face_run(tmp_path, monkeypatch):
     """--eval-limit N: every evaluation of a Hugging Face run reads the first N forget and retain sequences."""
-    from recipes import validate
+    from recipes import run as run_recipe
 
-    sizes, nll = [], validate.nll_per_token
-    monkeypatch.setattr(validate, "nll_per_token", lambda model, data: sizes.append(len(data)) or nll(model, data))
+    sizes, nll = [], run_recipe.nll_per_token
+    monkeypatch.setattr(run_recipe, "nll_per_token", lambda model, data: sizes.append(len(data)) or nll(model, data))
     argv = ["run", "--model", "tiny", "--steps", "2", "--batch-size", "2", "--set", "eval_limit=3"]
     assert main([*argv, "--out", str(tmp_path / "x")]) == 0
     assert len(sizes) >= 4 and set(sizes) == {3}

@@ -107,3 +107,12 @@ def per_sequence_stats(model: torch.nn.Module, split, batch_size: int = 1024) ->
         logprobs = member_logprobs if logits.ndim == 4 else sequence_logprobs
         out.append(logprobs(logits, batch.labels, batch.mask))
     return SequenceLogprobs(torch.cat([o.logp for o in out], -1), torch.cat([o.n_tokens for o in out], -1))
+
+
+def nll_per_token(model: torch.nn.Module, data) -> float:
+    """-sum_b log p(y_b | x_b) / sum_b |y_b|: the negative log-likelihood per response token of a causal LM on a
+    ``unlearn.data.TokenSet`` (batched, in the forward passes' precision; log-probs in float32 as everywhere)."""
+    from unlearn.reference import batched_logprobs
+
+    logp = batched_logprobs(model, data)
+    return float(-logp.sum() / data.n_tokens.sum())
