@@ -9,6 +9,7 @@ import os
 import tempfile
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, database=None, max_examples=60,
@@ -38,3 +39,36 @@ def fast_figure(tmp_path_factory):
 
     run.out = out
     return run
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding + linear map: enough parameters to exercise AdamW state, masks and decay."""
+
+    def __init__(self, vocab=7, dim=5, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.nn.Parameter(torch.randn(vocab, dim, generator=g))
+        self.out = torch.nn.Parameter(torch.randn(dim, vocab, generator=g))
+
+    def forward(self, ids):
+        return self.emb[ids] @ self.out
+
+
+def make_data(n=8, T=6, vocab=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, T + 1), generator=g)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def nll(model, batch):
+    from unlearn.logprobs import sequence_logprobs
+
+    inputs, labels = batch
+    return {"nll": -sequence_logprobs(model(inputs), labels, torch.ones_like(labels)).logp}
+
+
+@pytest.fixture
+def tiny_problem():
+    """(TinyLM, make_data, nll): a small next-token problem for the training loop and the optimizers (a model
+    class, a seeded (inputs, labels) batch, and its per-sequence NLL as a losses_fn)."""
+    return TinyLM, make_data, nll

@@ -5,39 +5,15 @@ per member)."""
 import pytest
 import torch
 
-from unlearn.logprobs import sequence_logprobs
 from unlearn.optim import AdamW, clip_gradients, lr_factor, make_optimizer
 from unlearn.train import TrainConfig, train
 
 
-class TinyLM(torch.nn.Module):
-    """Embedding + linear map: enough parameters to exercise AdamW state and decay."""
-
-    def __init__(self, vocab=7, dim=5, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.emb = torch.nn.Parameter(torch.randn(vocab, dim, generator=g))
-        self.out = torch.nn.Parameter(torch.randn(dim, vocab, generator=g))
-
-    def forward(self, ids):
-        return self.emb[ids] @ self.out
-
-
-def make_data(n=8, T=6, vocab=7, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (n, T + 1), generator=g)
-    return ids[:, :-1], ids[:, 1:]
-
-
-def nll(model, batch):
-    inputs, labels = batch
-    return {"nll": -sequence_logprobs(model(inputs), labels, torch.ones_like(labels)).logp}
-
-
 @pytest.mark.parametrize("chunk_bytes", [AdamW.CHUNK_BYTES, 1])  # one group, or one parameter per group
-def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, monkeypatch):
+def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, monkeypatch, tiny_problem):
     """Our AdamW (no weight decay, no scales) follows torch.optim.AdamW exactly on the CPU, however the
     parameters are grouped into chunks."""
+    TinyLM, make_data, nll = tiny_problem
     monkeypatch.setattr(AdamW, "CHUNK_BYTES", chunk_bytes)
     inputs, labels = make_data()
     ours, theirs = TinyLM(), TinyLM()
@@ -80,7 +56,8 @@ def test_adamw_updates_an_fsdp2_shard_through_its_local_tensor(monkeypatch, tmp_
         dist.destroy_process_group()
 
 
-def test_weight_decay_skips_weights_without_a_gradient_as_torch_adamw_does():
+def test_weight_decay_skips_weights_without_a_gradient_as_torch_adamw_does(tiny_problem):
+    TinyLM, make_data, nll = tiny_problem
     ours, theirs = TinyLM(), TinyLM()
     unused = {m: torch.nn.Parameter(torch.ones(3)) for m in ("ours", "theirs")}
     ours.register_parameter("unused", unused["ours"])
@@ -110,8 +87,9 @@ def test_warmup_then_constant():
     assert [lr_factor(s, cfg.steps, cfg.schedule, cfg.warmup_steps) for s in range(6)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
 
 
-def test_lr_scale_equals_that_learning_rate():
+def test_lr_scale_equals_that_learning_rate(tiny_problem):
     """SGD with lr 1 and lr_scale s moves a parameter exactly like lr s."""
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     a, b = TinyLM(), TinyLM()
     train(a, nll, lambda s: [(inputs, labels)], TrainConfig(steps=5, lr=0.03, progress=False))

@@ -7,37 +7,13 @@ import weakref
 import pytest
 import torch
 
-from unlearn.logprobs import sequence_logprobs
 from unlearn.train import NonFiniteLossError, StopRun, TrainConfig, resolve_device, train
 
 
-class TinyLM(torch.nn.Module):
-    """Embedding + linear map: enough parameters to exercise AdamW state, masks and decay."""
-
-    def __init__(self, vocab=7, dim=5, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.emb = torch.nn.Parameter(torch.randn(vocab, dim, generator=g))
-        self.out = torch.nn.Parameter(torch.randn(dim, vocab, generator=g))
-
-    def forward(self, ids):
-        return self.emb[ids] @ self.out
-
-
-def make_data(n=8, T=6, vocab=7, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (n, T + 1), generator=g)
-    return ids[:, :-1], ids[:, 1:]
-
-
-def nll(model, batch):
-    inputs, labels = batch
-    return {"nll": -sequence_logprobs(model(inputs), labels, torch.ones_like(labels)).logp}
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_accumulating_8x1_equals_1x8(optimizer):
+def test_accumulating_8x1_equals_1x8(optimizer, tiny_problem):
     """Eight micro-batches of one sequence give the same trajectory as one batch of eight (float64)."""
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     cfg = TrainConfig(steps=5, lr=0.05, optimizer=optimizer, weight_decay=0.01, clip_norm=1.0, progress=False,
                       precision="float64")
@@ -49,7 +25,8 @@ def test_accumulating_8x1_equals_1x8(optimizer):
     torch.testing.assert_close(torch.tensor(h1.loss), torch.tensor(h8.loss), rtol=1e-12, atol=1e-12)
 
 
-def test_same_seed_is_bitwise_identical():
+def test_same_seed_is_bitwise_identical(tiny_problem):
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     cfg = TrainConfig(steps=10, lr=0.01, optimizer="adamw", progress=False, eval_every=3)
     runs = []
@@ -63,8 +40,9 @@ def test_same_seed_is_bitwise_identical():
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_masked_weights_do_not_move(optimizer):
+def test_masked_weights_do_not_move(optimizer, tiny_problem):
     """Masked entries stay bitwise equal, weight decay included; unmasked entries move."""
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     model = TinyLM()
     before = copy.deepcopy(model)
@@ -77,7 +55,8 @@ def test_masked_weights_do_not_move(optimizer):
     assert not torch.equal(model.emb, before.emb)
 
 
-def test_mask_errors_name_the_parameter():
+def test_mask_errors_name_the_parameter(tiny_problem):
+    TinyLM, make_data, nll = tiny_problem
     model = TinyLM()
     cfg = TrainConfig(steps=1, lr=0.1, progress=False)
     with pytest.raises(ValueError, match="'missing'"):
@@ -86,7 +65,8 @@ def test_mask_errors_name_the_parameter():
         train(model, nll, lambda s: [make_data()], cfg, masks={"out": torch.ones(2, 2)})
 
 
-def test_non_finite_loss_stops_before_the_update_and_keeps_history():
+def test_non_finite_loss_stops_before_the_update_and_keeps_history(tiny_problem):
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     model = TinyLM()
 
@@ -131,10 +111,11 @@ def test_an_inf_gradient_of_a_frozen_weight_is_zero_and_of_a_moving_one_stops_th
     assert model.w.tolist() == [pytest.approx(0.9), 0.0]
 
 
-def test_no_gradient_outlives_its_step():
+def test_no_gradient_outlives_its_step(tiny_problem):
     """Peak memory is weights, gradients and moments: by the next step's forward, nothing holds the last step's
     gradients (a loop variable once did, one more model's worth of gradients through the next backward), and an
     evaluation sees none (its autocast copies of the weights would sit beside them)."""
+    TinyLM, make_data, nll = tiny_problem
     model, (inputs, labels) = TinyLM(), make_data()
     last_grads = []
     for p in model.parameters():
@@ -155,8 +136,9 @@ def test_no_gradient_outlives_its_step():
     assert len(last_grads) == len(list(model.parameters()))
 
 
-def test_evaluation_schedule():
+def test_evaluation_schedule(tiny_problem):
     """Every eval_every steps, at the extra eval_at steps, and once after the last update."""
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     h = train(TinyLM(), nll, lambda s: [(inputs, labels)],
               TrainConfig(steps=20, lr=0.01, progress=False, eval_every=8, eval_at=(1, 3, 8, 20)),
@@ -164,9 +146,10 @@ def test_evaluation_schedule():
     assert h.eval_steps == [0, 1, 3, 8, 16, 20] and h.evals["step"] == [0.0, 1.0, 3.0, 8.0, 16.0, 20.0]
 
 
-def test_an_evaluation_can_stop_the_run_where_it_evaluated():
+def test_an_evaluation_can_stop_the_run_where_it_evaluated(tiny_problem):
     """StopRun from evaluate ends the run at that evaluation: the model is the one evaluated (equal to a run
     of exactly that many steps), and the stopping evaluation is recorded."""
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
 
     def evaluate(model, step):
@@ -184,9 +167,10 @@ def test_an_evaluation_can_stop_the_run_where_it_evaluated():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-def test_bf16_autocast_trains_on_cpu_along_the_float32_trajectory():
+def test_bf16_autocast_trains_on_cpu_along_the_float32_trajectory(tiny_problem):
     """bf16 autocast keeps float32 weights and follows the float32 run's losses to within 1% at every step (bf16
     has 8 mantissa bits: 0.2% measured on this model)."""
+    TinyLM, make_data, nll = tiny_problem
     inputs, labels = make_data()
     losses = {}
     for precision in ("float32", "bf16-autocast"):
@@ -214,7 +198,8 @@ def test_missing_gpu_is_reported():
 
 
 @pytest.mark.gpu
-def test_bf16_on_gpu():
+def test_bf16_on_gpu(tiny_problem):
+    TinyLM, make_data, nll = tiny_problem
     if not torch.cuda.is_available():
         pytest.skip("no GPU")
     inputs, labels = make_data()
