@@ -84,6 +84,7 @@ from unlearn import data as llm_data
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll, unlearning_losses
+from unlearn.metrics.ceiling import forget_ceiling
 from unlearn.metrics.collapse import CollapseMonitor, describe_collapse, vocab_size_of
 from unlearn.metrics.curves import rate_fits
 from unlearn.metrics.tokens import nll_per_token
@@ -430,12 +431,14 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "validate", method, "forget")
     retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "validate", method, "retain")
     losses = unlearning_losses(method, cfg.params(method), forget, retain, reference)
-    record = {"steps": [], "forget_logp": [], "retain_nll": [], "reference_logp": reference_logp.tolist()}
+    record = {"steps": [], "forget_logp": [], "retain_nll": [], "forget_ceiling": [],
+              "reference_logp": reference_logp.tolist()}
 
     def evaluate(m, step):
         record["steps"].append(step)
         record["forget_logp"].append(batched_logprobs(m, eval_forget).tolist())
         record["retain_nll"].append(nll_per_token(m, eval_retain))
+        record["forget_ceiling"].append(forget_ceiling(m, eval_forget))  # C(t) + log V per forget token, or None
         return {"retain_nll": record["retain_nll"][-1]}
 
     # the entropy (and collapse) on the evaluated retain sequences, under the steps' precision as every pass
@@ -446,7 +449,7 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
                     evaluate=monitor)
     record["entropy"] = history.evals["entropy"]
     if monitor.stopped_at is not None:  # the record ends at the last healthy evaluation
-        for key in ("steps", "forget_logp", "retain_nll", "entropy"):
+        for key in ("steps", "forget_logp", "retain_nll", "forget_ceiling", "entropy"):
             record[key] = record[key][:-1]
     return {**record, **monitor.summary()}
 
@@ -485,8 +488,10 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
                f"{x}.pearson_weight_length.end": _pearson(w1, lengths)}
     if method == "NPO":
         metrics[f"{x}.weight_step0_max_abs_dev_from_1"] = float(np.max(np.abs(w0 - 1)))
+    ceiling = record.get("forget_ceiling") or [None]
+    metrics[f"{x}.nll_over_ceiling.final"] = None if ceiling[-1] is None else float(nll[-1] / ceiling[-1])
     curves = {"steps": record["steps"], "fit_from": float(steps[keep][0]), "forget_nll": nll.tolist(),
-              "retain_nll": record["retain_nll"],
+              "retain_nll": record["retain_nll"], "forget_ceiling": record.get("forget_ceiling"),
               "weights_start": w0.tolist(), "weights_end": w1.tolist()}
     return metrics, curves
 
@@ -522,7 +527,7 @@ def verdict(key: str, measured, predicted) -> str:
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-CHECKPOINT_FORMAT = 4  # 3: memorised-KEY folders, evaluation limits, memorising's floor; 4: collapse records
+CHECKPOINT_FORMAT = 5  # 3: memorised-KEY folders, evaluation limits, memorising's floor; 4: collapse; 5: ceiling
 
 
 def _key(cfg: ValidateConfig, stage: str) -> str:

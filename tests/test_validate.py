@@ -69,6 +69,19 @@ def test_every_method_records_whether_and_when_it_collapsed(first):
         assert metric == record["collapsed_at_step"] == first_step
 
 
+def test_every_evaluation_records_the_final_norm_ceiling(first):
+    """tiny is a Llama (RMSNorm, bias-free head): each evaluation records C(t) + log V averaged over the evaluated
+    forget tokens (unlearn.metrics.ceiling), the forget NLL per token never exceeds it (theory.ceiling's bound),
+    and validate.X.nll_over_ceiling.final is the last NLL over the last ceiling."""
+    _, doc = first
+    for method in ("GA", "NPO", "SimNPO"):
+        curves, x = doc["curves"][method], method.lower()
+        assert len(curves["forget_ceiling"]) == len(curves["steps"]) == len(curves["forget_nll"])
+        assert all(nll <= c for nll, c in zip(curves["forget_nll"], curves["forget_ceiling"], strict=True))
+        assert doc["metrics"][f"validate.{x}.nll_over_ceiling.final"] == pytest.approx(
+            curves["forget_nll"][-1] / curves["forget_ceiling"][-1], rel=1e-12)
+
+
 def test_verdicts_of_memorised_data_follow_their_rules(first):
     """The same measurements, judged as if memorised: NPO's step-0 weights are all 1 (no correlation to speak
     of), SimNPO's fall with |y|; each prediction gets pass, fail or undetermined by its VERDICTS rule."""

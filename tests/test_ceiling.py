@@ -1,0 +1,44 @@
+"""unlearn.metrics.ceiling: the torch ceiling of a causal LM's forget tokens equals theory.ceiling's on its own
+weights, follows LoRA wrappers to the base model, and is None where the architecture has no RMSNorm ceiling."""
+
+import numpy as np
+import pytest
+import torch
+
+from theory import ceiling as theory
+from unlearn.metrics.ceiling import forget_ceiling, head_and_gain, margin_ceiling
+
+
+def test_margin_ceiling_equals_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    head, gain = torch.randn(300, 24, generator=g), torch.randn(24, generator=g)
+    targets = torch.tensor([0, 5, 299, 5])
+    ours = margin_ceiling(head, gain, targets, chunk=3)
+    assert ours.numpy() == pytest.approx(theory.margin_ceiling(head.numpy(), gain.numpy(), targets.numpy()),
+                                         rel=1e-5)
+
+
+def test_forget_ceiling_of_a_tiny_llama_is_the_mean_over_its_response_tokens():
+    """C(t) + log V averaged over the response tokens (a token counted as often as it occurs), computed directly
+    from the model's lm_head and final RMSNorm with theory.ceiling; the same through a LoRA wrapper."""
+    from unlearn import data
+    from unlearn.models import hf
+
+    model = hf.load_model(hf.ModelSpec("tiny"))
+    with torch.no_grad():
+        model.model.norm.weight.copy_(torch.linspace(-1.0, 2.0, model.model.norm.weight.numel()))
+    sequences = [([1, 2], [3, 4, 4, 5]), ([6], [7, 3]), ([2], [9, 9, 9])]
+    tokens = data.TokenSet.from_ids(sequences, pad_id=0)
+    W, g = model.lm_head.weight.detach().double().numpy(), model.model.norm.weight.detach().double().numpy()
+    labels = tokens.labels[tokens.mask.bool()].numpy()
+    expected = float(np.mean(theory.nll_ceiling(W, g, labels)))
+    assert forget_ceiling(model, tokens) == pytest.approx(expected, rel=1e-5)
+    assert forget_ceiling(hf.add_lora(model, hf.LoraSpec(4)), tokens) == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_architecture_without_the_ceiling_says_so():
+    """GPT-2 ends in a LayerNorm with a bias: no ceiling of this form, so None (not a number that means nothing)."""
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40))
+    assert head_and_gain(gpt2) is None
+    assert forget_ceiling(gpt2, None) is None
