@@ -32,8 +32,7 @@ from typing import Any
 
 import torch
 
-from unlearn.logprobs import sequence_kl, sequence_logprobs
-from unlearn.metrics.tokens import model_device
+from unlearn.metrics import tokens
 from unlearn.train import StopRun
 
 KINDS = ("uniform", "degenerate")
@@ -100,54 +99,24 @@ def collapsed_at_step(steps: Sequence[int], kinds: Sequence[str | None]) -> int 
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-@torch.no_grad()
 def nll_and_entropy(model: torch.nn.Module, data, limit: int | None = None,
                     batch_size: int = 16) -> dict[str, float | list[float]]:
     """{"nll": mean NLL per response token, "entropy": mean next-token entropy (nats)} of ``model`` on the first
-    ``limit`` sequences of ``data`` (all when None; the same ones at every call), from one forward pass.
+    ``limit`` sequences of ``data`` (all when None; the same ones at every call), from one forward pass
+    (``unlearn.metrics.tokens.nll_and_entropy``: H(q) = log V - KL(q || uniform), clamped at 0):
 
-    ``data`` is a TokenSet-like set (``take``, ``to``, ``trim``; input_ids, attention_mask, labels, mask): a
-    ``unlearn.data.TokenSet`` or a ``sims.markov.Split``. ``model(input_ids, attention_mask=...).logits`` is
-    (B, T, V), a Hugging Face causal LM or ``unlearn.models.transformer.Transformer``, or (M, B, T, V) for an
-    ``unlearn.ensemble.Ensemble`` (then one value per member). Over the N = sum mask response positions:
+        nll     = -(1/N) sum_{b,t} mask[b,t] log q(labels[b,t] | ctx)
+        entropy =  (1/N) sum_{b,t} mask[b,t] H(q(. | ctx))
 
-        nll     = -(1/N) sum_{b,t} mask[b,t] log q(labels[b,t] | ctx)        (``sequence_logprobs``)
-        entropy = log V - (1/N) sum_{b,t} mask[b,t] KL(q(.|ctx) || uniform)  (``sequence_kl`` against zero logits)
-
-    so every log-softmax is the float32 one of ``unlearn.logprobs``. Only the response positions' logits go on
-    (n_response x V per batch), so the memory is a batch's logits and about four n_response x V float32 tensors.
-    The entropy is clamped at 0 (float32 rounding can give -1e-7).
-    """
+    over the N response positions of a ``unlearn.data.TokenSet`` or a ``sims.markov.Split``; one value per
+    member for an ``unlearn.ensemble.Ensemble``."""
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1 sequences (or None for the whole set), got {limit}")
         data = data.take(slice(0, limit))
-    if len(data) == 0:
-        raise ValueError("no sequences to measure the entropy on")
-    device = model_device(model)
-    step = max(1, batch_size // max(1, getattr(model, "members", 0)))
-    logp_sum = kl_sum = count = 0
-    for start in range(0, len(data), step):
-        batch = data.take(slice(start, start + step)).to(device).trim()
-        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
-        ensemble = logits.ndim == 4
-        logits = logits if ensemble else logits.unsqueeze(0)  # (M, B, T, V), M = 1 for one model
-        mask = batch.mask.bool()
-        picked = logits[:, mask]  # (M, n, V): the response positions of every sequence, in one row per member
-        labels = batch.labels[mask].expand(picked.shape[:2])
-        every = torch.ones(picked.shape[:2], dtype=torch.bool, device=picked.device)
-        n = int(mask.sum())
-        logp_sum = logp_sum + sequence_logprobs(picked, labels, every).logp.double()
-        kl_sum = kl_sum + sequence_kl(torch.zeros(()).to(picked).expand_as(picked), picked, every).double() * n
-        count += n
-    if count == 0:
-        raise ValueError("the sequences hold no response token (mask is all False)")
-    log_v = math.log(picked.shape[-1])
-    nll = (-logp_sum / count).tolist()
-    entropy = [max(0.0, log_v - k) for k in (kl_sum / count).tolist()]
-    if ensemble:
-        return {"nll": nll, "entropy": entropy}
-    return {"nll": nll[0], "entropy": entropy[0]}
+    if len(data) == 0 or not bool(data.mask.any()):
+        raise ValueError("no response tokens to measure the NLL and entropy on")
+    return tokens.nll_and_entropy(model, data, batch_size)
 
 
 def output_entropy(model: torch.nn.Module, data, limit: int | None = None,

@@ -34,7 +34,7 @@ def batched_logits(model: torch.nn.Module, split, batch_size: int) -> Iterator[t
     step = max(1, batch_size // max(1, getattr(model, "members", 0)))
     for start in range(0, len(split), step):
         batch = split.take(slice(start, start + step)).to(device).trim()
-        yield batch, model(batch.input_ids, attention_mask=batch.mask).logits
+        yield batch, model(batch.input_ids, attention_mask=batch.attention_mask).logits
 
 
 def _kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,6 +69,12 @@ def _entropy(logits: torch.Tensor, batch) -> torch.Tensor:
     return math.log(logits.shape[-1]) - _kl(torch.zeros_like(logits), logits, batch.mask)
 
 
+def _nll(logits: torch.Tensor, batch) -> torch.Tensor:
+    """Per-sequence token mean of -log q(y_t | ctx) over the labelled positions."""
+    found = (member_logprobs if logits.ndim == 4 else sequence_logprobs)(logits, batch.labels, batch.mask)
+    return -found.logp / found.n_tokens
+
+
 def _nonnegative(value: float | list[float]) -> float | list[float]:
     """An entropy clamped at 0 (float32 rounding can give -1e-7), a float or one per member."""
     return [max(0.0, v) for v in value] if isinstance(value, list) else max(0.0, value)
@@ -96,6 +102,13 @@ def kl_and_entropy(model: torch.nn.Module, split, batch_size: int = 1024) -> dic
     """{"kl": token_kl, "entropy": mean_entropy} of ``split`` from one forward pass."""
     out = _token_means(model, split, {"kl": _true_kl, "entropy": _entropy}, batch_size)
     return {"kl": out["kl"], "entropy": _nonnegative(out["entropy"])}
+
+
+def nll_and_entropy(model: torch.nn.Module, split, batch_size: int = 1024) -> dict[str, float | list[float]]:
+    """{"nll": mean negative log-likelihood per labelled token, "entropy": ``mean_entropy``} from one forward pass;
+    one value per member for an ensemble."""
+    out = _token_means(model, split, {"nll": _nll, "entropy": _entropy}, batch_size)
+    return {"nll": out["nll"], "entropy": _nonnegative(out["entropy"])}
 
 
 @torch.no_grad()
