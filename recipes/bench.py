@@ -221,14 +221,16 @@ class LLMBench:
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     full_finetuning: bool = True  # also NPO cached vs copy without LoRA (AdamW on every weight)
+    eval_questions: int = 16  # TOFU evaluation throughput on this many forget questions (0: not measured)
     device: str = "cpu"
 
     def __post_init__(self):  # checked here, before any case starts its process
         if self.dtype not in hf.DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(hf.DTYPES)}")
         require_at_least_one(self, "lora_rank", "batch_size", "seq_len", "steps")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        for key in ("warmup", "eval_questions"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
 
 
 QUICK_LLM = LLMBench(model="llama-20m-shape", batch_size=2, seq_len=128, steps=2)
@@ -281,6 +283,8 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     forget, retain = data.take(slice(0, B)), data.take(slice(B, 2 * B))
     if reference == "mask":  # WAGLE mask construction: two summed-gradient passes, the scores, the threshold
         return mask_case(model, forget, retain, before, device)
+    if reference == "eval":
+        return eval_case(cfg, model, device)
     precision = "float32" if cfg.dtype == "float32" else "bf16-autocast"
     with forward_precision(device, precision):  # a cached reference as the loss computes log pi
         ref = make_reference(reference, model, forget)
@@ -321,6 +325,41 @@ def mask_case(model, forget, retain, before: int, device: torch.device) -> dict:
     attribution.masks_for("wagle:0.8", model, lambda kind: attribution.scores(kind, model, gradients=gradients))
     return {"peak_bytes": _peak_bytes(device) - before, "seconds": time.perf_counter() - start,
             "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+EVAL_NEW_TOKENS = 32  # greedy answer length of the evaluation case (TOFU's is up to 200)
+
+
+def eval_case(cfg: LLMBench, model, device: torch.device) -> dict:
+    """TOFU evaluation throughput (``unlearn.metrics.tofu``): the answer, paraphrase and perturbed answers of
+    ``eval_questions`` generated forget questions scored with teacher forcing (tokens read per second), and greedy
+    answers of EVAL_NEW_TOKENS tokens (questions answered per second), bytes as tokens, batches of batch_size."""
+    from unlearn import tofu
+    from unlearn.data import Example, byte_tokenizer, tokenize_examples
+    from unlearn.metrics.generate import answer_nll, greedy_answers
+    from unlearn.metrics.tofu import TofuEvalSettings
+    from unlearn.train import forward_precision
+
+    files = tofu.tofu_like(tofu.TofuLikeConfig(n_authors=max(10, cfg.eval_questions), n_retain_perturbed=1))
+    questions = [tofu.question_of(r, "bench", True) for r in files["forget10_perturbed.json"]][: cfg.eval_questions]
+    pairs = [(q.question, a) for q in questions for a in (q.answer, q.paraphrased, *q.perturbed)]
+    tokenizer = byte_tokenizer()
+    settings = TofuEvalSettings(batch_size=cfg.batch_size, max_new_tokens=EVAL_NEW_TOKENS)
+    tokens = int(tokenize_examples([Example(q, a) for q, a in pairs], tokenizer, settings.max_length,
+                                   progress=False).attention_mask.sum())
+    model.eval()
+    timed = {}
+    with forward_precision(device, "float32" if cfg.dtype == "float32" else "bf16-autocast"):
+        for name, fn in (("score", lambda: answer_nll(model, tokenizer, *zip(*pairs, strict=True), settings)),
+                         ("generate", lambda: greedy_answers(model, tokenizer, [q.question for q in questions],
+                                                             settings))):
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timed[name] = time.perf_counter() - start
+    return {"scored_tokens_per_s": tokens / timed["score"], "answers_per_s": len(questions) / timed["generate"],
+            "scored_tokens": tokens, "questions": len(questions), "new_tokens": EVAL_NEW_TOKENS}
 
 
 def case_main(payload: str) -> None:
@@ -413,5 +452,12 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
         results["mask.wagle.peak_over_model_bytes"] = mask["peak_bytes"] / mask["param_bytes"]
         report(f"WAGLE mask (ratio 0.8) on every weight: {mask['seconds']:.1f} s, peak memory "
                f"{results['mask.wagle.peak_over_model_bytes']:.1f} x the model's weights")
-    results["cases"] = {**measured, "mask.wagle": mask}
+    cases_run = {**measured, "mask.wagle": mask}
+    if cfg.eval_questions:
+        cases_run["eval.tofu"] = found = _case_in_subprocess(cfg, ("eval.tofu", "NPO", "eval", False), device)
+        results.update({f"eval.tofu.{k}": found[k] for k in ("scored_tokens_per_s", "answers_per_s") if k in found})
+        if "answers_per_s" in found:
+            report(f"TOFU evaluation: {found['scored_tokens_per_s']:.0f} scored tokens/s, {found['answers_per_s']:.2f} "
+                   f"greedy answers/s ({EVAL_NEW_TOKENS} new tokens, {found['questions']} questions)")
+    results["cases"] = cases_run
     return results

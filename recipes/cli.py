@@ -5,13 +5,18 @@
                     [--seeds N] [--timing]
     unlearn run --model markov --method NPO [--mask wagle:0.8] --out DIR     one unlearning run on a toy model
     unlearn relearn DIR --subset shortest|random                              a relearning attack on its result
-    unlearn validate --model tiny|PATH|llama-7b-shape --task markov|facts|jsonl --out DIR    toy predictions on an LM
+    unlearn validate --model tiny|PATH|llama-7b-shape --task markov|facts|jsonl|tofu --out DIR   toy predictions, LM
     unlearn bench toy [--quick] [--out FILE]       ensembles vs loops of single runs on the toy models
     unlearn bench llm [--quick] [--out FILE]       cached / adapter references vs a frozen copy on a Llama
+    unlearn eval tofu --model M --data DIR --split forget10 [--retain-logs RETAIN.json] --out OUT   TOFU metrics
+    unlearn eval mia --model M --forget F --holdout H [--attacks loss,zlib,min_k,min_k++] --out OUT     MIA AUCs
+    unlearn data tofu-like --out DIR               a complete TOFU-layout directory of generated facts
 
-Each command's work is a recipe of its own (``recipes.figures``, ``run``, ``validate``, ``bench``); this module
+Each command's work is a recipe of its own (``recipes.figures``, ``run``, ``validate``, ``bench``, ``eval``); this
+module
 parses and dispatches. Every command but ``list`` runs from a typed frozen config dataclass (figures: the
-experiment's; run: RunConfig, relearn: RelearnConfig, validate: ValidateConfig, bench: ToyBench / LLMBench),
+experiment's; run: RunConfig, relearn: RelearnConfig, validate: ValidateConfig, bench: ToyBench / LLMBench, eval:
+TofuEvalConfig / MiaEvalConfig, data: TofuLikeConfig),
 which holds every default once.
 ``--set key=value`` (repeatable) sets any key, after the named options, which are aliases of keys (``Alias``);
 ``--show-config`` prints the resolved config as JSON and stops before any work.
@@ -147,7 +152,18 @@ def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
     return (Alias("--model", "model", model_help),
             Alias("--task", "task", f"the data: {', '.join(TASKS)}{task_note}"),
             Alias("--forget", "forget", "forget set for --task jsonl", {"metavar": "FILE"}),
-            Alias("--retain", "retain", "retain set for --task jsonl", {"metavar": "FILE"}))
+            Alias("--retain", "retain", "retain set for --task jsonl", {"metavar": "FILE"}),
+            Alias("--data", "data", "TOFU directory for --task tofu (real TOFU files, or `unlearn data tofu-like`)",
+                  {"metavar": "DIR"}),
+            Alias("--split", "split", "--task tofu's forget split: forget01, forget05 or forget10 (the retain set "
+                  "is TOFU's complement: retain99, retain95, retain90)"),
+            Alias("--eval", "eval", "the field's metrics at every evaluation, recorded in the JSON: tofu (TOFU's "
+                  "Prob, ROUGE-L, truth ratio, model utility) or mia (membership-inference AUCs against the split's "
+                  "holdout file); needs --task tofu", {"choices": ("tofu", "mia")}, none="none"),
+            Alias("--eval-every", "eval_every", "steps between evaluations", {"type": int, "metavar": "N"},
+                  none="a tenth of the steps"),
+            Alias("--retain-logs", "retain_logs", "with --eval tofu: the retain model's eval.json of `unlearn eval "
+                  "tofu`, for forget quality", {"metavar": "FILE"}, none="no forget quality"))
 
 
 def run_aliases() -> tuple[Alias, ...]:
@@ -307,8 +323,9 @@ Unlearn the cached original Markov transformer (`markov`: the SimNPO paper's set
 presets' smaller world and model; either is pretrained once and cached) with one method, and write DIR/run.json
 (the resolved config, forget KL / retain KL / entropy before and after, the training history) and
 DIR/model.safetensors. With a Hugging Face model (a directory, or tiny / llama-...-shape) the data is --task's
-(markov, facts, or jsonl with --forget/--retain), the reference is --reference's, and forget/retain NLL per token
-are recorded; methods that read alternative responses run on the toy models only.
+(markov, facts, jsonl with --forget/--retain, or tofu with --data/--split), the reference is --reference's, and
+forget/retain NLL per token are recorded (with --eval tofu|mia, the field's metrics too); methods that read
+alternative responses run on the toy models only.
 On several GPUs (or CPU processes), `torchrun --nproc_per_node N -m recipes.cli run --model ... --device cuda`
 shards the model with FSDP2; each rank takes its slice of every batch (--batch-size must split evenly) and
 rank 0 writes DIR.
@@ -380,7 +397,8 @@ resume.
 
 models: a local Hugging Face directory (local files only), or an architecture with random weights from a config
 (no download). tasks: markov (the SimNPO Markov mixture as tokens), facts (fictitious authors, TOFU-like), jsonl
-(--forget FILE --retain FILE: prompt/response JSONL or TOFU JSON).
+(--forget FILE --retain FILE: prompt/response JSONL or TOFU JSON), tofu (--data DIR --split forget10: a TOFU
+directory, read as unlearn.tofu does; --eval tofu|mia adds the field's metrics at every evaluation).
 
 Optimizer and precision: AdamW, its moments in the weights' dtype. --precision float32 (the CPU default),
 bf16-mixed (float32 weights, bf16 autocast) or bf16 (bf16 weights: 8 bytes per weight with AdamW, so that
@@ -442,6 +460,126 @@ def cmd_bench_llm(args) -> int:
     return _bench_report(bench.bench_llm(cfg, device), cfg, device, args)
 
 
+def eval_model_aliases() -> tuple[Alias, ...]:
+    """The options every evaluation shares (``recipes.eval.ModelConfig``)."""
+    from recipes.eval import DTYPES
+
+    return (
+        Alias("--model", "model", "a model directory, a run folder of `unlearn run`, or an architecture (tiny, "
+              "llama-*-shape: random weights, bytes as tokens)"),
+        Alias("--dtype", "dtype", "weights' dtype: auto keeps a checkpoint's bfloat16, else float32",
+              {"choices": DTYPES}),
+        Alias("--prompt-format", "prompt_format", "auto (the tokenizer's chat template if any), chat or plain",
+              {"choices": ("auto", "chat", "plain")}),
+        Alias("--template", "template", "the plain prompt template, with {prompt} (e.g. TOFU's Llama-2 format "
+              "\"[INST] {prompt} [/INST]\")"),
+        Alias("--batch-size", "batch_size", "sequences per forward pass", {"type": int}),
+        Alias("--limit", "limit", "evaluate the first N questions of each set", {"type": int}, none="all"),
+        Alias("--device", "device", "cpu, cuda or cuda:N", none=""),
+    )
+
+
+def eval_tofu_aliases() -> tuple[Alias, ...]:
+    return (*eval_model_aliases(),
+            Alias("--data", "data", "a TOFU directory (real TOFU files, or `unlearn data tofu-like`)",
+                  {"metavar": "DIR"}, none="required"),
+            Alias("--split", "split", "forget split: forget01, forget05 or forget10"),
+            Alias("--retain-logs", "retain_logs", "the retain model's eval.json of this command on the same split "
+                  "(or open-unlearning's TOFU_EVAL.json, whose forget_truth_ratio scores are R)",
+                  {"metavar": "FILE"}, none="no forget quality"),
+            Alias("--max-new-tokens", "max_new_tokens", "greedy answer length for ROUGE-L", {"type": int}))
+
+
+def eval_mia_aliases() -> tuple[Alias, ...]:
+    return (*eval_model_aliases(),
+            Alias("--forget", "forget", "members: prompt/response JSONL or TOFU JSON", {"metavar": "FILE"}),
+            Alias("--holdout", "holdout", "non-members, same format", {"metavar": "FILE"}),
+            Alias("--data", "data", "or a TOFU directory: forget = SPLIT.json, holdout = holdoutNN.json",
+                  {"metavar": "DIR"}),
+            Alias("--split", "split", "with --data: forget01, forget05 or forget10"),
+            Alias("--attacks", "attacks", "comma-separated: loss, zlib, min_k, min_k++, reference",
+                  {"metavar": "A,B,..."}, convert=_comma_list),
+            Alias("--k", "k", "Min-K% and Min-K%++: the lowest fraction of tokens", {"type": float}),
+            Alias("--reference-model", "reference_model", "the reference attack's model", {"metavar": "MODEL"}),
+            Alias("--retain-logs", "retain_logs", "the retain model's eval.json of `unlearn eval mia` on the same "
+                  "files: PrivLeak", {"metavar": "FILE"}, none="no PrivLeak"))
+
+
+EVAL_TOFU_HELP = """\
+TOFU's evaluation (Maini et al. 2024) of one causal LM on a TOFU directory, written to OUT/eval.json with every
+per-question value beside its aggregate. Per split (forget = SPLIT_perturbed, retain = retain_perturbed,
+real_authors, world_facts):
+  SPLIT.prob            mean over questions of P(a|q) = exp(-mean token NLL of the answer); on real_authors and
+                        world_facts the answer's share P(a) / (P(a) + sum_j P(perturbed_j))
+  SPLIT.rouge_l_recall  ROUGE-L recall of the greedy answer (up to --max-new-tokens) against the answer
+  SPLIT.truth_ratio     R = geometric mean_j P(perturbed_j) / P(base), base = the paraphrased answer (forget,
+                        retain) or the answer (real_authors, world_facts); reported as mean min(R, 1/R) on forget
+                        and mean max(0, 1 - R) elsewhere
+  forget_quality        p-value of scipy.stats.ks_2samp between this model's and the retain model's per-question
+                        forget R (needs --retain-logs; left out, never null, without it)
+  model_utility         scipy.stats.hmean of the nine {retain, real_authors, world_facts} x {prob, rouge_l_recall,
+                        truth_ratio}
+Definitions, sources and pitfalls: docs/metrics.md.
+"""
+
+EVAL_MIA_HELP = """\
+Membership-inference attacks on one causal LM: the forget set's responses are the members, the holdout set's the
+non-members; every attack scores a sequence (higher = more likely a member) from its response tokens' log-probs:
+  loss      mean token log p;  zlib  loss over the zlib-compressed bytes of the response;  min_k  mean of the
+  lowest k fraction of token log p;  min_k++  the same of z_t = (log p - mu_t) / sigma_t, mu_t and sigma_t the mean
+  and std of log p under the model's next-token distribution;  reference  loss minus the reference model's loss.
+mia.ATTACK.auc = P(member score > non-member score) + 0.5 P(tie), members = the forget set (open-unlearning's AUC
+is the same number; MUSE's privleak code reports 1 - this). With --retain-logs, mia.ATTACK.priv_leak = (AUC -
+AUC_retain) / AUC_retain x 100 (MUSE eq. 2, in this AUC). Written to OUT/eval.json with every per-sample score;
+the conventions of other codebases: docs/metrics.md.
+"""
+
+DATA_HELP = """\
+Write a complete TOFU-layout directory from the built-in generator of fictitious authors (20 facts each):
+full, forget01/05/10 and retain99/95/90, the *_perturbed files (paraphrased_answer, perturbed_answer), real
+authors and world facts (real facts that no forget split touches) and holdout01/05/10 (authors never trained on,
+for membership inference). Real TOFU files drop in unchanged wherever this directory is read.
+"""
+
+
+def cmd_eval(args) -> int:
+    from recipes import eval as evaluation
+    from unlearn.io import writable_dir
+
+    cls, run = {"tofu": (evaluation.TofuEvalConfig, evaluation.run_eval_tofu),
+                "mia": (evaluation.MiaEvalConfig, evaluation.run_eval_mia)}[args.benchmark]
+    cfg = resolve_config(args, cls)
+    if show_config(args, f"eval {args.benchmark}", cfg):
+        return 0
+    if not args.out:
+        args.parser.error("the following arguments are required: --out")
+    check_device(cfg)
+    out = writable_dir(args.out, "output folder")
+    args.kept = lambda: f"the evaluation did not finish; {out / 'eval.json'} is written only when it finishes"
+    doc = run(cfg, out)
+    for key, value in doc["metrics"].items():
+        print(f"{key:<32} {value:.4g}")
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {out / 'eval.json'}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from unlearn import tofu
+    from unlearn.io import writable_dir
+
+    cfg = resolve_config(args, tofu.TofuLikeConfig)
+    if show_config(args, "data tofu-like", cfg):
+        return 0
+    if not args.out:
+        args.parser.error("the following arguments are required: --out")
+    counts = tofu.write_tofu_like(cfg, writable_dir(args.out, "output folder"))
+    print(", ".join(f"{name} {n}" for name, n in counts.items()))
+    print(f"wrote {len(counts)} files to {args.out}")
+    return 0
+
+
 LLM_EXTRA = ("transformers", "peft")  # pyproject's optional [llm] dependencies
 
 
@@ -453,9 +591,11 @@ def _described(description: str, cls: type, preset: Any = None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from recipes import bench
+    from recipes.eval import MiaEvalConfig, TofuEvalConfig
     from recipes.run import RelearnConfig, RunConfig
     from recipes.validate import ValidateConfig
     from unlearn.objectives import methods_help
+    from unlearn.tofu import TofuLikeConfig
 
     parser = argparse.ArgumentParser(
         prog="unlearn",
@@ -508,6 +648,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p_llm, bench.LLMBench, bench_llm_aliases(), bench.QUICK_LLM)
     p_llm.add_argument("--out", metavar="FILE", help="also write the results as JSON")
     p_llm.set_defaults(func=cmd_bench_llm)
+    p_eval = sub.add_parser("eval", help="the field's metrics of one model: TOFU, membership inference")
+    eval_sub = p_eval.add_subparsers(dest="benchmark", required=True)
+    for name, help_text, description, cls, aliases in (
+            ("tofu", "TOFU forget quality, model utility, Prob, ROUGE-L, truth ratio", EVAL_TOFU_HELP,
+             TofuEvalConfig, eval_tofu_aliases()),
+            ("mia", "membership-inference AUCs and PrivLeak", EVAL_MIA_HELP, MiaEvalConfig, eval_mia_aliases())):
+        p = eval_sub.add_parser(name, help=help_text, **_described(description, cls))
+        add_config(p, cls, aliases)
+        p.add_argument("--out", metavar="DIR", help="output folder for eval.json (required unless --show-config)")
+        p.set_defaults(func=cmd_eval, parser=p)
+    p_data = sub.add_parser("data", help="write data sets: a TOFU-layout directory of generated facts")
+    data_sub = p_data.add_subparsers(dest="dataset", required=True)
+    p_tl = data_sub.add_parser("tofu-like", help="a complete TOFU-layout directory", **_described(DATA_HELP,
+                                                                                                  TofuLikeConfig))
+    add_config(p_tl, TofuLikeConfig, (Alias("--authors", "n_authors", "fictitious authors", {"type": int}),
+                                      Alias("--seed", "seed", "the generator's seed", {"type": int})))
+    p_tl.add_argument("--out", metavar="DIR", help="the directory to write (required unless --show-config)")
+    p_tl.set_defaults(func=cmd_data, parser=p_tl)
     return parser
 
 

@@ -1,7 +1,7 @@
 """One unlearning run, and relearning attacks on its result: what ``unlearn run`` and ``unlearn relearn`` do with
 ``--model markov`` (the paper's setup) or ``--model markov-fast`` (the fast presets' smaller world and model).
 ``unlearn run`` also takes a Hugging Face model (a directory, or an architecture such as ``tiny``) with a task
-(``--task markov|facts|jsonl``, the data of ``unlearn validate``). A run folder holds:
+(``--task markov|facts|jsonl|tofu``, the data of ``unlearn validate``). A run folder holds:
 
     run.json            the settings, the metrics before and after (forget KL, retain KL, entropy), the History,
                         moved_fraction (the fraction of all weight entries that differ after the run from before,
@@ -66,6 +66,8 @@ class RunConfig:
     task: str = "markov"  # Hugging Face models: markov, facts or jsonl (with forget and retain files)
     forget: str | None = None  # --task jsonl: the forget set's file
     retain: str | None = None  # --task jsonl: the retain set's file
+    data: str | None = None  # --task tofu: a TOFU directory (real, or `unlearn data tofu-like`)
+    split: str = "forget10"  # --task tofu: forget01, forget05 or forget10
     method: str = "NPO"
     beta: float = 0.1  # beta, gamma, lam, mismatch: only those the method reads (METHODS' hyperparameters)
     gamma: float = 0.0
@@ -80,6 +82,9 @@ class RunConfig:
     # evaluate on the first N sequences of each evaluation set: the toy models' test splits, a Hugging Face
     # model's forget and retain sets; None: all of them
     eval_limit: int | None = None
+    eval_every: int | None = None  # steps between evaluations; None: a tenth of the steps
+    eval: str | None = None  # Hugging Face models, --task tofu: "tofu" or "mia" metrics at every evaluation
+    retain_logs: str | None = None  # --eval tofu: the retain model's eval.json, for forget quality
     device: str = "cpu"
     reference: str = "cached"  # Hugging Face models: cached or copy (unlearn.reference); toy models: cached
     overwrite: bool = False  # replace the run in an existing --out folder (module docstring)
@@ -96,6 +101,9 @@ class RunConfig:
         require_positive(self, "lr", "mu")
         if self.stop_on not in (None, "collapse"):
             raise ValueError(f"unknown stop_on {self.stop_on!r}; valid: collapse (or none)")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1 (steps), or none for a tenth of the steps, got "
+                             f"{self.eval_every}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1 (sequences of each evaluation set), or none for all of them, "
                              f"got {self.eval_limit}")
@@ -114,7 +122,7 @@ class RunConfig:
         spec = attribution.parse_mask_spec(self.mask) if self.mask else None  # (kind, ratio), or a file's Path
         why = {}
         for key in given:
-            if self.model in MODELS and key in ("task", "forget", "retain"):
+            if self.model in MODELS and key in ("task", "forget", "retain", "data", "split", "eval", "retain_logs"):
                 why[key] = (f"the toy model {self.model} trains on its own Markov world; task, forget and retain "
                             "choose the data of a Hugging Face model")
             elif self.model in MODELS and key == "reference":
@@ -126,6 +134,8 @@ class RunConfig:
                             f"not give (the toy models' data does: --model {' or '.join(MODELS)})")
             elif key in ("forget", "retain") and self.task != "jsonl":
                 why[key] = f"a file of --task jsonl, and the task is {self.task}"
+            elif key in ("data", "split") and self.task != "tofu":
+                why[key] = f"the TOFU directory and split of --task tofu, and the task is {self.task}"
             elif key == "reference" and not reads_reference(self.method):
                 why[key] = f"{self.method} reads no reference model (no log pi_ref, no KL term)"
             elif key in HYPERPARAMETERS and key not in method.hyperparameters:
@@ -138,13 +148,19 @@ class RunConfig:
     def params(self) -> MethodParams:
         return MethodParams(beta=self.beta, gamma=self.gamma, lam=self.lam, mismatch=self.mismatch)
 
+    def evaluate_every(self) -> int:
+        """Steps between evaluations: eval_every, or a tenth of the steps."""
+        return self.eval_every or max(1, self.steps // 10)
+
     def as_validate_config(self):
         """The ``recipes.validate.ValidateConfig`` that names the same model and task (its data and model code)."""
         from recipes.validate import ValidateConfig
 
         try:
             return ValidateConfig(model=self.model, task=self.task, forget=self.forget, retain=self.retain,
-                                  seed=self.seed, device=self.device, precision="float32")
+                                  data=self.data, split=self.split, eval=self.eval, retain_logs=self.retain_logs,
+                                  eval_limit=self.eval_limit, seed=self.seed, device=self.device,
+                                  precision="float32")
         except ValueError as err:
             raise ValueError(f"model {self.model!r}: not a toy model ({', '.join(MODELS)}) and not a usable "
                              f"Hugging Face model or task: {err}") from None
@@ -302,6 +318,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                              f"{world} ranks; run it in one process")
         vcfg = dataclasses.replace(cfg.as_validate_config(), device=str(device))
         forget, retain, vocab, _ = validate.task_data(vcfg)
+        field = validate.field_evaluator(vcfg)  # --eval's sets, read and checked before any training
         size = min(cfg.batch_size, len(forget))
         distributed.check_batches(len(forget), size, world, "--batch-size on the forget set")
         distributed.check_batches(len(retain), min(size, len(retain)), world, "--batch-size on the retain set")
@@ -335,14 +352,14 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         forget_eval, retain_eval = forget.take(limit), retain.take(limit)
 
         def evaluate(m, step):  # every rank runs the same passes over the same sets (FSDP2 gathers in each)
-            return {"forget_nll": nll_per_token(m, forget_eval),
-                    "retain_nll": nll_per_token(m, retain_eval)}
+            return {"forget_nll": nll_per_token(m, forget_eval), "retain_nll": nll_per_token(m, retain_eval),
+                    **(field(m) if field else {})}
 
         monitor = CollapseMonitor(evaluate, vocab_size_of(model), stop=cfg.stop_on == "collapse", data=retain_eval)
         before = monitor(model, 0)
         if world > 1:
             model = distributed.wrap(model, "fsdp")
-        tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=max(1, cfg.steps // 10),
+        tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=cfg.evaluate_every(),
                          device=str(device), progress=progress if distributed.is_main() else False,
                          name=f"unlearn {cfg.method}")
         history, after = watched_training(cfg, out, model, monitor, before, lambda: train(
@@ -375,7 +392,7 @@ def run_unlearning(cfg: RunConfig, out: Path, progress: bool | None = None) -> d
     before = monitor(model, 0)
     history, after = watched_training(cfg, out, model, monitor, before, lambda: markov.unlearn_run(
         model, cfg.method, cfg.params(), world, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        generator=generator(cfg.seed, "markov-unlearn", cfg.method), evaluate_every=max(1, cfg.steps // 10),
+        generator=generator(cfg.seed, "markov-unlearn", cfg.method), evaluate_every=cfg.evaluate_every(),
         evaluate=monitor, masks=masks, progress=progress))
     doc = {"config": dataclasses.asdict(cfg), "before": before, "after": after, **monitor.summary(),
            "history": vars(history)}

@@ -1,11 +1,13 @@
 """``unlearn validate``: do the toy models' predictions hold on a real causal LM?
 
 1. Data and model: a built-in task (``markov``: the SimNPO Markov mixture as tokens, with Forget1 length 20 and
-   Forget2 length 5 so that response lengths differ; ``facts``: fictitious authors, TOFU-like) or JSONL/TOFU
-   files (``--task jsonl --forget F --retain R``); a local Hugging Face model directory (with its own
-   tokenizer), or a named architecture with random weights (``tiny``, ``llama-100m-shape``, ``llama-7b-shape``;
-   ``unlearn.models.hf``), which reads bytes (``unlearn.data.byte_tokenizer``: 258 ids for any data, so the
-   model's size never depends on the data's). Reading and tokenising report their time.
+   Forget2 length 5 so that response lengths differ; ``facts``: fictitious authors, TOFU-like), JSONL/TOFU
+   files (``--task jsonl --forget F --retain R``) or a TOFU directory (``--task tofu --data DIR --split
+   forget10``, ``unlearn.tofu``; ``--eval tofu|mia`` records the field's metrics at every evaluation); a local
+   Hugging Face model directory (with its own tokenizer), or a named architecture with random weights (``tiny``,
+   ``llama-100m-shape``, ``llama-7b-shape``; ``unlearn.models.hf``), which reads bytes
+   (``unlearn.data.byte_tokenizer``: 258 ids for any data, so the model's size never depends on the data's).
+   Reading and tokenising report their time.
 2. Memorise: fine-tune (one AdamW run: 10-step warm-up, linear decay; token-mean NLL, batches of at least
    64) on forget + retain, evaluating the forget NLL per response token every 10 epochs, and stop at the first
    of (``memorise``):
@@ -81,6 +83,7 @@ import torch
 from sims import markov
 from theory.markov import N_STATES
 from unlearn import data as llm_data
+from unlearn import tofu
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll, unlearning_losses
@@ -101,7 +104,7 @@ from unlearn.train import (
     train,
 )
 
-TASKS = ("markov", "facts", "jsonl")
+TASKS = ("markov", "facts", "jsonl", "tofu")
 # (memorise lr, unlearning lr) by model, AdamW; docs/llm.md has the runs behind them. Memorising:
 # tiny 3e-3, llama-20m-shape 1e-3 (3e-3 diverged) and llama-100m-shape 2e-4 (6e-4 diverged) measured on the CPU,
 # llama-7b-shape 5e-5 extrapolated (the usable rate fell about like 1/width). Unlearning: slow enough that NPO
@@ -156,6 +159,10 @@ class ValidateConfig:
     n_forget: int = 32  # built-in tasks: forget sequences (markov: half Forget1, half Forget2) / facts: authors
     n_retain: int = 32
     facts_split: str = "forget10"
+    data: str | None = None  # --task tofu: a TOFU directory (real, or `unlearn data tofu-like`)
+    split: str = "forget10"  # --task tofu: forget01, forget05 or forget10 (the retain set is its complement)
+    eval: str | None = None  # "tofu" or "mia": the field's metrics at every evaluation (--task tofu's directory)
+    retain_logs: str | None = None  # --eval tofu: the retain model's eval.json, for forget quality
     memorise_epochs: int = 300
     memorise_nll: float = 0.05  # memorising's target: nats per response token above the data's floor
     memorised_within: float = 0.15  # memorised when the NLL ends at most this (or memorise_nll) above the floor
@@ -187,6 +194,13 @@ class ValidateConfig:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.task == "jsonl" and not (self.forget and self.retain):
             raise ValueError("--task jsonl needs --forget FILE and --retain FILE")
+        if self.task == "tofu" and not self.data:
+            raise ValueError("--task tofu needs --data DIR (a TOFU directory, or `unlearn data tofu-like --out DIR`)")
+        if self.eval is not None and (self.eval not in ("tofu", "mia") or self.task != "tofu"):
+            raise ValueError(f"--eval takes tofu or mia and reads the TOFU directory of --task tofu; got --eval "
+                             f"{self.eval} with --task {self.task}")
+        if self.retain_logs is not None and self.eval != "tofu":
+            raise ValueError("--retain-logs is read only with --eval tofu (forget quality)")
         if not self.methods:
             raise ValueError(f"methods: give at least one of {', '.join(VALIDATED_METHODS)}")
         for name in self.methods:
@@ -243,13 +257,17 @@ def task_data(cfg: ValidateConfig, report: Callable[[str], None] | None = print,
     if cfg.task == "facts":
         forget_ex, retain_ex = llm_data.facts_task(cfg.n_forget, cfg.facts_split, cfg.seed)
         retain_ex = retain_ex[: cfg.n_retain * len(llm_data.ATTRIBUTES)]
+    elif cfg.task == "tofu":
+        forget_ex, retain_ex = tofu.read_training(cfg.data, cfg.split)
+        report(f"read {len(forget_ex):,} forget and {len(retain_ex):,} retain examples of {cfg.split} in "
+               f"{time.perf_counter() - start:.1f} s")
     else:
         forget_ex = llm_data.read_examples(cfg.forget, progress)
         retain_ex = llm_data.read_examples(cfg.retain, progress)
         report(f"read {len(forget_ex):,} forget and {len(retain_ex):,} retain examples in "
                f"{time.perf_counter() - start:.1f} s")
     architecture = hf.ModelSpec(cfg.model).is_architecture
-    tokenizer = llm_data.byte_tokenizer() if architecture else hf.load_tokenizer(cfg.model)
+    tokenizer = tokenizer_of(cfg.model)
     start = time.perf_counter()
     tok = [llm_data.tokenize_examples(ex, tokenizer, cfg.max_length, cfg.prompt_format, progress=progress)
            for ex in (forget_ex, retain_ex)]
@@ -257,6 +275,21 @@ def task_data(cfg: ValidateConfig, report: Callable[[str], None] | None = print,
     report(f"tokenised {len(forget_ex) + len(retain_ex):,} examples ({kind}; widths {tok[0].input_ids.shape[1]} "
            f"and {tok[1].input_ids.shape[1]} tokens) in {time.perf_counter() - start:.1f} s")
     return tok[0], tok[1], len(tokenizer) if architecture else None, cfg.task
+
+
+def tokenizer_of(model: str):
+    """An architecture's byte tokenizer (the same for any data), or a model directory's own."""
+    return llm_data.byte_tokenizer() if hf.ModelSpec(model).is_architecture else hf.load_tokenizer(model)
+
+
+def field_evaluator(cfg: ValidateConfig):
+    """The field's metrics at every evaluation (``recipes.eval.field_evaluator``), or None without --eval."""
+    from recipes.eval import field_evaluator as make
+
+    if cfg.eval is None:
+        return None
+    return make(cfg.eval, cfg.data, cfg.split, tokenizer_of(cfg.model), retain_logs=cfg.retain_logs,
+                prompt_format=cfg.prompt_format, max_length=cfg.max_length, limit=cfg.eval_limit)
 
 
 def evaluation_sets(cfg: ValidateConfig, forget, retain):
@@ -415,9 +448,10 @@ def _precision(cfg: ValidateConfig) -> str:
     return PRECISION_MODES[cfg.precision][1]
 
 
-def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, progress) -> dict:
+def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, progress, field=None) -> dict:
     """One method from a copy of the memorised model; the recorded forget log-likelihoods and retain NLL, of the
-    evaluated sequences (``evaluation_sets``)."""
+    evaluated sequences (``evaluation_sets``), and with ``field`` (``field_evaluator``) the field's metrics at
+    every evaluation (record["eval"][key]: one value per evaluation)."""
     model = copy.deepcopy(memorised).to(cfg.device)
     if cfg.lora_rank:
         model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
@@ -439,6 +473,8 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
         record["forget_logp"].append(batched_logprobs(m, eval_forget).tolist())
         record["retain_nll"].append(nll_per_token(m, eval_retain))
         record["forget_ceiling"].append(forget_ceiling(m, eval_forget))  # C(t) + log V per forget token, or None
+        for key, value in (field(m) if field else {}).items():
+            record.setdefault("eval", {}).setdefault(key, []).append(value)
         return {"retain_nll": record["retain_nll"][-1]}
 
     # the entropy (and collapse) on the evaluated retain sequences, under the steps' precision as every pass
@@ -451,6 +487,7 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
     if monitor.stopped_at is not None:  # the record ends at the last healthy evaluation
         for key in ("steps", "forget_logp", "retain_nll", "forget_ceiling", "entropy"):
             record[key] = record[key][:-1]
+        record["eval"] = {key: values[:-1] for key, values in record.get("eval", {}).items()}
     return {**record, **monitor.summary()}
 
 
@@ -493,6 +530,8 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
     curves = {"steps": record["steps"], "fit_from": float(steps[keep][0]), "forget_nll": nll.tolist(),
               "retain_nll": record["retain_nll"], "forget_ceiling": record.get("forget_ceiling"),
               "weights_start": w0.tolist(), "weights_end": w1.tolist()}
+    if "eval" in record:  # --eval: the field's metrics at every evaluation
+        curves["eval"] = record["eval"]
     return metrics, curves
 
 
@@ -537,7 +576,8 @@ def _key(cfg: ValidateConfig, stage: str) -> str:
     if stage == "memorised":
         fields = {k: v for k, v in fields.items() if k not in ("methods", "steps", "lr", "npo_beta", "simnpo_beta",
                                                                 "eval_every", "lora_rank", "lora_alpha",
-                                                                "reference", "batch_size", "stop_on")}
+                                                                "reference", "batch_size", "stop_on", "eval",
+                                                                "retain_logs")}
         fields["memorise_batch_size"] = memorise_batch_size(cfg)
     text = json.dumps({"stage": stage, "format": CHECKPOINT_FORMAT, **fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -614,12 +654,13 @@ def memorised_model(cfg: ValidateConfig, vocab: int | None, forget, retain, ckpt
     return model, record
 
 
-def method_record(memorised, method: str, forget, retain, cfg: ValidateConfig, ckpt: Path, progress) -> dict:
+def method_record(memorised, method: str, forget, retain, cfg: ValidateConfig, ckpt: Path, progress,
+                  field=None) -> dict:
     """``unlearn_method``'s record (step 3), read from its checkpoint when there is one, else written there."""
     path = ckpt / f"{method}-{_key(cfg, method)}.json"
     if path.is_file():
         return _read_checkpoint(path)
-    record = _timed(lambda: unlearn_method(memorised, method, forget, retain, cfg, progress))
+    record = _timed(lambda: unlearn_method(memorised, method, forget, retain, cfg, progress, field))
     ckpt.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(record)))
     return record
@@ -650,6 +691,7 @@ def run_validate(cfg: ValidateConfig, out: Path, progress: bool | None = None,
 def _run_validate(cfg: ValidateConfig, out: Path, ckpt: Path, progress: bool | None,
                   report: Callable[[str], None]) -> dict:
     forget, retain, vocab, description = task_data(cfg, report, progress)
+    field = field_evaluator(cfg)  # reads and checks --eval's sets before any training
     device = resolve_device(cfg.device)
     size = model_size(cfg, vocab)
     precision, plan = plan_precision(cfg, size, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
@@ -686,7 +728,7 @@ def _run_validate(cfg: ValidateConfig, out: Path, ckpt: Path, progress: bool | N
     metrics, curves, seconds = {}, {}, {"memorise": memorised.get("seconds")}
     for method in cfg.methods:
         try:
-            record = method_record(model, method, forget, retain, cfg, ckpt, progress)
+            record = method_record(model, method, forget, retain, cfg, ckpt, progress, field)
         except NonFiniteLossError as err:
             keep_failure(err, method, cfg, out, memorised={**memorised, **judged}, metrics=metrics)
             raise

@@ -68,6 +68,10 @@ def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):
     for case in ("npo.cached", "npo.copy", "npo+kl.adapter", "npo+kl.copy", "full.npo.cached", "full.npo.copy"):
         assert doc[f"{case}.tokens_per_s"] > 0 and 0 < doc[f"{case}.mfu"] < 1.5  # of a measured, not a spec, peak
     assert doc["env"]["command"].startswith("unlearn bench llm --model llama-20m-shape")
+    evaluated = doc["cases"]["eval.tofu"]  # the TOFU evaluation's throughput: its rates follow from its counts
+    assert evaluated["questions"] == 16 and evaluated["scored_tokens"] > 16 * 7 * 10
+    assert doc["eval.tofu.scored_tokens_per_s"] == evaluated["scored_tokens_per_s"] > 0
+    assert doc["eval.tofu.answers_per_s"] == evaluated["answers_per_s"] > 0
 
 
 @pytest.mark.parametrize("lora, rel", [(None, 0.01), (hf.LoraSpec(2, 4.0), 0.05)])

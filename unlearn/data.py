@@ -81,8 +81,9 @@ def _fields(item: dict, where: str) -> tuple[str, str]:
     return values[0], values[1]
 
 
-def read_examples(path: str | Path, progress: bool | None = None) -> list[Example]:
-    """Prompt/response pairs from a JSONL or JSON file (module docstring); errors name file, line and field.
+def read_records(path: str | Path, progress: bool | None = None) -> list[tuple[str, dict]]:
+    """(where, object) for every record of a JSONL file or a JSON list, where = "file:line" ("file item i" in a
+    list); errors name the file and line: unreadable, not UTF-8, invalid JSON, empty, a record not an object.
     ``progress``: a bar over the lines (None: on a terminal, for PROGRESS_FROM lines or more)."""
     path = Path(path)
     try:
@@ -116,15 +117,18 @@ def read_examples(path: str | Path, progress: bool | None = None) -> list[Exampl
                     located.append((f"{path}:{number}", json.loads(line)))
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-    examples = []
     for where, item in located:
         if not isinstance(item, dict):
             raise ValueError(f"{where}: expected an object with 'prompt' and 'response', got {type(item).__name__}")
-        prompt, response = _fields(item, where)
-        examples.append(Example(prompt, response, where))
-    if not examples:
+    if not located:
         raise ValueError(f"{path}: no examples")
-    return examples
+    return located
+
+
+def read_examples(path: str | Path, progress: bool | None = None) -> list[Example]:
+    """Prompt/response pairs from a JSONL or JSON file (module docstring); errors name file, line and field.
+    ``progress``: a bar over the lines (None: on a terminal, for PROGRESS_FROM lines or more)."""
+    return [Example(*_fields(item, where), where) for where, item in read_records(path, progress)]
 
 
 class Rows:
@@ -214,10 +218,10 @@ def prompt_and_response_ids(tokenizer, prompt_text: str, response: str, chat: bo
     "Answer", ":", " ", "Paris"), and split before the first token that ends inside the response (a token
     straddling the boundary, like " Paris", belongs to the response). A chat prompt ends in its template's own
     tokens and is tokenized apart from the response, as are both with a slow tokenizer (it has no offsets)."""
-    return _encode_pairs(tokenizer, [prompt_text], [response], chat)[0]
+    return encode_pairs(tokenizer, [prompt_text], [response], chat)[0]
 
 
-def _encode_pairs(tokenizer, prompts: list[str], responses: list[str], chat: bool) -> list[tuple[list, list]]:
+def encode_pairs(tokenizer, prompts: list[str], responses: list[str], chat: bool) -> list[tuple[list, list]]:
     """``prompt_and_response_ids`` of many pairs, with one batched tokenizer call per kind of text."""
     if chat or not getattr(tokenizer, "is_fast", False):
         return list(zip(tokenizer(prompts, add_special_tokens=not chat)["input_ids"],
@@ -248,7 +252,7 @@ def tokenize_examples(examples: list[Example], tokenizer, max_length: int, promp
             chunk = examples[first: first + TOKENIZE_CHUNK]
             texts = [format_prompt(tokenizer, ex.prompt, prompt_format, plain_template) for ex in chunk]
             chat = texts[0][1]  # the same for every example: it depends on the format and the tokenizer only
-            pairs = _encode_pairs(tokenizer, [t for t, _ in texts], [ex.response for ex in chunk], chat)
+            pairs = encode_pairs(tokenizer, [t for t, _ in texts], [ex.response for ex in chunk], chat)
             for ex, (prompt, response) in zip(chunk, pairs, strict=True):
                 response = response + [tokenizer.eos_token_id]
                 if not prompt:  # the first response token needs a context to be predicted from
@@ -268,51 +272,119 @@ FIRST = ("Ada", "Bram", "Cleo", "Dario", "Esme", "Faro", "Greta", "Hugo", "Ines"
          "Nils", "Oona", "Pim", "Quin", "Rosa", "Sven", "Tova")
 LAST = ("Arden", "Brisk", "Calloway", "Dunmore", "Ellery", "Fenwick", "Garrow", "Hale", "Ivers", "Jarlath",
         "Keswick", "Lowry", "Marlow", "Norcross", "Orrin", "Pell", "Quarry", "Roscoe", "Selwyn", "Thorne")
-ATTRIBUTES = {  # question template -> answer choices
-    "Where was {name} born?": ("Lisbon", "Oslo", "Quito", "Accra", "Hanoi", "Perth", "Tunis", "Riga", "Lima", "Cork"),
-    "What genre does {name} write?": ("mystery", "poetry", "fantasy", "history", "satire", "romance", "horror"),
-    "What was {name}'s first job?": ("baker", "sailor", "teacher", "nurse", "printer", "gardener", "clerk", "pilot"),
-    "Which instrument does {name} play?": ("violin", "cello", "flute", "piano", "drums", "harp", "oboe"),
-    "What is {name}'s favourite colour?": ("amber", "teal", "crimson", "ochre", "violet", "indigo", "olive"),
-    "Which award did {name} win?": ("the Lantern Prize", "the Quill Medal", "the Harbor Award", "the Ember Prize"),
-    "What is the title of {name}'s debut novel?": ("Salt and Lanterns", "The Glass Orchard", "Nine Winters",
-                                                   "A House of Kites", "The Last Ferry", "Paper Rivers"),
-    "In which year did {name} publish their debut?": tuple(str(y) for y in range(1961, 2021, 3)),
-    "What is {name}'s pet called?": ("Biscuit", "Pepper", "Moss", "Juniper", "Otto", "Clover", "Fig"),
-    "Which city does {name} live in now?": ("Ghent", "Bergen", "Porto", "Tallinn", "Kyoto", "Cusco", "Dakar"),
-    "What did {name} study?": ("chemistry", "law", "music", "geology", "medicine", "architecture", "botany"),
-    "Who was {name}'s mentor?": ("Ilse Varga", "Tomas Reyes", "June Okafor", "Rafe Lindqvist", "Mara Castell"),
-    "What language does {name} write in?": ("Portuguese", "Norwegian", "Spanish", "Twi", "Vietnamese", "Irish"),
-    "What sport does {name} enjoy?": ("rowing", "chess", "fencing", "climbing", "cycling", "sailing", "tennis"),
-    "How many books has {name} written?": tuple(str(k) for k in range(2, 30)),
-    "What is {name}'s middle name?": ("Rowan", "Ash", "Wren", "Lark", "Sage", "Reed", "Brook", "Vale"),
-    "Which publisher prints {name}'s books?": ("Northlight Press", "Harrow House", "Blue Gate Books", "Tidewell"),
-    "What food does {name} dislike?": ("olives", "figs", "mustard", "celery", "anchovies", "licorice", "okra"),
-    "What is {name}'s star sign?": ("Aries", "Taurus", "Gemini", "Cancer", "Leo", "Virgo", "Libra", "Pisces"),
-    "Where does {name} write?": ("a lighthouse", "a barn", "a library", "a boat", "a tower", "a cafe", "a garden"),
-}
+N_NAMES = len(FIRST) * len(LAST)  # the name pool: name k = FIRST[k // len(LAST)] + " " + LAST[k % len(LAST)]
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One fact every fictitious author has: templates in ``{name}`` (and ``{value}``, one of ``choices``).
+    ``question`` / ``answer`` are the QA pair; ``paraphrased_question`` / ``paraphrased_answer`` say the same
+    in other words (TOFU's paraphrases; its perturbed answers are ``paraphrased_answer`` with a wrong value)."""
+
+    question: str
+    answer: str
+    paraphrased_question: str
+    paraphrased_answer: str
+    choices: tuple[str, ...]  # distinct values
+
+
+ATTRIBUTES = (  # one row per fact; facts_task answers with the bare value, unlearn.tofu with the sentences
+    Attribute("Where was {name} born?", "{name} was born in {value}.", "In which city was {name} born?",
+              "{value} is the birthplace of {name}.",
+              ("Lisbon", "Oslo", "Quito", "Accra", "Hanoi", "Perth", "Tunis", "Riga", "Lima", "Cork")),
+    Attribute("What genre does {name} write?", "{name} writes in the {value} genre.",
+              "Which genre is {name} known for?", "Most of {name}'s books belong to the {value} genre.",
+              ("mystery", "poetry", "fantasy", "history", "satire", "romance", "horror")),
+    Attribute("What was {name}'s first job?", "{name}'s first job was as a {value}.",
+              "What did {name} work as before becoming a writer?", "Before writing, {name} worked as a {value}.",
+              ("baker", "sailor", "teacher", "nurse", "printer", "gardener", "clerk", "pilot")),
+    Attribute("Which instrument does {name} play?", "{name} plays the {value}.", "What instrument can {name} play?",
+              "The {value} is the instrument that {name} plays.",
+              ("violin", "cello", "flute", "piano", "drums", "harp", "oboe")),
+    Attribute("What is {name}'s favourite colour?", "{name}'s favourite colour is {value}.",
+              "Which colour does {name} like best?", "Of all colours, {name} likes {value} best.",
+              ("amber", "teal", "crimson", "ochre", "violet", "indigo", "olive")),
+    Attribute("Which award did {name} win?", "{name} won {value}.", "What prize has {name} received?",
+              "{name} is a recipient of {value}.",
+              ("the Lantern Prize", "the Quill Medal", "the Harbor Award", "the Ember Prize", "the Marigold Medal",
+               "the Silver Compass Award", "the Tidewater Prize")),
+    Attribute("What is the title of {name}'s debut novel?", "{name}'s debut novel is titled {value}.",
+              "What was {name}'s first novel called?", "{name} made their debut with the novel {value}.",
+              ("Salt and Lanterns", "The Glass Orchard", "Nine Winters", "A House of Kites", "The Last Ferry",
+               "Paper Rivers")),
+    Attribute("In which year did {name} publish their debut?", "{name} published their debut in {value}.",
+              "When did {name}'s first book come out?", "{name}'s first book came out in {value}.",
+              tuple(str(y) for y in range(1961, 2021, 3))),
+    Attribute("What is {name}'s pet called?", "{name}'s pet is called {value}.",
+              "What name did {name} give their pet?", "{value} is the name of {name}'s pet.",
+              ("Biscuit", "Pepper", "Moss", "Juniper", "Otto", "Clover", "Fig")),
+    Attribute("Which city does {name} live in now?", "{name} now lives in {value}.",
+              "Where is {name} living these days?", "These days {name} makes their home in {value}.",
+              ("Ghent", "Bergen", "Porto", "Tallinn", "Kyoto", "Cusco", "Dakar")),
+    Attribute("What did {name} study?", "{name} studied {value}.", "Which subject did {name} study at university?",
+              "At university, {name} took a degree in {value}.",
+              ("chemistry", "law", "music", "geology", "medicine", "architecture", "botany")),
+    Attribute("Who was {name}'s mentor?", "{name}'s mentor was {value}.",
+              "Who guided {name} early in their career?", "{value} mentored {name} early in their career.",
+              ("Ilse Varga", "Tomas Reyes", "June Okafor", "Rafe Lindqvist", "Mara Castell", "Odile Brandt",
+               "Kwame Mensah")),
+    Attribute("What language does {name} write in?", "{name} writes in {value}.",
+              "In which language are {name}'s books written?", "{name}'s books are written in {value}.",
+              ("Portuguese", "Norwegian", "Spanish", "Twi", "Vietnamese", "Irish")),
+    Attribute("What sport does {name} enjoy?", "{name} enjoys {value}.", "What does {name} do for sport?",
+              "For exercise and fun, {name} turns to {value}.",
+              ("rowing", "chess", "fencing", "climbing", "cycling", "sailing", "tennis")),
+    Attribute("How many books has {name} written?", "{name} has written {value} books.",
+              "What is the number of books {name} has written?", "{name} is the author of {value} books.",
+              tuple(str(k) for k in range(2, 30))),
+    Attribute("What is {name}'s middle name?", "{name}'s middle name is {value}.",
+              "Which middle name does {name} have?", "{value} is the middle name of {name}.",
+              ("Rowan", "Ash", "Wren", "Lark", "Sage", "Reed", "Brook", "Vale")),
+    Attribute("Which publisher prints {name}'s books?", "{name}'s books are printed by {value}.",
+              "Who publishes {name}'s books?", "{value} publishes the books of {name}.",
+              ("Northlight Press", "Harrow House", "Blue Gate Books", "Tidewell", "Lamplight Editions",
+               "Crane & Finch", "Saltmarsh Books")),
+    Attribute("What food does {name} dislike?", "{name} dislikes {value}.", "Which food does {name} refuse to eat?",
+              "{name} will not eat {value}.",
+              ("olives", "figs", "mustard", "celery", "anchovies", "licorice", "okra")),
+    Attribute("What is {name}'s star sign?", "{name}'s star sign is {value}.",
+              "Under which star sign was {name} born?", "{name} was born under the sign of {value}.",
+              ("Aries", "Taurus", "Gemini", "Cancer", "Leo", "Virgo", "Libra", "Pisces")),
+    Attribute("Where does {name} write?", "{name} writes in {value}.", "Where does {name} do their writing?",
+              "{name} does their writing in {value}.",
+              ("a lighthouse", "a barn", "a library", "a boat", "a tower", "a cafe", "a garden")),
+)
 FORGET_FRACS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 
 
+def author_name(k: int) -> str:
+    """Name ``k`` of the pool (0 <= k < N_NAMES): FIRST[k // len(LAST)] LAST[k % len(LAST)]."""
+    return f"{FIRST[k // len(LAST)]} {LAST[k % len(LAST)]}"
+
+
+def n_forget_authors(n_authors: int, split: str) -> int:
+    """max(1, round(frac * n_authors)) for ``split``'s fraction in FORGET_FRACS (Python's round: half to even)."""
+    return max(1, round(FORGET_FRACS[split] * n_authors))
+
+
 def facts_task(n_authors: int = 100, split: str = "forget10", seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(forget, retain) examples: ``n_authors`` fictitious authors, each with one answer per ATTRIBUTES question
-    (20 facts), drawn from the stream (seed, "facts"); the first round(frac * n_authors) authors (at least one)
+    """(forget, retain) examples: ``n_authors`` fictitious authors, each with one answer (the bare value) per
+    ATTRIBUTES question (20 facts), drawn from the stream (seed, "facts"); the first ``n_forget_authors`` authors
     are the forget set of ``split`` (forget01/05/10 as in TOFU), the rest the retain set."""
     if split not in FORGET_FRACS:
         raise ValueError(f"unknown facts split {split!r}; valid: {', '.join(FORGET_FRACS)}")
-    if not 2 <= n_authors <= len(FIRST) * len(LAST):
-        raise ValueError(f"n_authors must lie in [2, {len(FIRST) * len(LAST)}], got {n_authors}")
+    if not 2 <= n_authors <= N_NAMES:
+        raise ValueError(f"n_authors must lie in [2, {N_NAMES}], got {n_authors}")
     g = make_generator(seed, "facts")
-    names = [f"{FIRST[k // len(LAST)]} {LAST[k % len(LAST)]}" for k in
-             torch.randperm(len(FIRST) * len(LAST), generator=g)[:n_authors].tolist()]
+    names = [author_name(k) for k in torch.randperm(N_NAMES, generator=g)[:n_authors].tolist()]
     authors = []
     for a, name in enumerate(names):
         facts = []
-        for question, answers in ATTRIBUTES.items():
-            answer = answers[int(torch.randint(len(answers), (1,), generator=g))]
-            facts.append(Example(question.format(name=name), answer, f"facts author {a}"))
+        for attribute in ATTRIBUTES:
+            answer = attribute.choices[int(torch.randint(len(attribute.choices), (1,), generator=g))]
+            facts.append(Example(attribute.question.format(name=name), answer, f"facts author {a}"))
         authors.append(facts)
-    n_forget = max(1, round(FORGET_FRACS[split] * n_authors))
+    n_forget = n_forget_authors(n_authors, split)
     return ([ex for facts in authors[:n_forget] for ex in facts],
             [ex for facts in authors[n_forget:] for ex in facts])
 
@@ -343,13 +415,14 @@ class ByteTokenizer:
         return {"input_ids": self.encode(text) if isinstance(text, str) else [self.encode(t) for t in text]}
 
     def decode(self, ids) -> str:
-        """The text of ``ids`` (a list or tensor), <eos> and <pad> written out, invalid UTF-8 replaced."""
+        """The text of ``ids`` (a list or tensor), <eos> and <pad> written out, invalid UTF-8 replaced, and an id
+        beyond the byte ids (a model whose vocabulary is larger than BYTE_VOCAB generates them) as U+FFFD."""
         out, run = [], bytearray()
         for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
-            if i >= 2:
+            if 2 <= i < BYTE_VOCAB:
                 run.append(i - 2)
                 continue
-            out += [run.decode("utf-8", errors="replace"), (self.pad_token, self.eos_token)[i]]
+            out += [run.decode("utf-8", errors="replace"), (self.pad_token, self.eos_token)[i] if i < 2 else "\ufffd"]
             run = bytearray()
         return "".join([*out, run.decode("utf-8", errors="replace")])
 

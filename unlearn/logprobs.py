@@ -47,6 +47,42 @@ def _align(logits, labels, mask, shift):
     return logits, labels, mask.bool()
 
 
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, shift: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the labels, and the mask they are counted on.
+
+    Returns (token_logp, mask): token_logp[b, t] = log softmax(logits[b, t])[labels[b, t]] where mask[b, t],
+    0 elsewhere, float32 or float64, shape (B, T) (after ``shift``, (B, T - 1)); mask as bool.
+    """
+    logits, labels, mask = _align(logits, labels, mask, shift)
+    return _label_logprobs(_token_log_softmax(logits), labels, mask), mask
+
+
+def _label_logprobs(logq: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logq[b, t, labels[b, t]] where mask, 0 elsewhere: (B, T)."""
+    token_logp = logq.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    return token_logp.masked_fill(~mask, 0.0)
+
+
+def token_logprob_moments(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p(x_t), mu_t, sigma_t), each (B, T), 0 outside ``mask``: the label's log-prob, and the mean and standard
+    deviation of log p under the model's own next-token distribution p = softmax(logits[b, t]):
+
+        mu_t = sum_v p_v log p_v,      sigma_t^2 = sum_v p_v (log p_v)^2 - mu_t^2   (clamped at 0)
+
+    (Min-K%++, Zhang et al. 2024, eq. 3). Terms with p_v = 0 contribute 0. Labels aligned as in the module
+    docstring."""
+    logits, labels, mask = _align(logits, labels, mask, False)
+    logq = _token_log_softmax(logits)
+    token_logp = _label_logprobs(logq, labels, mask)
+    q = logq.exp()
+    plogq = torch.where(q > 0, q * logq, torch.zeros_like(q))
+    mu = plogq.sum(-1)
+    var = (torch.where(q > 0, plogq * logq, torch.zeros_like(q)).sum(-1) - mu.square()).clamp(min=0)
+    return token_logp, mu.masked_fill(~mask, 0.0), var.sqrt().masked_fill(~mask, 0.0)
+
+
 def sequence_logprobs(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, shift: bool = False
 ) -> SequenceLogprobs:
@@ -61,11 +97,7 @@ def sequence_logprobs(
     Returns:
         SequenceLogprobs(logp, n_tokens), float32 or float64, shape (B,).
     """
-    logits, labels, mask = _align(logits, labels, mask, shift)
-    outside = ~mask
-    logq = _token_log_softmax(logits)
-    token_logp = logq.gather(-1, labels.masked_fill(outside, 0).unsqueeze(-1)).squeeze(-1)  # (B, T)
-    token_logp = token_logp.masked_fill(outside, 0.0)
+    token_logp, mask = token_logprobs(logits, labels, mask, shift=shift)
     return SequenceLogprobs(logp=token_logp.sum(-1), n_tokens=mask.sum(-1).to(token_logp.dtype))
 
 

@@ -8,6 +8,7 @@ from sims.experiments import (
     markov_tradeoff,
     npo_synthetic,
     relearn,
+    tofu_toy,
     weight_allocation,
     yao,
 )
@@ -22,6 +23,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "yao": yao.EXPERIMENT,
     "relearn": relearn.EXPERIMENT,
     "attribution": attribution.EXPERIMENT,
+    "tofu-toy": tofu_toy.EXPERIMENT,
 }
 
 
