@@ -152,7 +152,7 @@ def test_member_params_stack_every_method_params_field():
 
 
 @settings(max_examples=25)
-@given(members=st.integers(1, 4), data=st.data(), optimizer=st.sampled_from(["sgd", "adamw"]),
+@given(members=st.integers(1, 4), data=st.data(), optimizer=st.sampled_from(["sgd", "adamw", "signsgd"]),
        clip=st.sampled_from([0.0, 0.05, 5.0]), weight_decay=st.sampled_from([0.0, 0.1]))
 def test_members_equal_runs_alone_float64(members, data, optimizer, clip, weight_decay):
     """Members with their own method, beta, gamma, lam, learning rate and init, trained with warm-up + linear
@@ -160,7 +160,7 @@ def test_members_equal_runs_alone_float64(members, data, optimizer, clip, weight
     methods = data.draw(st.lists(st.sampled_from(METHOD_NAMES), min_size=members, max_size=members))
     params = [MethodParams(beta=data.draw(st.floats(0.05, 5.0)), gamma=data.draw(st.floats(0.0, 2.0)),
                            lam=data.draw(st.floats(0.1, 2.0))) for _ in range(members)]
-    lr_range = (1e-3, 2e-2) if optimizer == "adamw" else (1e-3, 5e-2)
+    lr_range = (1e-3, 2e-2) if optimizer in ("adamw", "signsgd") else (1e-3, 5e-2)
     lrs = data.draw(st.lists(st.floats(*lr_range), min_size=members, max_size=members))
     assert_members_equal_alone(methods, params, lrs, seeds=range(members), rtol=1e-9, optimizer=optimizer,
                                clip_norm=clip, weight_decay=weight_decay, schedule="warmup_linear", warmup_steps=2)

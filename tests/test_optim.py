@@ -27,6 +27,41 @@ def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, monkeypatch, tiny_problem
         assert torch.equal(a, b)
 
 
+def test_adamw_with_configured_eps_and_beta2_equals_torch_adamw_bitwise(tiny_problem):
+    TinyLM, make_data, nll = tiny_problem
+    inputs, labels = make_data()
+    ours, theirs = TinyLM(), TinyLM()
+    cfg = TrainConfig(steps=6, lr=0.05, optimizer="adamw", adam_betas=(0.8, 0.95), adam_eps=1e-3, progress=False)
+    train(ours, nll, lambda s: [(inputs, labels)], cfg)
+    reference = torch.optim.AdamW(theirs.parameters(), lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.0)
+    for _ in range(6):
+        reference.zero_grad()
+        nll(theirs, (inputs, labels))["nll"].mean().backward()
+        reference.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sign_descent_is_its_definition_step_for_step_under_a_mask(tiny_problem):
+    """signsgd: p -= lr * sign(grad) every step, by hand beside the loop; a masked weight never moves."""
+    TinyLM, make_data, nll = tiny_problem
+    inputs, labels = make_data()
+    ours, theirs = TinyLM(), TinyLM()
+    keep = {"emb": (torch.arange(ours.emb.numel()) % 2).reshape(ours.emb.shape).float()}
+    start = ours.emb.detach().clone()
+    train(ours, nll, lambda s: [(inputs, labels)], TrainConfig(steps=5, lr=0.01, optimizer="signsgd", progress=False),
+          masks=keep)
+    for _ in range(5):
+        theirs.zero_grad()
+        nll(theirs, (inputs, labels))["nll"].mean().backward()
+        with torch.no_grad():
+            theirs.emb -= 0.01 * torch.sign(theirs.emb.grad * keep["emb"])
+            theirs.out -= 0.01 * torch.sign(theirs.out.grad)
+    assert torch.equal(ours.emb, theirs.emb) and torch.equal(ours.out, theirs.out)
+    assert torch.equal(ours.emb[keep["emb"] == 0], start[keep["emb"] == 0])
+    assert not torch.equal(ours.emb, start)
+
+
 def test_adamw_updates_an_fsdp2_shard_through_its_local_tensor(monkeypatch, tmp_path):
     """A sharded (DTensor) parameter, as FSDP2 holds it, takes the same step as a plain one, without handing a
     DTensor to a foreach op: torch 2.11 has no DTensor rule for _foreach_clamp_min (simulated here)."""

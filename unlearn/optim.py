@@ -10,8 +10,7 @@ Every rule is elementwise or, for clipping, per member, so the M members of an e
 axes hold them, member m owning ``p.reshape(M, -1)[m]``: ``member_shape``) each follow the trajectory they
 would follow alone, optimizer state, schedule and learning rate (``lr_scales``) included.
 
-Limits: one parameter group, 2-norm clipping only, no AMSGrad/Nesterov/momentum SGD, and AdamW's eps is fixed
-by ``make_optimizer`` (1e-8).
+Limits: one parameter group, 2-norm clipping only, no AMSGrad/Nesterov/momentum SGD.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "signsgd")
 SCHEDULES = ("constant", "warmup_linear")
 
 
@@ -71,6 +70,9 @@ class PlainSGD(_Optimizer):
                  weight_decay: float = 0.0, masks: Mapping[int, torch.Tensor] | None = None):
         super().__init__(params, lr, scales, weight_decay, masks)
 
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
     @torch.no_grad()
     def step(self) -> None:
         lr = self.param_groups[0]["lr"]
@@ -79,9 +81,17 @@ class PlainSGD(_Optimizer):
             if p.grad is None:
                 continue
             if id(p) in self.scales:
-                p.addcmul_(p.grad, self.scales[id(p)], value=-lr)
+                p.addcmul_(self.direction(p.grad), self.scales[id(p)], value=-lr)
             else:
-                p.add_(p.grad, alpha=-lr)
+                p.add_(self.direction(p.grad), alpha=-lr)
+
+
+class SignSGD(PlainSGD):
+    """p -= lr * scale * sign(grad) (after the decoupled decay): sign descent, Adam's limit as beta1, beta2 -> 0
+    and eps -> 0. A masked gradient entry is 0 and its sign too, so masked weights stay where they are."""
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.sign()
 
 
 class AdamW(_Optimizer):
@@ -150,14 +160,17 @@ class AdamW(_Optimizer):
 
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *,
-                   betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                    scales: Mapping[int, torch.Tensor] | None = None,
                    masks: Mapping[int, torch.Tensor] | None = None) -> PlainSGD | AdamW:
-    """``name`` in OPTIMIZERS: "sgd" (PlainSGD) or "adamw" (AdamW, eps 1e-8); ``betas`` only matter to AdamW."""
+    """``name`` in OPTIMIZERS: "sgd" (PlainSGD), "adamw" (AdamW) or "signsgd" (SignSGD); ``betas`` and ``eps`` only
+    matter to AdamW."""
     if name == "sgd":
         return PlainSGD(params, lr, scales, weight_decay, masks)
+    if name == "signsgd":
+        return SignSGD(params, lr, scales, weight_decay, masks)
     if name == "adamw":
-        return AdamW(params, lr, betas, 1e-8, scales, weight_decay, masks)
+        return AdamW(params, lr, betas, eps, scales, weight_decay, masks)
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 

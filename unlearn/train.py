@@ -43,7 +43,8 @@ LossesFn = Callable[[torch.nn.Module, Any], Mapping[str, torch.Tensor]]  # (mode
 class TrainConfig:
     """Optimisation settings of one run.
 
-    optimizer: "sgd" (plain ``p -= lr * grad``) or "adamw" (betas ``adam_betas``, eps 1e-8): ``unlearn.optim``.
+    optimizer: "sgd" (plain ``p -= lr * grad``), "adamw" (``adam_betas``, ``adam_eps``) or "signsgd"
+        (``p -= lr * sign(grad)``): ``unlearn.optim``.
     weight_decay: decoupled (``p *= 1 - lr*wd``) for both optimizers, times the gradient mask when there is one.
     schedule: "constant" or "warmup_linear", after a linear warm-up of ``warmup_steps`` (``optim.lr_factor``).
     clip_norm: gradient-norm clipping threshold, of one model or of each ensemble member; 0 disables it.
@@ -60,6 +61,7 @@ class TrainConfig:
     lr: float
     optimizer: str = "sgd"
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0
@@ -81,6 +83,8 @@ class TrainConfig:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}")
         if self.weight_decay < 0 or self.clip_norm < 0 or self.warmup_steps < 0 or self.eval_every < 0:
             raise ValueError("weight_decay, clip_norm, warmup_steps and eval_every must be >= 0")
+        if self.adam_eps < 0 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_eps must be >= 0 and adam_betas in [0, 1), got {self.adam_eps}, {self.adam_betas}")
 
 
 @dataclass
@@ -195,7 +199,7 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
     keep_of = {key: m.bool() for key, m in mask_of.items()}  # for where(): once, not every step
     members = getattr(model, "members", 0) if members is None else members
     scales = optim.lr_scales(named, lr_scale, members)  # also checks that every parameter holds the members
-    optimizer = optim.make_optimizer(cfg.optimizer, params, cfg.lr, betas=cfg.adam_betas,
+    optimizer = optim.make_optimizer(cfg.optimizer, params, cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                      weight_decay=cfg.weight_decay, scales=scales, masks=mask_of)
     history = History()
     autocast = forward_precision(device, cfg.precision)

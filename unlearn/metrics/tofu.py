@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unlearn.data import PLAIN_TEMPLATE
+
 SPLIT_KEYS = ("prob", "rouge_l_recall", "truth_ratio")
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 FORGET_SET = "forget"
@@ -196,7 +198,7 @@ class TofuEvalSettings:
     sequence, sequences per forward pass, and the greedy answer's length."""
 
     prompt_format: str = "auto"
-    template: str = "Question: {prompt}\nAnswer: "
+    template: str = PLAIN_TEMPLATE
     max_length: int = 512
     batch_size: int = 32
     max_new_tokens: int = 200
