@@ -11,15 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from theory import adam
+from unlearn.objectives import MethodParams, SequenceStats, ga, npo, simnpo
 from unlearn.optim import make_optimizer
 
+OBJECTIVES = {"GA": ga, "NPO": npo, "SimNPO": simnpo}  # the project's own per-sequence losses
 LOGIT0 = 3.0  # every token starts memorised: p = sigma(3) = 0.95
 
 
 def simulate(method: str, lengths, steps: int, optimizer: str = "adamw", lr: float = 0.05, beta: float = 1.0,
              beta2: float = 0.99, eps: float = 0.0) -> np.ndarray:
     """Token logits' displacement from LOGIT0 after every step (steps, tokens), float64: each token its own
-    coordinate, log p = log sigma(z), sequences of the given lengths, the mean-free summed loss of ``method``."""
+    coordinate, log p = log sigma(z), sequences of the given lengths, the summed per-sequence loss of ``method``
+    (``unlearn.objectives``)."""
     owner = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     length = torch.tensor(lengths, dtype=torch.float64)
     z = torch.full((int(length.sum()),), LOGIT0, dtype=torch.float64, requires_grad=True)
@@ -27,10 +30,10 @@ def simulate(method: str, lengths, steps: int, optimizer: str = "adamw", lr: flo
     ref = sum_by_sequence(torch.nn.functional.logsigmoid(z)).detach()
     opt = make_optimizer(optimizer, [z], lr, betas=(0.9, beta2), eps=eps)
     out = np.empty((steps, z.numel()))
+    objective, params = OBJECTIVES[method], MethodParams(beta=beta)
     for t in range(steps):
         logp = sum_by_sequence(torch.nn.functional.logsigmoid(z))
-        loss = {"GA": lambda: logp, "NPO": lambda: 2 / beta * torch.nn.functional.softplus(beta * (logp - ref)),
-                "SimNPO": lambda: 2 / beta * torch.nn.functional.softplus(beta * logp / length)}[method]().sum()
+        loss = objective(SequenceStats(logp, length, logp_ref=ref), params).sum()
         z.grad = None
         loss.backward()
         opt.step()
@@ -87,14 +90,16 @@ def test_refusals(call, message):
 
 
 @settings(max_examples=4, deadline=None)
-@given(beta=st.floats(0.5, 2.0), beta2=st.sampled_from([0.98, 0.99, 0.995]), lr=st.floats(0.2, 1.0))
+@given(beta=st.floats(0.5, 1.5), beta2=st.sampled_from([0.98, 0.99, 0.995]), lr=st.floats(0.2, 0.5))
 def test_npo_late_distance_rate_under_adam(beta, beta2, lr):
-    """Regime 2 (eps = 0, t >= 15 / (1 - beta2), lr at least 10 times the predicted rate per token): 8 one-token
-    samples; the distance ||z_t - z_0|| grows linearly at sqrt(8) rho_seq within 5%, whatever the learning rate.
-    (Nearer the rate, lr 0.06 against rho 0.02, the full steps barely outrun it and the slope falls 7% short.)"""
-    steps = int(30 / (1 - beta2))
+    """Regime 2 (eps = 0; steps 40 / (1 - beta2) to 60 / (1 - beta2); lr at least 10 times the predicted rate per
+    token, and at most 0.5): 8 one-token samples; the distance ||z_t - z_0|| grows linearly at sqrt(8) rho_seq
+    within 5%, whatever the learning rate. Outside that regime it does not hold yet: nearer the rate (lr 0.06
+    against rho 0.02) the full steps barely outrun it and the slope falls 7% short; with lr 1 and beta 2 the first
+    steps overshoot so far that the gradient needs more than 1,500 steps to come back within v's reach."""
+    steps = int(60 / (1 - beta2))
     curve = np.linalg.norm(simulate("NPO", [1] * 8, steps, lr=lr, beta=beta, beta2=beta2), axis=1)
-    assert late_slope(curve, steps // 2) / adam.npo_adam_distance_rate(beta, beta2, 8) == pytest.approx(1, abs=0.05)
+    assert late_slope(curve, 2 * steps // 3) / adam.npo_adam_distance_rate(beta, beta2, 8) == pytest.approx(1, abs=0.05)
 
 
 def test_the_adam_rate_fails_for_gradient_descent():
