@@ -390,8 +390,9 @@ def cmd_relearn(args) -> int:
 VALIDATE_HELP = """\
 Check on a causal LM what the toy models predict. The model is fine-tuned until it has memorised the forget
 and retain sets (built-in tasks; skip with --memorise-epochs 0 for a model that knows its data), then unlearned
-with each method; DIR/validate.json holds the resolved config, the forget NLL against steps with linear and
-log-step fits, the per-sequence weights against |y| at the first and last evaluation, the retain drift, and
+with each method; DIR/validate.json holds the resolved config, the forget NLL against steps with its acceleration
+(late/early slope ratio, with a bootstrap interval over the forget sequences) and linear and log-step fits, the
+per-sequence weights against |y| at the first and last evaluation, the retain drift, and
 beside each the toy model's prediction; DIR/validate.png shows them. DIR/validate.ckpt lets an interrupted run
 resume.
 

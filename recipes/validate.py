@@ -32,8 +32,10 @@
    ``unlearn.reference``), optionally with LoRA; every ``eval_every`` steps record each forget sequence's
    log-likelihood and the retain NLL per token. Fits use the steps after the first ``fit_from`` fraction (the
    early transient is neither linear nor logarithmic, as in the collapse experiment).
-4. Measure, beside each the toy model's prediction (``PREDICTIONS``): forget NLL against steps with linear and
-   log-step fits (NPO paper Theorem 2: GA linear, NPO logarithmic), the per-sequence weights dL/dlogp (by
+4. Measure, beside each the toy model's prediction (``PREDICTIONS``): forget NLL against steps, its acceleration
+   (late/early slope ratio, ``unlearn.metrics.curves.acceleration``, with a 95% bootstrap interval over the
+   forget sequences: GA linear, ratio 1; NPO under AdamW slowing down, below 1, before 1/(1 - beta2) steps,
+   ``theory.adam``) and, as information, linear and log-step fits' R^2, the per-sequence weights dL/dlogp (by
    autograd through the objective) against |y| at the first and last evaluation (NPO exactly 1 at step 0;
    SimNPO's 2/|y| factor: SimNPO paper Sec. 4, ``theory.allocation``), and the retain drift; each prediction
    gets a verdict (``VERDICTS``: pass, fail, or not applicable).
@@ -89,7 +91,7 @@ from unlearn.io import atomic_write, environment, failed_record, to_jsonable, wr
 from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.metrics.ceiling import forget_ceiling
 from unlearn.metrics.collapse import CollapseMonitor, describe_collapse, vocab_size_of
-from unlearn.metrics.curves import rate_fits
+from unlearn.metrics.curves import acceleration_interval, rate_fits
 from unlearn.metrics.tokens import nll_per_token
 from unlearn.models import hf
 from unlearn.objectives import MethodParams, SequenceStats, forget_weights
@@ -120,9 +122,13 @@ PRECISION_MODES = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", 
                    "bf16": ("bf16", "bf16-autocast")}
 # name -> (the weights' dtype, unlearn.train precision: forward passes in float32 or under bf16 autocast)
 VALIDATED_METHODS = ("GA", "NPO", "SimNPO")
+ADAM_BETA2 = 0.999  # validate's AdamW (unlearn.train.TrainConfig's default betas): 1/(1 - beta2) = 1000 steps
 PREDICTIONS = {
-    "ga.linear_r2": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2): linear_r2 >= log_r2",
-    "npo.log_r2": "NPO's forget NLL grows like log t (NPO paper Thm. 2): log_r2 >= linear_r2",
+    "ga.acceleration": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2; under Adam too, as its "
+                       "gradient never shrinks, theory.adam): late/early slope ratio 1",
+    "npo.acceleration": "NPO's forget NLL slows down (log-like) while Adam's second moment remembers the early "
+                        "gradients, t < 1/(1 - beta2) = 1000 steps here, and grows linearly after ~3/(1 - beta2) "
+                        "(theory.adam): late/early slope ratio below 1, then 1",
     "npo.weight_step0_max_abs_dev_from_1": "NPO's weights 2 sigma(beta (logp - logp_ref)) are exactly 1 at step 0, "
                                            "where the model is its reference (cached: the reference numbers line "
                                            "up with the data; adapter, copy: the reference reproduces the model)",
@@ -133,8 +139,9 @@ PREDICTIONS = {
 }
 NOT_MEMORISED = "not applicable: the forget set was not memorised"
 VERDICTS = {  # how each prediction's verdict is read off the measurement m and the predicted value v
-    "ga.linear_r2": "pass when m >= v (the log fit's R^2)",
-    "npo.log_r2": "pass when m >= v (the linear fit's R^2)",
+    "ga.acceleration": "pass when m's 95% interval over the forget sequences contains v = 1",
+    "npo.acceleration": "early regime (v none): pass when m's 95% interval lies below 1; late (v = 1): pass when it "
+                        "contains 1; a window across the crossover is undetermined",
     "npo.weight_step0_max_abs_dev_from_1": "pass when m <= 1e-3",
     "npo.pearson_weight_length.step0": "pass when m is undefined (every weight equal)",
     "simnpo.pearson_weight_length.step0": "pass when m < 0 (weights fall with |y|)",
@@ -516,9 +523,13 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
     nll = -logp.sum(1) / np.sum(lengths)  # forget NLL per token
     keep = steps >= max(1.0, fit_from * steps[-1])
     fits = rate_fits(steps[keep], nll[keep]) if keep.sum() >= 3 else {"linear_r2": None, "log_r2": None}
+    lengths = np.asarray(lengths, float)
+    growth = acceleration_interval(steps, (-logp / lengths).T, steps[keep][0], weights=lengths)
     w0 = weights(method, logp[0], record["reference_logp"], lengths, params)
     w1 = weights(method, logp[-1], record["reference_logp"], lengths, params)
     metrics = {f"{x}.linear_r2": fits["linear_r2"], f"{x}.log_r2": fits["log_r2"],
+               f"{x}.acceleration": growth["value"], f"{x}.acceleration.ci_low": growth["ci_low"],
+               f"{x}.acceleration.ci_high": growth["ci_high"],
                f"{x}.retain_nll_drift": record["retain_nll"][-1] - record["retain_nll"][0],
                f"{x}.forget_nll_per_token.start": float(nll[0]), f"{x}.forget_nll_per_token.end": float(nll[-1]),
                f"{x}.pearson_weight_length.step0": _pearson(w0, lengths),
@@ -535,29 +546,54 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
     return metrics, curves
 
 
-def predictions(metrics: dict, lengths, memorised: bool = True) -> dict:
+def fit_window(curves: dict) -> tuple[float, float] | None:
+    """(first, last) step of the rate fits of the methods measured (every method shares the schedule)."""
+    for c in curves.values():
+        return c["fit_from"], float(c["steps"][-1])
+    return None
+
+
+def npo_regime(fit_window: tuple[float, float] | None) -> str | None:
+    """Adam's regime of NPO over the fit window (``theory.adam``): "early" when it ends before 1/(1 - beta2),
+    "late" when it starts after 3/(1 - beta2), "crossover" between, None without a window."""
+    if fit_window is None:
+        return None
+    memory = 1 / (1 - ADAM_BETA2)
+    return "early" if fit_window[1] <= memory else "late" if fit_window[0] >= 3 * memory else "crossover"
+
+
+def predictions(metrics: dict, lengths, memorised: bool = True, fit_window=None) -> dict:
     """The toy models' prediction beside each measurement: a number where theory gives one, its rule, and a
     verdict (``VERDICTS``): pass or fail, undetermined when a measurement is missing, and NOT_MEMORISED when the
-    forget set was not memorised (the predictions assume it was)."""
+    forget set was not memorised (the predictions assume it was). ``fit_window``: the (first, last) step of the
+    rate fits, which sets NPO's Adam regime (``npo_regime``)."""
     lengths = np.asarray(lengths, float)
+    regime = npo_regime(fit_window)
     values = {"npo.weight_step0_max_abs_dev_from_1": 0.0,
               "simnpo.pearson_weight_length.step0": _pearson(1 / lengths, lengths),  # 2/|y| at equal lbar
-              "ga.linear_r2": metrics.get("ga.log_r2"),  # predicted: at least the other fit's R^2
-              "npo.log_r2": metrics.get("npo.linear_r2")}
+              "ga.acceleration": 1.0, "npo.acceleration": 1.0 if regime == "late" else None}
+    interval = lambda key: (metrics.get(f"{key}.ci_low"), metrics.get(f"{key}.ci_high"))
     return {f"validate.{key}": {"value": values.get(key), "rule": rule,
-                                "verdict": verdict(key, metrics.get(key), values.get(key)) if memorised
-                                else NOT_MEMORISED}
+                                "verdict": verdict(key, metrics.get(key), values.get(key), interval(key), regime)
+                                if memorised else NOT_MEMORISED}
             for key, rule in PREDICTIONS.items()
             if any(k.startswith(key.split(".")[0] + ".") for k in metrics)}  # the methods that ran
 
 
-def verdict(key: str, measured, predicted) -> str:
-    """pass or fail of one prediction by its VERDICTS rule (undetermined when a number it needs is missing)."""
+def verdict(key: str, measured, predicted, interval=(None, None), regime: str | None = "early") -> str:
+    """pass or fail of one prediction by its VERDICTS rule (undetermined when a number it needs is missing).
+    ``interval``: the measurement's (ci_low, ci_high); ``regime``: NPO's Adam regime (``npo_regime``)."""
     if key == "npo.pearson_weight_length.step0":
         return "pass" if measured is None else "fail"
-    if measured is None or (key in ("ga.linear_r2", "npo.log_r2") and predicted is None):
-        return "undetermined: the measurement is missing (too few evaluations to fit)"
-    passed = {"ga.linear_r2": lambda: measured >= predicted, "npo.log_r2": lambda: measured >= predicted,
+    low, high = interval
+    if key.endswith(".acceleration") and (low is None or high is None):
+        return "undetermined: the measurement is missing (too few evaluations, or no growth to compare)"
+    if key == "npo.acceleration" and regime == "crossover":
+        return "undetermined: the fit window spans Adam's crossover (theory.adam)"
+    if measured is None:
+        return "undetermined: the measurement is missing"
+    passed = {"ga.acceleration": lambda: low <= predicted <= high,
+              "npo.acceleration": lambda: low <= 1 <= high if regime == "late" else high < 1,
               "npo.weight_step0_max_abs_dev_from_1": lambda: measured <= 1e-3,
               "simnpo.pearson_weight_length.step0": lambda: measured < 0}[key]()
     return "pass" if passed else "fail"
@@ -742,7 +778,8 @@ def _run_validate(cfg: ValidateConfig, out: Path, ckpt: Path, progress: bool | N
         seconds[method] = record.get("seconds")
     plain = {k.removeprefix("validate."): v for k, v in metrics.items()}
     doc = {"config": dataclasses.asdict(cfg), "task": description, "metrics": metrics,
-           "predictions": predictions(plain, lengths, judged["reached"]), "memorised": {**memorised, **judged},
+           "predictions": predictions(plain, lengths, judged["reached"], fit_window(curves)),
+           "memorised": {**memorised, **judged},
            "curves": curves, "lengths": lengths.tolist(), "n_parameters": size[0], "env": environment(cfg.device),
            "evaluated": {"forget": len(eval_forget), "retain": len(eval_retain), "forget_total": len(forget),
                          "retain_total": len(retain)},

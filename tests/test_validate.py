@@ -16,6 +16,7 @@ from recipes.cli import main
 
 ARGS = ["validate", "--model", "tiny", "--task", "markov", "--steps", "10", "--memorise-epochs", "20"]
 KEYS = {"validate.ga.linear_r2", "validate.ga.log_r2", "validate.npo.log_r2", "validate.npo.linear_r2",
+        "validate.ga.acceleration", "validate.npo.acceleration", "validate.ga.acceleration.ci_low",
         "validate.npo.weight_step0_max_abs_dev_from_1", "validate.npo.pearson_weight_length.step0",
         "validate.simnpo.pearson_weight_length.step0", "validate.ga.retain_nll_drift",
         "validate.npo.retain_nll_drift", "validate.simnpo.retain_nll_drift"}
@@ -92,10 +93,16 @@ def test_verdicts_of_memorised_data_follow_their_rules(first):
     for key in ("npo.weight_step0_max_abs_dev_from_1", "npo.pearson_weight_length.step0",
                 "simnpo.pearson_weight_length.step0"):
         assert found[f"validate.{key}"]["verdict"] == "pass"
-    assert found["validate.ga.linear_r2"]["verdict"].startswith("undetermined")  # 10 steps: too few to fit
-    assert validate.verdict("ga.linear_r2", 0.99, 0.9) == "pass" and validate.verdict("npo.log_r2", 0.8, 0.9) == "fail"
+    assert validate.verdict("ga.acceleration", 1.1, 1.0, (0.9, 1.3)) == "pass"
+    assert validate.verdict("ga.acceleration", 1.4, 1.0, (1.2, 1.6)) == "fail"  # convex: not linear
+    assert validate.verdict("npo.acceleration", 0.5, None, (0.4, 0.7), "early") == "pass"
+    assert validate.verdict("npo.acceleration", 0.9, None, (0.7, 1.1), "early") == "fail"
+    assert validate.verdict("npo.acceleration", 1.0, 1.0, (0.9, 1.1), "late") == "pass"
+    assert validate.verdict("npo.acceleration", 0.5, None, (0.4, 0.7), "crossover").startswith("undetermined")
     assert validate.verdict("simnpo.pearson_weight_length.step0", 0.2, -1.0) == "fail"
-    assert validate.verdict("ga.linear_r2", None, None).startswith("undetermined")
+    assert validate.verdict("ga.acceleration", None, 1.0).startswith("undetermined")
+    assert [validate.npo_regime(w) for w in ((60, 300), (2000, 3000), (3000, 9000), None)] == [
+        "early", "crossover", "late", None]
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_work(first, tmp_path, monkeypatch):
@@ -322,7 +329,7 @@ def test_a_forget_set_that_was_not_memorised_is_said_loudly(tmp_path, capsys):
     warnings = [line for line in out.splitlines() if line.startswith("WARNING: the forget set was not memorised")]
     lines = out.splitlines()
     assert len(warnings) == 2 and lines.index(warnings[1], lines.index(warnings[0]) + 1) > lines.index(
-        "validate.npo.log_r2: not applicable: the forget set was not memorised")  # repeated after the verdicts
+        "validate.npo.acceleration: not applicable: the forget set was not memorised")  # repeated after verdicts
     assert "--memorise-epochs " in warnings[0] and "--memorise-lr 0.009 (3x the 0.003 used)" in warnings[0]
     # evaluation read the first 6 forget sequences (the retain set has 32, above the limit too); training all
     assert doc["evaluated"] == {"forget": 6, "retain": 6, "forget_total": 8, "retain_total": 32}
