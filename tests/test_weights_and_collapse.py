@@ -38,7 +38,8 @@ def test_weight_allocation_contract_and_claims(docs):
     assert m["npo.weight_step0_max_abs_dev_from_1"] == 0.0
     assert m["simnpo.pearson_weight_length.step0"] < -0.2  # 1/|y| from the first step
     assert m["npo.pearson_weight_length.final"] < -0.2  # long sequences' likelihood fell most: NPO turns away
-    assert m["npo.theory_max_abs_err"] < 1e-9 and m["simnpo.theory_max_abs_err"] < 1e-9  # autograd = closed form
+    # a consistency check of the code (autograd of the objective = its closed-form derivative), not of a theory
+    assert max(m[f"{x}.closed_form_consistency_max_abs_err"] for x in ("npo", "simnpo")) < 1e-9
     lengths = np.asarray(docs["weight-allocation"]["series"]["n_tokens"])
     assert lengths.min() == 2 and lengths.max() == 19 and len(np.unique(lengths)) == 18
 

@@ -10,7 +10,9 @@ Claim. The per-sequence weight W_b = dL/dlogp_b that multiplies each sequence's 
 Measured on the Markov transformer of markov-length: the weights of every forget-train sequence at several
 stages of 50 unlearning steps (AdamW, lr 5e-4, batch 4), their Pearson correlation with |y| and with the
 initial mean token log-likelihood, and the closed forms of ``theory.allocation`` evaluated at the measured
-likelihoods beside them (X.theory_max_abs_err: the largest gap over all sequences and stages).
+likelihoods beside them. X.closed_form_consistency_max_abs_err, the largest gap between autograd's weight and the
+closed form at the same log-probs over all sequences and stages, checks the code (the objective against its own
+derivative), not the theory: the claims are the correlations, which the weights' formulas predict.
 
 The forget set. markov-length's Forget1 sequences all have |y| = 19 and Forget2's |y| = 4, so a correlation
 with length would only contrast two groups. Here each Forget1 training sequence is cut to a random prefix
@@ -141,7 +143,7 @@ def run(cfg: Config) -> Result:
             name = "step0" if stage == "0" else ("final" if int(stage) == cfg.stages[-1] else f"step{stage}")
             metrics[f"{x}.pearson_weight_length.{name}"] = pearson(w, n_tokens)
             metrics[f"{x}.pearson_weight_loglik.{name}"] = pearson(w, lbar0)
-        metrics[f"{x}.theory_max_abs_err"] = float(max(errors))
+        metrics[f"{x}.closed_form_consistency_max_abs_err"] = float(max(errors))
         series["methods"][method] = {"beta": params.beta, **snaps}
     metrics["npo.weight_step0_max_abs_dev_from_1"] = float(
         np.max(np.abs(np.asarray(series["methods"]["NPO"]["stages"]["0"]["weight"]) - 1.0)))
