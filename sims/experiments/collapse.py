@@ -12,10 +12,12 @@ each samples a single repeated state.
 Measured every ``eval_every`` steps on the first ``eval_limit`` sequences of each test split: the forget NLL
 (mean per-token -log p on Forget1 + Forget2 test), the retain KL (per-token KL to the true transitions, as in
 markov-length) and the mean entropy of the next-state distribution on retain test (log 10 = 2.30 at most).
-Fits (``unlearn.metrics.curves.rate_fits``) of the forget NLL against t and against log t over steps >= ``fit_from``;
-X.forget_nll_growth_exponent is the slope of log(NLL_t - NLL_0) against log t there (1 = linear, 2 =
-quadratic, near 0 = logarithmic). The three runs train side by side as one ensemble (``sims.markov.unlearn_runs``),
-each on its own batch order.
+Over steps >= ``fit_from``: X.forget_nll_acceleration, the late/early slope ratio of the forget NLL
+(``unlearn.metrics.curves.acceleration``: 1 = linear, above 1 accelerating, below 1 slowing down; the claim's
+check), X.forget_nll_growth_exponent, the slope of log(NLL_t - NLL_0) against log t (1 = linear, 2 =
+quadratic, near 0 = logarithmic), and, as information, the R^2 of fits against t and log t (``rate_fits``; a
+line beats a log for any convex curve, so this race cannot tell linear from accelerating). The three runs train
+side by side as one ensemble (``sims.markov.unlearn_runs``), each on its own batch order.
 
 Under AdamW every parameter moves ~lr per step whatever the gradient's scale, so GA's logits grow like a
 product of linearly growing weights: its NLL is super-linear (exponent ~1.5-2), steadier than NPO's but not the
@@ -37,7 +39,7 @@ from sims.experiment import Experiment, Result, member_curves, method_params
 from sims.plotting import METHOD_COLORS, panel_label
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.metrics import tokens
-from unlearn.metrics.curves import fit_r2, rate_fits
+from unlearn.metrics.curves import acceleration, fit_r2, rate_fits
 from unlearn.rng import generator
 from unlearn.train import resolve_device
 
@@ -86,14 +88,15 @@ def collapse_evaluator(world: markov.MarkovWorld, device, limit: int | None):
 
 
 def growth_fits(steps, nll, fit_from: int) -> dict[str, float]:
-    """linear_r2, log_r2 of NLL against t and log t, and the exponent of NLL_t - NLL_0 against t, for t >= fit_from
-    and over the evaluations above the start (NLL_t > NLL_0, where log(NLL_t - NLL_0) exists; all three fits use
-    the same points)."""
+    """linear_r2, log_r2 of NLL against t and log t, the exponent of NLL_t - NLL_0 against t, and the acceleration
+    (late/early slope ratio), for t >= fit_from and over the evaluations above the start (NLL_t > NLL_0, where
+    log(NLL_t - NLL_0) exists; every fit uses the same points)."""
     t, y = np.asarray(steps, float), np.asarray(nll, float)
     keep = (t >= max(fit_from, 1)) & (y > y[0])
     fits = rate_fits(t[keep], y[keep])
     exponent = fit_r2(np.log(t[keep]), np.log(y[keep] - y[0]))[1] if keep.sum() >= 3 else float("nan")
-    return {"linear_r2": fits["linear_r2"], "log_r2": fits["log_r2"], "growth_exponent": exponent}
+    return {"linear_r2": fits["linear_r2"], "log_r2": fits["log_r2"], "growth_exponent": exponent,
+            "acceleration": acceleration(t[keep], y[keep], t[keep][0]) if keep.any() else None}
 
 
 def samples(model, world: markov.MarkovWorld, n: int, seed: int, name: str) -> list[list[int]]:
@@ -183,7 +186,7 @@ def plot(result: Result):
 EXPERIMENT = Experiment(
     name="collapse",
     claim="Unlearning the Markov transformer for 2000 steps without a retain term: GA's forget NLL grows without "
-          "bound (linear fit beats log fit), NPO's and SimNPO's logarithmically; all three end with degenerate "
-          "outputs, GA first and furthest.",
+          "bound and faster over time (late/early slope ratio above 1), NPO's and SimNPO's slow down "
+          "(logarithmically); all three end with degenerate outputs, GA first and furthest.",
     presets=PRESETS, run=run, plot=plot,
 )
