@@ -40,7 +40,7 @@ from sims.experiments import npo_synthetic
 from sims.plotting import METHOD_COLORS, beta_colors, panel_label
 from theory import logistic as theory
 from unlearn.config import require_at_least_one, require_positive
-from unlearn.metrics.curves import fit_r2, rate_fits
+from unlearn.metrics.curves import acceleration, fit_r2, rate_fits
 from unlearn.objectives import MethodParams
 from unlearn.rng import generator
 from unlearn.train import resolve_device
@@ -118,9 +118,11 @@ def distance_evaluator(features: torch.Tensor, theta0: torch.Tensor):
 
 
 def rate_fits_after(t: np.ndarray, distance: np.ndarray) -> dict[str, float]:
-    """``unlearn.metrics.curves.rate_fits`` over the last 90% of the grid: R^2 and slopes against t and log t."""
+    """``unlearn.metrics.curves.rate_fits`` over the last 90% of the grid (R^2 and slopes against t and log t) and
+    the acceleration there (late/early slope ratio: 1 linear, below 1 slowing down; the check of the claim)."""
     start = int(np.ceil(FIT_FROM * len(t)))
-    return rate_fits(t[start:], np.asarray(distance, float)[start:])
+    distance = np.asarray(distance, float)
+    return {**rate_fits(t[start:], distance[start:]), "acceleration": acceleration(t, distance, t[start])}
 
 
 def _simulate(runs, world, theta0, steps, grid, cfg: Config, name: str):
@@ -176,6 +178,7 @@ def theorem_row(cfg: Config, device: torch.device) -> tuple[dict, dict]:
         key = "ga" if method == "GA" else f"npo.beta={beta:g}"
         inside = (dist >= lower * (1 - 1e-9)) & (dist <= upper * (1 + 1e-9))
         metrics[f"{key}.linear_r2"], metrics[f"{key}.log_r2"] = fits["linear_r2"], fits["log_r2"]
+        metrics[f"{key}.acceleration"] = fits["acceleration"]
         if method == "GA":
             metrics["ga.slope_ratio"] = fits["linear_slope"] / (eta * mean_sq_norm / np.sqrt(n_f))
         else:
