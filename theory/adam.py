@@ -15,7 +15,7 @@ Adam (beta1, beta2, eps; update lr m_hat / (sqrt(v_hat) + eps)), three regimes:
 1. early: v remembers the early, large gradients, the step shrinks with the weight, and the margin grows about
    logarithmically, like gradient descent's. It lasts ~1/(1 - beta2) steps, or longer when large first steps
    carried r to some r_1 far beyond regime 2's line: sqrt(v) then needs ~2 beta |r_1| / -ln(beta2) steps to
-   fall to the gradient 2 e^{beta r_1} (lr 1 and beta 2 at beta2 0.98: more than 1,500 steps).
+   fall to the gradient 2 e^{beta r_1}.
 2. late, eps negligible (``npo_adam_margin_rate``): if a token's logit fell at rate rho per step, its gradient
    would decay like e^{-beta rho t} (NPO: the sequence's r falls at |y| rho). v is an average over
    ~1/(1 - beta2) steps and can shrink at most by beta2 per step, so sqrt(v) at most by sqrt(beta2): a gradient
