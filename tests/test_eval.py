@@ -104,7 +104,7 @@ def test_eval_mia_refuses_bad_options(tofu_dir, tmp_path, capsys, argv, message)
     assert message in capsys.readouterr().err
 
 
-def test_eval_mia_end_to_end_with_priv_leak(tofu_dir, tmp_path):
+def test_eval_mia_end_to_end_with_priv_leak(tofu_dir, tmp_path, capsys):
     base = ["eval", "mia", "--model", "tiny", "--data", str(tofu_dir), "--device", "cpu", "--limit", "12"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "eval.json").read_text())
@@ -117,6 +117,10 @@ def test_eval_mia_end_to_end_with_priv_leak(tofu_dir, tmp_path):
                  "--attacks", "loss,min_k"]) == 0
     second = json.loads((tmp_path / "b" / "eval.json").read_text())
     assert second["metrics"]["mia.loss.priv_leak"] == 0.0  # the same model: no leakage relative to itself
+    other = [*base[:-1], "6", "--out", str(tmp_path / "x"), "--retain-logs", str(tmp_path / "a" / "eval.json")]
+    capsys.readouterr()
+    assert main(other) == 2 and not (tmp_path / "x" / "eval.json").exists()  # retain logs of other data (limit)
+    assert "was computed on other forget/holdout data" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "c"), "--reference-model", "tiny", "--attacks", "reference"]) == 0
     third = json.loads((tmp_path / "c" / "eval.json").read_text())
     assert third["metrics"] == {"mia.reference.auc": 0.5}  # the same model as its own reference: all scores 0

@@ -9,31 +9,21 @@ from unlearn.optim import AdamW, clip_gradients, lr_factor, make_optimizer
 from unlearn.train import TrainConfig, train
 
 
-@pytest.mark.parametrize("chunk_bytes", [AdamW.CHUNK_BYTES, 1])  # one group, or one parameter per group
-def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, monkeypatch, tiny_problem):
+@pytest.mark.parametrize("chunk_bytes, betas, eps", [
+    (AdamW.CHUNK_BYTES, (0.9, 0.999), 1e-8),  # one group, the defaults
+    (1, (0.9, 0.999), 1e-8),  # one parameter per group
+    (AdamW.CHUNK_BYTES, (0.8, 0.95), 1e-3),  # betas and eps as configured (TrainConfig.adam_betas, adam_eps)
+])
+def test_adamw_equals_torch_adamw_bitwise(chunk_bytes, betas, eps, monkeypatch, tiny_problem):
     """Our AdamW (no weight decay, no scales) follows torch.optim.AdamW exactly on the CPU, however the
-    parameters are grouped into chunks."""
+    parameters are grouped into chunks, and with the betas and eps it is given."""
     TinyLM, make_data, nll = tiny_problem
     monkeypatch.setattr(AdamW, "CHUNK_BYTES", chunk_bytes)
     inputs, labels = make_data()
     ours, theirs = TinyLM(), TinyLM()
-    train(ours, nll, lambda s: [(inputs, labels)], TrainConfig(steps=6, lr=0.05, optimizer="adamw", progress=False))
-    reference = torch.optim.AdamW(theirs.parameters(), lr=0.05, weight_decay=0.0)
-    for _ in range(6):
-        reference.zero_grad()
-        nll(theirs, (inputs, labels))["nll"].mean().backward()
-        reference.step()
-    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_adamw_with_configured_eps_and_beta2_equals_torch_adamw_bitwise(tiny_problem):
-    TinyLM, make_data, nll = tiny_problem
-    inputs, labels = make_data()
-    ours, theirs = TinyLM(), TinyLM()
-    cfg = TrainConfig(steps=6, lr=0.05, optimizer="adamw", adam_betas=(0.8, 0.95), adam_eps=1e-3, progress=False)
+    cfg = TrainConfig(steps=6, lr=0.05, optimizer="adamw", adam_betas=betas, adam_eps=eps, progress=False)
     train(ours, nll, lambda s: [(inputs, labels)], cfg)
-    reference = torch.optim.AdamW(theirs.parameters(), lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.0)
+    reference = torch.optim.AdamW(theirs.parameters(), lr=0.05, betas=betas, eps=eps, weight_decay=0.0)
     for _ in range(6):
         reference.zero_grad()
         nll(theirs, (inputs, labels))["nll"].mean().backward()

@@ -79,10 +79,18 @@ def lowest_fraction_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> 
     return torch.where(n > 0, total / m, torch.full_like(total, float("nan")))
 
 
+def _mean(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return token_logp.sum(-1) / mask.bool().sum(-1).clamp(min=1)
+
+
+def _z(logp: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """z_t = (log p(x_t) - mu_t) / sigma_t, and 0 where sigma_t = 0 (module docstring)."""
+    return torch.where(sigma > 0, (logp - mu) / sigma.clamp(min=torch.finfo(sigma.dtype).tiny), torch.zeros_like(mu))
+
+
 def loss_score(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(1/n) sum_t log p(x_t) per sequence: (B,)."""
-    token_logp, mask = token_logprobs(logits, labels, mask)
-    return token_logp.sum(-1) / mask.sum(-1).clamp(min=1)
+    return _mean(*token_logprobs(logits, labels, mask))
 
 
 def min_k(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
@@ -94,9 +102,7 @@ def min_k(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, k: flo
 def min_k_plus_plus(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
     """Min-K%++: the mean of each sequence's lowest k fraction of z_t = (log p(x_t) - mu_t) / sigma_t (module
     docstring); labels aligned with logits as in ``unlearn.logprobs``; one score per sequence, (B,)."""
-    logp, mu, sigma = token_logprob_moments(logits, labels, mask)
-    z = torch.where(sigma > 0, (logp - mu) / sigma.clamp(min=torch.finfo(sigma.dtype).tiny), torch.zeros_like(mu))
-    return lowest_fraction_mean(z, mask, k)
+    return lowest_fraction_mean(_z(*token_logprob_moments(logits, labels, mask)), mask, k)
 
 
 def zlib_score(mean_logp, texts: Sequence[str]) -> np.ndarray:
@@ -126,12 +132,15 @@ def mia_scores(model, data, texts: Sequence[str], attacks: Sequence[str], k: flo
 
     attacks = check_attacks(attacks, reference_model is not None)
     per_batch: dict[str, list[torch.Tensor]] = {"loss": [], "min_k": [], "min_k++": []}
-    for batch, logits in batched_logits(model, data, batch_size):
-        per_batch["loss"].append(loss_score(logits, batch.labels, batch.mask).cpu())
-        if "min_k" in attacks:
-            per_batch["min_k"].append(min_k(logits, batch.labels, batch.mask, k).cpu())
+    for batch, logits in batched_logits(model, data, batch_size):  # one log-softmax per batch for every attack
         if "min_k++" in attacks:
-            per_batch["min_k++"].append(min_k_plus_plus(logits, batch.labels, batch.mask, k).cpu())
+            logp, mu, sigma = token_logprob_moments(logits, batch.labels, batch.mask)
+            per_batch["min_k++"].append(lowest_fraction_mean(_z(logp, mu, sigma), batch.mask, k).cpu())
+        else:
+            logp, _ = token_logprobs(logits, batch.labels, batch.mask)
+        per_batch["loss"].append(_mean(logp, batch.mask).cpu())
+        if "min_k" in attacks:
+            per_batch["min_k"].append(lowest_fraction_mean(logp, batch.mask, k).cpu())
     found = {name: torch.cat(v).double().numpy() for name, v in per_batch.items() if v}
     found["zlib"] = zlib_score(found["loss"], texts)
     if reference_model is not None:
