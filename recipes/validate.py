@@ -89,7 +89,7 @@ from unlearn import tofu
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll, unlearning_losses
-from unlearn.metrics.ceiling import forget_ceiling
+from unlearn.metrics.ceiling import forget_ceiling, forget_head_growth, head_and_gain, late_slope_ratio
 from unlearn.metrics.collapse import CollapseMonitor, describe_collapse, vocab_size_of
 from unlearn.metrics.curves import acceleration_interval, rate_fits
 from unlearn.metrics.tokens import nll_per_token
@@ -122,10 +122,19 @@ PRECISION_MODES = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", 
                    "bf16": ("bf16", "bf16-autocast")}
 # name -> (the weights' dtype, unlearn.train precision: forward passes in float32 or under bf16 autocast)
 VALIDATED_METHODS = ("GA", "NPO", "SimNPO")
+UNLEARN_OPTIMIZERS = ("adamw", "sgd")  # unlearn.optim names
+FREEZABLE = ("head", "norm")  # the output head W and the final RMSNorm's gain g (theory.ceiling)
+CEILING_REACHED = 0.9  # GA's forget NLL has reached the ceiling when NLL / (C + log V) ends above this
+LATE_SLOPE_TOLERANCE = 0.25  # ga.late_slope_ratio passes when its interval meets [1 - this, 1 + this]
 ADAM_BETA2 = 0.999  # validate's AdamW (unlearn.train.TrainConfig's default betas): 1/(1 - beta2) = 1000 steps
 PREDICTIONS = {
     "ga.acceleration": "GA's forget NLL grows linearly in the step (NPO paper Thm. 2; under Adam too, as its "
-                       "gradient never shrinks, theory.adam): late/early slope ratio 1",
+                       "gradient never shrinks, theory.adam): late/early slope ratio 1, until it reaches the "
+                       "final-norm ceiling",
+    "ga.late_slope_ratio": "on the final-norm ceiling GA's forget NLL grows only as the optimizer grows the head and "
+                           "the norm's gain (theory.ceiling): late dNLL/dt over the predicted dC/dt (AdamW: "
+                           "lr (2 ||g * u*||_1 + ||(w_v* - w_y) * u*||_1) per token, SGD: lr times the gradient) "
+                           "is 1; with the head and gain frozen the NLL stops below C + log V (a plateau)",
     "npo.acceleration": "NPO's forget NLL slows down (log-like) while Adam's second moment remembers the early "
                         "gradients, t < 1/(1 - beta2) = 1000 steps here, and grows linearly after ~3/(1 - beta2) "
                         "(theory.adam): late/early slope ratio below 1, then 1",
@@ -139,7 +148,14 @@ PREDICTIONS = {
 }
 NOT_MEMORISED = "not applicable: the forget set was not memorised"
 VERDICTS = {  # how each prediction's verdict is read off the measurement m and the predicted value v
-    "ga.acceleration": "pass when m's 95% interval over the forget sequences contains v = 1",
+    "ga.acceleration": "below the ceiling (ga.nll_over_margin_ceiling.final < 0.9): pass when m's 95% interval over "
+                       "the forget sequences contains v = 1; on it, not applicable (ga.late_slope_ratio decides)",
+    "ga.late_slope_ratio": "on the ceiling (final NLL >= 0.9 C(t), C without log V): pass when m's 95% interval over "
+                           "the forget sequences meets [0.75, 1.25] (Adam's steps exceed lr while the gradients "
+                           "grow: m_hat / sqrt(v_hat) up to sqrt(1 + 2k / (1 - beta2)) at a growth k per step); "
+                           "frozen head and gain: pass when the late slope adds under 5% of C + log V over the "
+                           "late half (the NLL can only creep up within the bound); below the ceiling or without "
+                           "one, not applicable",
     "npo.acceleration": "early regime (v none): pass when m's 95% interval lies below 1; late (v = 1): pass when it "
                         "contains 1; a window across the crossover is undetermined",
     "npo.weight_step0_max_abs_dev_from_1": "pass when m <= 1e-3",
@@ -186,6 +202,8 @@ class ValidateConfig:
     seed: int = 0
     device: str = "auto"  # cuda when a GPU is visible, else cpu
     stop_on: str | None = None  # "collapse": end a method at its first collapsed evaluation (unlearn.metrics.collapse)
+    optimizer: str = "adamw"  # UNLEARN_OPTIMIZERS: the unlearning optimizer (memorising is always AdamW)
+    freeze: tuple[str, ...] = ()  # FREEZABLE parts kept fixed while unlearning: the output head, the final norm's gain
 
     def __post_init__(self):
         resolved = {}
@@ -219,6 +237,17 @@ class ValidateConfig:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(MODES)}")
         if self.stop_on not in (None, "collapse"):
             raise ValueError(f"unknown stop_on {self.stop_on!r}; valid: collapse (or none)")
+        if self.optimizer not in UNLEARN_OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(UNLEARN_OPTIMIZERS)}")
+        if self.optimizer == "sgd" and set(self.methods) != {"GA"}:
+            raise ValueError("--optimizer sgd runs GA only (--methods GA): the NPO and SimNPO predictions here are "
+                             "AdamW's (theory.adam)")
+        unknown = [part for part in self.freeze if part not in FREEZABLE]
+        if unknown:
+            raise ValueError(f"--freeze takes {', '.join(FREEZABLE)}; got {', '.join(map(repr, unknown))}")
+        if self.freeze and self.lora_rank is not None:
+            raise ValueError("--freeze applies to full fine-tuning: with --lora the head and the norm are already "
+                             "frozen")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank (--lora) must be >= 1, got {self.lora_rank}; leave it out (None) for "
                              "full fine-tuning without LoRA")
@@ -462,6 +491,7 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
     model = copy.deepcopy(memorised).to(cfg.device)
     if cfg.lora_rank:
         model = hf.add_lora(model, hf.LoraSpec(cfg.lora_rank, cfg.lora_alpha))
+    freeze(model, cfg.freeze)
     eval_forget, eval_retain = evaluation_sets(cfg, forget, retain)
     with torch.no_grad(), forward_precision(cfg.device, _precision(cfg)):  # as the loss and the evaluations run
         reference = make_reference(cfg.reference, model, forget)
@@ -472,7 +502,7 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
     forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "validate", method, "forget")
     retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "validate", method, "retain")
     losses = unlearning_losses(method, cfg.params(method), forget, retain, reference)
-    record = {"steps": [], "forget_logp": [], "retain_nll": [], "forget_ceiling": [],
+    record = {"steps": [], "forget_logp": [], "retain_nll": [], "forget_ceiling": [], "forget_head_growth": [],
               "reference_logp": reference_logp.tolist()}
 
     def evaluate(m, step):
@@ -480,22 +510,38 @@ def unlearn_method(memorised, method: str, forget, retain, cfg: ValidateConfig, 
         record["forget_logp"].append(batched_logprobs(m, eval_forget).tolist())
         record["retain_nll"].append(nll_per_token(m, eval_retain))
         record["forget_ceiling"].append(forget_ceiling(m, eval_forget))  # C(t) + log V per forget token, or None
+        # its predicted growth per step under GA (theory.ceiling), or None
+        record["forget_head_growth"].append(forget_head_growth(m, eval_forget, cfg.lr, cfg.optimizer, cfg.freeze))
         for key, value in (field(m) if field else {}).items():
             record.setdefault("eval", {}).setdefault(key, []).append(value)
         return {"retain_nll": record["retain_nll"][-1]}
 
     # the entropy (and collapse) on the evaluated retain sequences, under the steps' precision as every pass
     monitor = CollapseMonitor(evaluate, vocab_size_of(model), stop=cfg.stop_on == "collapse", data=eval_retain)
-    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="adamw", eval_every=cfg.eval_every, device=cfg.device,
+    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer=cfg.optimizer, eval_every=cfg.eval_every, device=cfg.device,
                      precision=_precision(cfg), progress=progress, name=f"validate {method}")
     history = train(model, losses, lambda step: [(forget_batches(step)[0], retain_batches(step)[0], None)], tc,
                     evaluate=monitor)
     record["entropy"] = history.evals["entropy"]
     if monitor.stopped_at is not None:  # the record ends at the last healthy evaluation
-        for key in ("steps", "forget_logp", "retain_nll", "forget_ceiling", "entropy"):
+        for key in ("steps", "forget_logp", "retain_nll", "forget_ceiling", "forget_head_growth", "entropy"):
             record[key] = record[key][:-1]
         record["eval"] = {key: values[:-1] for key, values in record.get("eval", {}).items()}
     return {**record, **monitor.summary()}
+
+
+def freeze(model, parts: tuple[str, ...]) -> None:
+    """Keep ``parts`` (FREEZABLE: "head", the output head W; "norm", the final RMSNorm's gain g) out of training;
+    a model without that final RMSNorm and bias-free head (``unlearn.metrics.ceiling.head_and_gain``) is refused."""
+    if not parts:
+        return
+    found = head_and_gain(model)
+    if found is None:
+        raise ValueError(f"--freeze {','.join(parts)} needs a model ending in an RMSNorm and a bias-free head "
+                         f"(Llama, Mistral, Qwen); {type(model).__name__} does not")
+    for part, weight in zip(FREEZABLE, found, strict=True):
+        if part in parts:
+            weight.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -515,8 +561,10 @@ def weights(method: str, logp, logp_ref, length, params: MethodParams) -> np.nda
     return forget_weights(method, params, SequenceStats(logp, length, logp_ref=logp_ref)).numpy()
 
 
-def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: float) -> tuple[dict, dict]:
-    """(metrics, curves) of one method (module docstring)."""
+def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: float,
+            log_vocab: float | None = None) -> tuple[dict, dict]:
+    """(metrics, curves) of one method (module docstring); ``log_vocab``, log V of the model's head, separates the
+    ceiling's C(t) from its log V (needed when the record has a ceiling)."""
     x = method.lower()
     steps = np.asarray(record["steps"], float)
     logp = np.asarray(record["forget_logp"], float)  # (evals, n)
@@ -538,9 +586,19 @@ def measure(method: str, record: dict, lengths, params: MethodParams, fit_from: 
         metrics[f"{x}.weight_step0_max_abs_dev_from_1"] = float(np.max(np.abs(w0 - 1)))
     ceiling = record.get("forget_ceiling") or [None]
     metrics[f"{x}.nll_over_ceiling.final"] = None if ceiling[-1] is None else float(nll[-1] / ceiling[-1])
+    growth = record.get("forget_head_growth")
+    margin = None if ceiling[-1] is None else ceiling[-1] - log_vocab  # C(t) alone, without log V
+    metrics[f"{x}.nll_over_margin_ceiling.final"] = None if margin is None else float(nll[-1] / margin)
+    if method == "GA":  # the head-growth prediction (theory.ceiling) over the late half of the fit window
+        ratio = late_slope_ratio(steps, (-logp / lengths).T, growth, steps[keep][0], weights=lengths)
+        metrics.update({f"{x}.late_slope_ratio": ratio["value"], f"{x}.late_slope_ratio.ci_low": ratio["ci_low"],
+                        f"{x}.late_slope_ratio.ci_high": ratio["ci_high"], f"{x}.late_slope": ratio["slope"],
+                        f"{x}.late_head_growth": ratio["predicted"]})
+        measured = None if margin is None else late_slope_ratio(steps, [ceiling], growth, steps[keep][0])
+        metrics[f"{x}.late_ceiling_slope"] = None if measured is None else measured["slope"]
     curves = {"steps": record["steps"], "fit_from": float(steps[keep][0]), "forget_nll": nll.tolist(),
               "retain_nll": record["retain_nll"], "forget_ceiling": record.get("forget_ceiling"),
-              "weights_start": w0.tolist(), "weights_end": w1.tolist()}
+              "forget_head_growth": growth, "weights_start": w0.tolist(), "weights_end": w1.tolist()}
     if "eval" in record:  # --eval: the field's metrics at every evaluation
         curves["eval"] = record["eval"]
     return metrics, curves
@@ -573,11 +631,48 @@ def predictions(metrics: dict, lengths, memorised: bool = True, fit_window=None)
               "simnpo.pearson_weight_length.step0": _pearson(1 / lengths, lengths),  # 2/|y| at equal lbar
               "ga.acceleration": 1.0, "npo.acceleration": 1.0 if regime == "late" else None}
     interval = lambda key: (metrics.get(f"{key}.ci_low"), metrics.get(f"{key}.ci_high"))
-    return {f"validate.{key}": {"value": values.get(key), "rule": rule,
-                                "verdict": verdict(key, metrics.get(key), values.get(key), interval(key), regime)
-                                if memorised else NOT_MEMORISED}
+    ceiling = ceiling_state(metrics)
+    values["ga.late_slope_ratio"] = 1.0 if ceiling == "reached" and metrics.get("ga.late_head_growth") else None
+
+    def judged(key):
+        if not memorised:
+            return NOT_MEMORISED
+        if key == "ga.acceleration" and ceiling == "reached":
+            return "not applicable: GA's forget NLL reached the final-norm ceiling (validate.ga.late_slope_ratio)"
+        if key == "ga.late_slope_ratio":
+            if ceiling != "reached":
+                return CEILING_NOT_APPLICABLE[ceiling]
+            if metrics.get("ga.late_head_growth") == 0:
+                return plateau_verdict(metrics, fit_window)
+        return verdict(key, metrics.get(key), values.get(key), interval(key), regime)
+
+    return {f"validate.{key}": {"value": values.get(key), "rule": rule, "verdict": judged(key)}
             for key, rule in PREDICTIONS.items()
             if any(k.startswith(key.split(".")[0] + ".") for k in metrics)}  # the methods that ran
+
+
+CEILING_NOT_APPLICABLE = {
+    "none": "not applicable: the model has no final RMSNorm and bias-free head (no ceiling)",
+    "below": "not applicable: GA's forget NLL is below the ceiling (validate.ga.acceleration decides)"}
+
+
+def ceiling_state(metrics: dict) -> str:
+    """Where GA's forget NLL ended against the final-norm ceiling: "none" (the model has none, or GA did not run),
+    "reached" (NLL >= CEILING_REACHED x C(t), the margin ceiling without log V: within 10% of the least NLL that
+    the worst hidden state guarantees), else "below"."""
+    ratio = metrics.get("ga.nll_over_margin_ceiling.final")
+    return "none" if ratio is None else "reached" if ratio >= CEILING_REACHED else "below"
+
+
+def plateau_verdict(metrics: dict, fit_window) -> str:
+    """A frozen head and gain (predicted growth 0): pass when the late slope times the late half of the fit window
+    adds at most 5% of the fixed bound C + log V (= final NLL / nll_over_ceiling.final): on the ceiling the NLL can
+    then only creep toward the bound, as the other tokens' margins fill in its log V."""
+    slope, end, share = (metrics.get(f"ga.{k}") for k in ("late_slope", "forget_nll_per_token.end",
+                                                           "nll_over_ceiling.final"))
+    if slope is None or end is None or not share or fit_window is None:
+        return "undetermined: the measurement is missing"
+    return "pass" if abs(slope) * (fit_window[1] - fit_window[0]) / 2 <= 0.05 * end / share else "fail"
 
 
 def verdict(key: str, measured, predicted, interval=(None, None), regime: str | None = "early") -> str:
@@ -586,13 +681,15 @@ def verdict(key: str, measured, predicted, interval=(None, None), regime: str | 
     if key == "npo.pearson_weight_length.step0":
         return "pass" if measured is None else "fail"
     low, high = interval
-    if key.endswith(".acceleration") and (low is None or high is None):
+    if (key.endswith(".acceleration") or key == "ga.late_slope_ratio") and (low is None or high is None):
         return "undetermined: the measurement is missing (too few evaluations, or no growth to compare)"
     if key == "npo.acceleration" and regime == "crossover":
         return "undetermined: the fit window spans Adam's crossover (theory.adam)"
     if measured is None:
         return "undetermined: the measurement is missing"
+    tolerance = LATE_SLOPE_TOLERANCE
     passed = {"ga.acceleration": lambda: low <= predicted <= high,
+              "ga.late_slope_ratio": lambda: low <= 1 + tolerance and high >= 1 - tolerance,
               "npo.acceleration": lambda: low <= 1 <= high if regime == "late" else high < 1,
               "npo.weight_step0_max_abs_dev_from_1": lambda: measured <= 1e-3,
               "simnpo.pearson_weight_length.step0": lambda: measured < 0}[key]()
@@ -613,7 +710,7 @@ def _key(cfg: ValidateConfig, stage: str) -> str:
         fields = {k: v for k, v in fields.items() if k not in ("methods", "steps", "lr", "npo_beta", "simnpo_beta",
                                                                 "eval_every", "lora_rank", "lora_alpha",
                                                                 "reference", "batch_size", "stop_on", "eval",
-                                                                "retain_logs")}
+                                                                "retain_logs", "optimizer", "freeze")}
         fields["memorise_batch_size"] = memorise_batch_size(cfg)
     text = json.dumps({"stage": stage, "format": CHECKPOINT_FORMAT, **fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -768,11 +865,14 @@ def _run_validate(cfg: ValidateConfig, out: Path, ckpt: Path, progress: bool | N
         except NonFiniteLossError as err:
             keep_failure(err, method, cfg, out, memorised={**memorised, **judged}, metrics=metrics)
             raise
-        found, curves[method] = measure(method, record, lengths, cfg.params(method), cfg.fit_from)
+        found, curves[method] = measure(method, record, lengths, cfg.params(method), cfg.fit_from,
+                                        math.log(vocab_size_of(model)))
         x = method.lower()
         report(f"{method}: {cfg.steps} steps{_took(record)}; forget NLL per token "
                f"{found[f'{x}.forget_nll_per_token.start']:.3g} -> {found[f'{x}.forget_nll_per_token.end']:.3g}; "
                f"{describe_collapse(record)}")
+        if method == "GA" and curves[method]["forget_ceiling"] and curves[method]["forget_ceiling"][-1] is not None:
+            report(describe_ceiling(found, curves[method]))
         metrics.update({f"validate.{k}": v for k, v in found.items()})
         metrics[f"validate.{x}.collapsed_at_step"] = record["collapsed_at_step"]
         seconds[method] = record.get("seconds")
@@ -794,6 +894,18 @@ def _run_validate(cfg: ValidateConfig, out: Path, ckpt: Path, progress: bool | N
     if warning:
         report(warning)  # again, last: the verdicts above do not apply
     return doc
+
+
+def describe_ceiling(found: dict, curve: dict) -> str:
+    """One line: GA's forget NLL against the final-norm ceiling C(t) + log V, and its late slope against the
+    head-growth prediction (n/a where a number is missing: too few late evaluations, a frozen head)."""
+    show = lambda value: "n/a" if value is None else f"{value:.3g}"
+    ceiling = curve["forget_ceiling"]
+    return (f"GA against the final-norm ceiling: C(t) + log V {ceiling[0]:.3g} -> {ceiling[-1]:.3g}, NLL / C(t) "
+            f"{show(found['ga.nll_over_margin_ceiling.final'])} at the end; late dNLL/dt "
+            f"{show(found['ga.late_slope'])}, predicted dC/dt {show(found['ga.late_head_growth'])}, ratio "
+            f"{show(found['ga.late_slope_ratio'])} (95% {show(found['ga.late_slope_ratio.ci_low'])} to "
+            f"{show(found['ga.late_slope_ratio.ci_high'])})")
 
 
 def write_report(doc: dict, out: Path) -> None:
@@ -826,6 +938,11 @@ def plot(doc: dict):
         lin, log = (m[f"validate.{x}.{k}_r2"] for k in ("linear", "log"))
         r2 = "" if lin is None else f"R^2 lin {lin:.3f}, log {log:.3f}"
         axes[0].plot(c["steps"], c["forget_nll"], color=color, label=f"{method}: {r2}")
+        if method == "GA" and c.get("forget_ceiling") and None not in c["forget_ceiling"]:
+            ratio = m.get("validate.ga.late_slope_ratio")
+            late = "" if ratio is None else f"; late slope / predicted {ratio:.2f}"
+            axes[0].plot(c["steps"], c["forget_ceiling"], color=color, ls="--", lw=1,
+                         label=f"GA's ceiling C(t) + log V{late}")
         axes[0].axvline(c["fit_from"], color="0.6", lw=0.7, ls=":")
         axes[3].plot(c["steps"], c["retain_nll"], color=color, label=method)
         if method != "GA":
@@ -841,7 +958,7 @@ def plot(doc: dict):
     axes[3].set_ylabel("retain NLL per token")
     axes[0].legend(fontsize=7)
     axes[3].legend(fontsize=7)
-    panel_label(axes[0], "(a) forget NLL; fits right of the dotted line")
+    panel_label(axes[0], "(a) forget NLL (dashed: GA's ceiling); fits right of the dotted line")
     panel_label(axes[1], "(b) NPO weights (predicted: all 1 at step 0)")
     panel_label(axes[2], "(c) SimNPO weights (predicted: ~ 1/|y|)")
     panel_label(axes[3], "(d) retain drift")

@@ -15,9 +15,10 @@ and ``mean_std`` (an ensemble's per-member History into curves, and their mean a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import numpy as np
 from unlearn.config import apply_overrides, config_dict
 from unlearn.io import atomic_write, environment, to_jsonable, writable_dir
 from unlearn.objectives import MethodParams, get_method
+from unlearn.optim import OPTIMIZERS
+from unlearn.train import TrainConfig
 
 
 @dataclass
@@ -113,3 +116,45 @@ def mean_std(curves: Any) -> dict[str, list[float]]:
     """{"mean", "std"} over replicates of curves (one row per replicate, one column per evaluated step)."""
     values = np.asarray(curves, dtype=float)
     return {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
+
+
+@dataclass(frozen=True)
+class UnlearningOptimizer:
+    """The optimizer of an experiment's unlearning runs (``unlearn.optim``), as config fields every toy
+    experiment's Config inherits, so that ``--set optimizer=...`` works on each and the figure JSON records it:
+
+        optimizer "sgd":     p -= lr g                                             (plain gradient descent)
+        optimizer "adamw":   p -= lr m_hat / (sqrt(v_hat) + adam_eps),  betas (0.9, adam_beta2)
+        optimizer "signsgd": p -= lr sign(g)
+
+    The default here is gradient descent, the optimizer of the NPO paper's Theorem 2 and synthetic experiments
+    (App. D); the Markov and TOFU-like toys default to AdamW (``sims.markov.UnlearningSetup``,
+    ``sims.experiments.tofu_toy.Config``). Only the unlearning runs read these fields: pretrained, reference and
+    retrained models keep the optimizer they were cached under. adam_beta2 and adam_eps away from their defaults
+    are refused unless optimizer is adamw, so that no option is silently ignored. A subclass calls
+    ``check_optimizer`` from its ``__post_init__``.
+    """
+
+    optimizer: str = "sgd"
+    adam_beta2: float = TrainConfig.adam_betas[1]
+    adam_eps: float = TrainConfig.adam_eps
+
+    def check_optimizer(self) -> None:
+        """Refuse an unknown optimizer (listing the valid ones), adam_beta2 outside (0, 1), a negative or
+        non-finite adam_eps, and either Adam field away from its default under another optimizer."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if not 0 < self.adam_beta2 < 1:
+            raise ValueError(f"adam_beta2 must lie in (0, 1), got {self.adam_beta2!r}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps >= 0):
+            raise ValueError(f"adam_eps must be a finite number >= 0, got {self.adam_eps!r}")
+        if self.optimizer != "adamw":
+            for adam_field in fields(UnlearningOptimizer)[1:]:
+                if getattr(self, adam_field.name) != adam_field.default:
+                    raise ValueError(f"{adam_field.name} applies only to optimizer=adamw, got "
+                                     f"optimizer={self.optimizer}")
+
+    def train_options(self) -> dict[str, Any]:
+        """The ``unlearn.train.TrainConfig`` fields these set: optimizer, adam_betas (0.9, adam_beta2), adam_eps."""
+        return {"optimizer": self.optimizer, "adam_betas": (TrainConfig.adam_betas[0], self.adam_beta2),
+                "adam_eps": self.adam_eps}

@@ -237,19 +237,24 @@ def evaluator(data: LogisticData, ref: LogisticHead, retr: LogisticHead):
 
 def unlearn(runs: list[Run], worlds: list[LogisticData], theta_ref: torch.Tensor, theta_retr: torch.Tensor,
             steps: int, eval_every: int, progress: bool | None = None, name: str = "unlearn",
-            eval_at: tuple[int, ...] = (), evaluate=None) -> History:
+            eval_at: tuple[int, ...] = (), evaluate=None, optimizer: str = TrainConfig.optimizer,
+            adam_betas: tuple[float, float] = TrainConfig.adam_betas,
+            adam_eps: float = TrainConfig.adam_eps) -> History:
     """Train every run on every world from that world's pi_ref, side by side; metrics every ``eval_every``.
 
     The History's evals hold one value per member, member m = world * len(runs) + run. Each member's
     trajectory equals the same run trained alone (tests/test_logistic.py): members share no parameters,
     and each has its own learning rate. ``eval_at`` adds evaluation steps (e.g. a log-spaced grid);
     ``evaluate`` (model, step) -> {name: one value per member} replaces the NPO paper's metrics (``evaluator``).
+    ``optimizer``, ``adam_betas``, ``adam_eps``: ``unlearn.train.TrainConfig``'s (default: gradient descent;
+    ``UnlearningOptimizer.train_options`` gives them from a config).
     """
     k = len(runs)
     data = LogisticData.stack(worlds)
     ref, retr, model = _head(theta_ref, k), _head(theta_retr, k), _head(theta_ref, k)
     lr = torch.tensor([run.lr for run in runs], dtype=theta_ref.dtype).repeat(len(worlds), 1).unsqueeze(-1)
-    cfg = TrainConfig(steps=steps, lr=1.0, eval_every=eval_every, eval_at=tuple(eval_at), precision="float64",
+    cfg = TrainConfig(steps=steps, lr=1.0, optimizer=optimizer, adam_betas=adam_betas, adam_eps=adam_eps,
+                      eval_every=eval_every, eval_at=tuple(eval_at), precision="float64",
                       device=str(theta_ref.device), progress=progress, name=name)
     return train(model, unlearning_losses(runs, data, ref), lambda step: [None], cfg,
                  evaluate=evaluate or evaluator(data, ref, retr), lr_scale={"theta": lr})

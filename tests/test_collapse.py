@@ -1,15 +1,18 @@
-"""unlearn.metrics.collapse and unlearn.io.failed_record: the collapse rule on hand values, the output entropy of models
-whose answer is known (zero logits: log V; all mass on one token: 0), the monitor ending a real run at its first
-collapsed evaluation with the weights of the one before kept, GA at lr 1e6 on the tiny Hugging Face model named
-uniform after one step (finite loss, so the loop itself sees nothing), and the failed-run record."""
+"""unlearn.metrics.collapse and unlearn.io.failed_record: the collapse rule on hand values, the output entropy of
+models whose answer is known (zero logits: log V; all mass on one token: 0), the monitor ending a real run at its
+first collapsed evaluation with the weights of the one before kept, GA at lr 1e6 on the tiny Hugging Face model
+named uniform after one step (finite loss, so the loop itself sees nothing), and the failed-run record. Then the
+collapse experiment's rate claims on its fast preset, decided by intervals over seeds, and their refutation."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from sims.experiments import collapse as experiment
 from unlearn import data as D
 from unlearn.ensemble import Ensemble
 from unlearn.io import failed_record, to_jsonable, write_failed
@@ -303,3 +306,48 @@ def test_the_failed_record_keeps_the_history_config_and_error(tmp_path):
     other = failed_record({}, ValueError("bad"), history={"loss": [1.0]})
     assert other["step"] is None and other["terms"] is None and other["history"] == {"loss": [1.0]}
     assert failed_record({}, ValueError("bad"))["history"] is None
+
+
+# ------------------------------------------------------------------ the collapse experiment: rate claims over seeds
+
+
+@pytest.fixture(scope="module")
+def collapse_doc(fast_figure):
+    return fast_figure("collapse")
+
+
+def _intervals_on(doc, curves_of: dict[str, str]) -> dict:
+    """The metrics with each method's rate intervals measured on another method's seed curves
+    (curves_of[method] = the method whose forget-NLL curves it gets)."""
+    cfg, methods, metrics = doc["config"], doc["series"]["methods"], dict(doc["metrics"])
+    for method, source in curves_of.items():
+        m = methods[source]
+        found = experiment.seed_intervals(m["steps"], np.asarray(m["seeds"]["forget_nll"], float), cfg["fit_from"],
+                                          cfg["steps"], seed=0)
+        metrics.update({f"{method.lower()}.forget_nll_{k}": v for k, v in found.items()})
+    return metrics
+
+
+def test_the_collapse_rate_claims_hold_by_their_intervals_over_seeds(collapse_doc):
+    """Over >= 5 batch orders per method: GA's forget-NLL late/early slope ratio has a 95% interval above 1
+    (accelerating), NPO's and SimNPO's below 1 (slowing down); every rate statistic lies inside its own interval,
+    and the local growth exponents come with intervals in every window."""
+    m = collapse_doc["metrics"]
+    assert collapse_doc["config"]["seeds"] >= 5
+    checks = experiment.claim_checks(m)
+    assert all(checks.values()), checks
+    windows = experiment.growth_windows(collapse_doc["config"]["fit_from"], collapse_doc["config"]["steps"])
+    for x in ("ga", "npo", "simnpo"):
+        names = ["acceleration", "growth_exponent", "late_slope"] + [f"growth_exponent.t{a}-{b}" for a, b in windows]
+        for key in (f"{x}.forget_nll_{name}" for name in names):
+            assert m[f"{key}.ci_low"] <= m[key] <= m[f"{key}.ci_high"], key
+    assert len(collapse_doc["series"]["methods"]["GA"]["seeds"]["forget_nll"]) == collapse_doc["config"]["seeds"]
+
+
+def test_the_collapse_claims_fail_on_curves_that_contradict_them(collapse_doc):
+    """The same checks on swapped curves: GA's claim measured on NPO's seeds fails, NPO's and SimNPO's measured on
+    GA's fail; swapping a method with itself changes nothing."""
+    swapped = experiment.claim_checks(_intervals_on(collapse_doc, {"GA": "NPO", "NPO": "GA", "SimNPO": "GA"}))
+    assert not any(swapped.values()), swapped
+    same = _intervals_on(collapse_doc, {"GA": "GA"})
+    assert same["ga.forget_nll_acceleration.ci_low"] == collapse_doc["metrics"]["ga.forget_nll_acceleration.ci_low"]

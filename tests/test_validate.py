@@ -19,7 +19,10 @@ KEYS = {"validate.ga.linear_r2", "validate.ga.log_r2", "validate.npo.log_r2", "v
         "validate.ga.acceleration", "validate.npo.acceleration", "validate.ga.acceleration.ci_low",
         "validate.npo.weight_step0_max_abs_dev_from_1", "validate.npo.pearson_weight_length.step0",
         "validate.simnpo.pearson_weight_length.step0", "validate.ga.retain_nll_drift",
-        "validate.npo.retain_nll_drift", "validate.simnpo.retain_nll_drift"}
+        "validate.npo.retain_nll_drift", "validate.simnpo.retain_nll_drift", "validate.ga.late_slope_ratio",
+        "validate.ga.late_slope_ratio.ci_low", "validate.ga.late_slope_ratio.ci_high", "validate.ga.late_slope",
+        "validate.ga.late_head_growth", "validate.ga.nll_over_ceiling.final",
+        "validate.ga.nll_over_margin_ceiling.final"}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +84,115 @@ def test_every_evaluation_records_the_final_norm_ceiling(first):
         assert all(nll <= c for nll, c in zip(curves["forget_nll"], curves["forget_ceiling"], strict=True))
         assert doc["metrics"][f"validate.{x}.nll_over_ceiling.final"] == pytest.approx(
             curves["forget_nll"][-1] / curves["forget_ceiling"][-1], rel=1e-12)
+
+
+def _theory_at_step0(out, lr: float, optimizer: str = "adam") -> tuple[float, float]:
+    """(C + log V, predicted growth per step) of theory.ceiling on the tiny model memorised in ``out``'s checkpoint
+    (every method's model at step 0), averaged over the markov forget tokens, each token weighing its occurrences
+    over the sequences in GA's loss."""
+    from safetensors.torch import load_file
+
+    from theory import ceiling as theory
+    from unlearn.models import hf
+
+    model = hf.load_model(validate.ValidateConfig(model="tiny", device="cpu").model_spec(validate.N_STATES + 2))
+    model.load_state_dict(load_file(str(next((out / "validate.ckpt").glob("memorised-*")) / "model.safetensors")))
+    W, g = (t.detach().double().numpy() for t in (model.lm_head.weight, model.model.norm.weight))
+    forget, _, _, _ = validate.task_data(validate.ValidateConfig(model="tiny"), report=None)
+    ys, counts = np.unique(forget.labels[forget.mask.bool()].numpy(), return_counts=True)
+    mean = lambda per_token: float(np.sum(per_token * counts) / counts.sum())
+    return (mean(theory.nll_ceiling(W, g, ys)),
+            mean(theory.head_growth_rate(W, g, ys, counts / len(forget), lr, optimizer)))
+
+
+def _with_memorised(out, dest):
+    """``dest`` with a copy of ``out``'s memorised checkpoint (and none of its methods'), returned."""
+    folder = next((out / "validate.ckpt").glob("memorised-*"))
+    shutil.copytree(folder, dest / "validate.ckpt" / folder.name)
+    return dest
+
+
+def test_the_recorded_ceiling_and_its_growth_are_theorys_on_the_models_weights(first):
+    """At step 0 every method's model is the memorised one: the recorded C(0) + log V and the predicted growth
+    are theory.ceiling's nll_ceiling and head_growth_rate (AdamW at the run's lr, each token weighing its
+    occurrences over the sequences) on its lm_head and final norm, averaged over the evaluated forget tokens."""
+    out, doc = first
+    ceiling, growth = _theory_at_step0(out, doc["config"]["lr"])
+    for method in ("GA", "NPO", "SimNPO"):
+        assert doc["curves"][method]["forget_ceiling"][0] == pytest.approx(ceiling, rel=1e-5)
+        assert doc["curves"][method]["forget_head_growth"][0] == pytest.approx(growth, rel=1e-4)
+
+
+def test_gas_ceiling_metrics_follow_from_its_curves(first, tmp_path):
+    """late dNLL/dt is the least-squares slope of the forget NLL per token over the late half of the fit window
+    (20 steps, an evaluation every 2: steps 12 to 20), the predicted growth the mean of the recorded rates there,
+    the ratio theirs, inside its bootstrap interval; NLL / C(t) takes log V (V = 12 for tiny on markov) off the
+    last recorded ceiling."""
+    out = _with_memorised(first[0], tmp_path)
+    assert main([*ARGS, "--methods", "GA", "--steps", "20", "--set", "eval_every=2", "--out", str(out)]) == 0
+    doc = json.loads((out / "validate.json").read_text())
+    c, m = doc["curves"]["GA"], doc["metrics"]
+    steps = np.asarray(c["steps"], float)
+    late = steps >= (c["fit_from"] + steps[-1]) / 2
+    assert m["validate.ga.late_slope"] == pytest.approx(np.polyfit(steps[late], np.asarray(c["forget_nll"])[late],
+                                                                   1)[0], rel=1e-6)
+    assert m["validate.ga.late_head_growth"] == pytest.approx(np.mean(np.asarray(c["forget_head_growth"])[late]))
+    ratio = m["validate.ga.late_slope_ratio"]
+    assert ratio == pytest.approx(m["validate.ga.late_slope"] / m["validate.ga.late_head_growth"], rel=1e-9)
+    assert m["validate.ga.late_slope_ratio.ci_low"] <= ratio <= m["validate.ga.late_slope_ratio.ci_high"]
+    assert m["validate.ga.nll_over_margin_ceiling.final"] == pytest.approx(
+        c["forget_nll"][-1] / (c["forget_ceiling"][-1] - math.log(12)), rel=1e-12)
+    assert "validate.npo.late_slope_ratio" not in m  # the head-growth prediction is GA's
+
+
+def test_a_frozen_head_and_norm_keep_the_ceiling_fixed(first, tmp_path):
+    """--freeze head,norm: the head and the gain never move, so C(t) + log V is the same at every evaluation and
+    the predicted growth is 0; --optimizer sgd is recorded and predicts SGD's rate (theory.ceiling, lr times the
+    gradient). Both start from the first run's memorised model (its key ignores both options)."""
+    out, doc = first
+    frozen = _with_memorised(out, tmp_path / "frozen")
+    assert main([*ARGS, "--methods", "GA", "--freeze", "head,norm", "--out", str(frozen)]) == 0
+    curve = json.loads((frozen / "validate.json").read_text())["curves"]["GA"]
+    assert curve["forget_nll"][-1] > curve["forget_nll"][0]  # GA still moved the layers below
+    assert len(set(curve["forget_ceiling"])) == 1 and set(curve["forget_head_growth"]) == {0.0}
+    sgd = _with_memorised(out, tmp_path / "sgd")
+    assert main([*ARGS, "--methods", "GA", "--optimizer", "sgd", "--lr", "0.01", "--out", str(sgd)]) == 0
+    ran = json.loads((sgd / "validate.json").read_text())
+    assert ran["config"]["optimizer"] == "sgd"
+    sgd_rate = _theory_at_step0(out, 0.01, "sgd")[1]
+    assert ran["curves"]["GA"]["forget_head_growth"][0] == pytest.approx(sgd_rate, rel=1e-4)
+    adam_rate = doc["curves"]["GA"]["forget_head_growth"][0] / doc["config"]["lr"]  # per unit lr
+    assert abs(sgd_rate / 0.01 / adam_rate - 1) > 0.1  # the two rules differ here
+
+
+def _ga_metrics(ratio, interval, nll_over_c=0.95, growth=0.01, slope=0.01, end=40.0):
+    low, high = interval
+    return {"ga.acceleration": 1.4, "ga.acceleration.ci_low": 1.3, "ga.acceleration.ci_high": 1.5,
+            "ga.nll_over_margin_ceiling.final": nll_over_c, "ga.late_slope_ratio": ratio,
+            "ga.late_slope_ratio.ci_low": low, "ga.late_slope_ratio.ci_high": high, "ga.late_head_growth": growth,
+            "ga.late_slope": slope, "ga.forget_nll_per_token.end": end, "ga.nll_over_ceiling.final": 0.9}
+
+
+def test_gas_verdict_on_the_ceiling_follows_the_head_growth_prediction():
+    """On the ceiling (NLL >= 0.9 C) GA is judged by its late slope over the predicted head growth: an interval
+    meeting [0.75, 1.25] passes, one at 1.6-1.9 (a curve growing faster than the head can carry it) or at 0.2-0.4
+    (one that stalls under a growing head) fails, and the acceleration is not applicable. Below the ceiling the
+    acceleration decides (here convex: fail) and the ratio is not applicable; without a ceiling (None) likewise.
+    With the head and gain frozen (growth 0; C + log V = 40 / 0.9 = 44.4) a late slope adding 3 nats over the
+    late half (120 steps) fails, 2 passes (5% of 44.4 is 2.2)."""
+    lengths, window = [20, 5], (60.0, 300.0)
+    judge = lambda metrics, key: validate.predictions(metrics, lengths, True, window)[f"validate.ga.{key}"][
+        "verdict"]
+    assert judge(_ga_metrics(1.05, (0.9, 1.2)), "late_slope_ratio") == "pass"
+    assert judge(_ga_metrics(1.05, (0.9, 1.2)), "acceleration").startswith("not applicable")
+    assert judge(_ga_metrics(1.75, (1.6, 1.9)), "late_slope_ratio") == "fail"
+    assert judge(_ga_metrics(0.3, (0.2, 0.4)), "late_slope_ratio") == "fail"
+    below = _ga_metrics(1.75, (1.6, 1.9), nll_over_c=0.5)
+    assert judge(below, "acceleration") == "fail" and judge(below, "late_slope_ratio").startswith("not applicable")
+    none = _ga_metrics(None, (None, None), nll_over_c=None, growth=None)
+    assert judge(none, "acceleration") == "fail" and "no final RMSNorm" in judge(none, "late_slope_ratio")
+    assert judge(_ga_metrics(None, (None, None), growth=0.0, slope=3 / 120), "late_slope_ratio") == "fail"
+    assert judge(_ga_metrics(None, (None, None), growth=0.0, slope=2 / 120), "late_slope_ratio") == "pass"
 
 
 def test_verdicts_of_memorised_data_follow_their_rules(first):
@@ -153,6 +265,10 @@ def test_validate_on_jsonl_files(tmp_path):
     (["validate", "--set", "eval_limit=0"], "eval_limit must be >= 1 (or None: evaluate every sequence), got 0"),
     (["validate", "--set", "memorise_nll=0"], "memorise_nll must be a finite number > 0"),
     (["validate", "--set", "memorised_within=-1"], "memorised_within must be a finite number > 0"),
+    (["validate", "--set", "optimizer=adam"], "unknown optimizer 'adam'; valid: adamw, sgd"),
+    (["validate", "--optimizer", "sgd"], "--optimizer sgd runs GA only (--methods GA)"),
+    (["validate", "--freeze", "head,bias"], "--freeze takes head, norm; got 'bias'"),
+    (["validate", "--freeze", "head", "--lora", "4"], "--freeze applies to full fine-tuning"),
 ])
 def test_bad_validate_arguments(argv, message, capsys, tmp_path):
     """Refused at config time, before any data is read or anything is written."""

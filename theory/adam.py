@@ -16,6 +16,27 @@ Adam (beta1, beta2, eps; update lr m_hat / (sqrt(v_hat) + eps)), three regimes:
    logarithmically, like gradient descent's. It lasts ~1/(1 - beta2) steps, or longer when large first steps
    carried r to some r_1 far beyond regime 2's line: sqrt(v) then needs ~2 beta |r_1| / -ln(beta2) steps to
    fall to the gradient 2 e^{beta r_1}.
+   The crossover to regime 2, in closed form. Write s_t = -dr/dt for the margin's rate, lambda = -ln(beta2) and
+   g = 2 e^{beta r} for the gradient. Once the steps are far below lr, v is fed by gradients much smaller than
+   those it remembers, so v ~ beta2^t v_0 and v_hat = v / (1 - beta2^t); with beta1's lag neglected the step
+   s = lr g / sqrt(v_hat) then obeys d ln s / dt = d ln g / dt - (1/2) d ln v_hat / dt, that is
+
+       ds/dt = beta s (rho_seq / (1 - beta2^t) - s),      rho_seq = lambda / (2 beta),
+
+   a Bernoulli equation: with mu(t) = sqrt(e^{lambda t} - 1), 1/s = (C + beta int_0^t mu) / mu. C carries the
+   memory of the first, full steps; its share decays like t^{-3/2}, and C = 0 gives a curve free of lr and beta
+   (``npo_adam_rate_profile``; q = mu(t), x = lambda t):
+
+       s / rho_seq = q / (q - arctan q),     r_0 - r_t = (1/beta) ln(F(x) / F(x_0)),   F(x) = q - arctan q,
+
+   3 / (2 beta t) early (r falls like (3 / (2 beta)) ln t: log-like), rho_seq (1 + (pi/2) e^{-x/2}) late: the rate
+   comes down onto regime 2's from above. Crossover, defined so that a curve can measure it: the first step after
+   which the rate stays within ``within`` of rho_seq. Its prediction (``npo_adam_crossover_step``) solves
+   q / (q - arctan q) = 1 + within: x_c = 5.62 for 10%, 3.96 for 25%, i.e. t_c = x_c / -ln(beta2) ~
+   x_c / (1 - beta2) steps, the same for every beta and lr. C != 0 moves it: the rate becomes
+   q / (rho_seq C + q - arctan q) of rho_seq, so a C > 0 (the first steps carried r far: a large beta lr) delays
+   it, by about (2 / lambda) ln(rho_seq C) when large, and makes the rate approach rho_seq from below. C's sign
+   and size are set by the first, full steps, which this derivation does not model.
 2. late, eps negligible (``npo_adam_margin_rate``): if a token's logit fell at rate rho per step, its gradient
    would decay like e^{-beta rho t} (NPO: the sequence's r falls at |y| rho). v is an average over
    ~1/(1 - beta2) steps and can shrink at most by beta2 per step, so sqrt(v) at most by sqrt(beta2): a gradient
@@ -35,7 +56,10 @@ Adam (beta1, beta2, eps; update lr m_hat / (sqrt(v_hat) + eps)), three regimes:
    Theorem 2). It starts when the gradient 2 e^{beta r} meets eps: ``adam_eps_onset_step``.
 
 Sign descent (update lr sign(g)): every token's logit moves by lr per step for GA and NPO alike (a unit feature;
-lr ||x||_1 for a general one): linear, ``sign_descent_rate``.
+lr ||x||_1 for a general one): linear, ``sign_descent_rate``. With shared features X every coordinate moves by lr
+along sign(X^T w), w the samples' gradient weights, and the distance grows at lr ||X sign(X^T w)||
+(``sign_descent_distance_rate``; for n_f Gaussian rows x_i ~ N(0, I_d / d) about lr sqrt(2 d / pi + n_f)).
+Adam on GA moves the same way, since a gradient that stops changing gives m_hat / sqrt(v_hat) -> sign(g).
 
 Limits: orthogonal features (shared features couple the samples, as Theorem 2's M does), beta1 < 1 changes
 nothing in regime 2 (m follows g with the same decay), eps -> 0 for regime 2, and lr above the rate it predicts.
@@ -45,6 +69,7 @@ tests/test_theory_adam.py checks each rate against simulations with ``unlearn.op
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import brentq
 
 
 def _check(beta: float, beta2: float) -> None:
@@ -103,3 +128,82 @@ def sign_descent_rate(lr: float, feature=1.0) -> float:
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     return lr * float(np.abs(np.asarray(feature, dtype=np.float64)).sum())
+
+
+def late_time_to_fall(method: str, beta: float, beta2: float, length, drop) -> np.ndarray:
+    """drop / ``per_token_adam_rate``: the steps a sequence's token logits (and so its mean token log-likelihood
+    lbar, once log sigma(z) ~ z) take to fall a further ``drop`` >= 0 in regime 2 (eps negligible, lr well above
+    the rate, past the early regime), per sequence length:
+
+        NPO:    |y| drop / rho_seq   (grows linearly with |y|)        SimNPO:  drop / rho_seq   (the same for all |y|)
+
+    with rho_seq = -ln(beta2) / (2 beta). Under gradient descent NPO's time to a target FALLS with |y| while
+    beta |y| |target| < 2 (``theory.allocation.npo_fastest_length``): Adam removes that advantage (its first
+    steps have size ~lr whatever the gradient) and, for deep targets, reverses it. The time to a target also
+    includes the early regime, which this does not model. The rates hold as well when a sequence's tokens share
+    one coordinate (``sims.speed``): Adam's step does not see the factor |y| that the shared coordinate puts in
+    the gradient, and the gradient's decay rate is the same."""
+    drop = np.asarray(drop, dtype=np.float64)
+    if np.any(drop < 0):
+        raise ValueError(f"drop must be >= 0, got {drop.tolist()}")
+    return drop / per_token_adam_rate(method, beta, beta2, length)
+
+
+def _memory_integral(x: np.ndarray) -> np.ndarray:
+    """F(x) = q - arctan q with q = sqrt(e^x - 1): half of int_0^x sqrt(e^u - 1) du (module docstring, regime 1)."""
+    q = np.sqrt(np.expm1(x))
+    return q - np.arctan(q)
+
+
+def npo_adam_rate_profile(t, beta2: float) -> np.ndarray:
+    """s_t / rho_seq = q / (q - arctan q), q = sqrt(beta2^{-t} - 1): the margin's rate under Adam relative to
+    regime 2's, from the log-like start (3 / (2 beta t), i.e. 3 / (lambda t) of rho_seq) down onto rho_seq, for
+    the memory-dominated second moment with C = 0 (module docstring, regime 1); the same for every beta and lr.
+    t > 0 (steps, float)."""
+    _check(1.0, beta2)
+    x = -np.log(beta2) * np.asarray(t, dtype=np.float64)
+    if np.any(x <= 0):
+        raise ValueError("npo_adam_rate_profile needs t > 0")
+    q = np.sqrt(np.expm1(x))
+    return q / (q - np.arctan(q))
+
+
+def npo_adam_window_rate(t0: float, t1: float, beta: float, beta2: float) -> float:
+    """(r_{t0} - r_{t1}) / (t1 - t0) = ln(F(lambda t1) / F(lambda t0)) / (beta (t1 - t0)): the margin's mean rate
+    over the steps [t0, t1] on the same C = 0 curve (module docstring), which tends to rho_seq once lambda t0 >> 1;
+    0 < t0 < t1."""
+    _check(beta, beta2)
+    if not 0 < t0 < t1:
+        raise ValueError(f"the window needs 0 < t0 < t1, got {t0}, {t1}")
+    lam = -np.log(beta2)
+    return float(np.log(_memory_integral(lam * t1) / _memory_integral(lam * t0)) / (beta * (t1 - t0)))
+
+
+def npo_adam_crossover_step(beta2: float, within: float = 0.1) -> float:
+    """t_c = x_c / -ln(beta2) (~ x_c / (1 - beta2)): the first step after which the margin's rate under Adam stays
+    within ``within`` (relative) of regime 2's rate rho_seq, x_c solving q / (q - arctan q) = 1 + within
+    (5.62 for 0.1, 3.96 for 0.25). From the C = 0 curve (module docstring): the same for every beta and lr,
+    valid when the first, full steps did not carry the margin far (C > 0 delays it); 0 < within < 1."""
+    _check(1.0, beta2)
+    if not 0 < within < 1:
+        raise ValueError(f"within must lie in (0, 1), got {within}")
+    # q / (q - arctan q) falls monotonically from infinity (q -> 0) to 1 (q -> infinity): bracket the root
+    excess = lambda q: q / (q - np.arctan(q)) - 1 - within
+    high = 1.0
+    while excess(high) > 0:
+        high *= 2
+    q = brentq(excess, 1e-3, high, xtol=1e-14)
+    return float(np.log1p(q**2) / -np.log(beta2))
+
+
+def sign_descent_distance_rate(lr: float, X, weights) -> float:
+    """lr ||X sign(X^T weights)||_2: how fast ||theta_t - theta_init||_{X^T X} grows per step when every coordinate
+    moves by lr along the sign of the gradient -X^T weights (rows of X the forget features, weights the samples'
+    signed gradient weights). Sign descent on GA (weights (2y - 1) / n_f, constant once the samples are
+    forgotten), and Adam on GA, whose m_hat / sqrt(v_hat) tends to sign(g) when g stops changing; on NPO too while
+    the samples' margins stay level (a sample that falls behind keeps the larger weight until it catches up).
+    For unit features, one per token, it is sqrt(n_f) ``sign_descent_rate``."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    X = np.asarray(X, dtype=np.float64)
+    return float(lr * np.linalg.norm(X @ np.sign(X.T @ np.asarray(weights, dtype=np.float64))))

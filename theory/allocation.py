@@ -52,6 +52,11 @@ grow exponentially: x_min = 2 + W_0(-2 e^{-2}) = 1.5936 (heuristic) and x_min = 
 has the sign of (x - 2)(e^x - 1)). So "NPO forgets long responses faster" holds for beta |y| |theta*| < 2; beyond,
 NPO's weight 2 sigma(beta |y| (lbar - lbar_ref)) shuts off so fast for a long response that it is forgotten more
 slowly. SimNPO's time is independent of |y| in both versions.
+
+Against a trained model. Where lbar = log sigma(z) of a logit z (tokens of one sequence sharing z, ``sims.speed``)
+the flow is the linear model's slowed by (1 - e^{lbar})^2, and gradient descent is its Euler scheme:
+``logsigmoid_gd_first_passage_bounds`` brackets the step count to a target around ``time_to_forget_exact``
+(tests/test_theory_speed.py compares it with runs of ``unlearn.train``).
 """
 
 from __future__ import annotations
@@ -309,6 +314,49 @@ def time_to_forget_exact(method: str, length: ArrayLike, beta: float | None, tar
         return _sigmoid_flow_time(u0, u_target, 2.0 * eta * beta * length**2)
     u0, u_target = beta * lbar0 + gamma, beta * np.minimum(target, lbar0) + gamma
     return _sigmoid_flow_time(np.asarray(u0), u_target, 2.0 * eta * beta) + 0.0 * length
+
+
+def logsigmoid_gd_first_passage_bounds(method: str, length: ArrayLike, beta: float | None, target_lbar: ArrayLike,
+                                       eta: float, *, lbar0: ArrayLike, lbar_ref: ArrayLike | None = None,
+                                       gamma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds [lo, hi) on the number of gradient-descent steps K* after which lbar first reaches ``target_lbar``,
+    for the model whose |y| tokens share one logit z with log-prob log sigma(z) (``sims.speed``), so that
+    lbar = log sigma(z) < 0 instead of App. G's lbar = theta; eta is the step of each sequence's own parameter.
+
+    With T = ``time_to_forget_exact`` (the linear model's flow time, same arguments):
+
+        T e^{-eps}  <=  K*  <  T e^{delta} / (1 - e^{lbar0})^2 + 1,
+        eps = c sigma(u0),   delta = e^{lbar0} s0,   s0 = 2 eta |y| sigma(u0) (NPO), 2 eta sigma(u0) (SimNPO),
+        c = 2 eta beta |y|^2 (NPO), 2 eta beta (SimNPO); GA: eps = 0, s0 = eta |y|.
+
+    Derivation. The loss reads lbar only, so z' = -s(z) with s = eta |y| W(lbar) (1 - sigma(z)) (W = dL/dlogp;
+    SimNPO's |y| W = 2 sigma(beta lbar + gamma)) and, since dlbar/dz = 1 - sigma(z) = 1 - e^{lbar},
+    lbar' = -eta |y| W(lbar) (1 - e^{lbar})^2: the linear model's flow slowed by a factor in
+    [(1 - e^{lbar0})^2, 1] (lbar only falls), so the flow time to the target lies in [T, T/(1 - e^{lbar0})^2].
+    Gradient descent is Euler's scheme with unit step on z' = -s(z). d log s/dz = A - sigma(z) with
+    0 <= A <= beta |y| (NPO; beta for SimNPO, 0 for GA) and s <= s0 along the path (u falls), so within a step s
+    varies by a factor in [e^{-eps}, e^{delta}] and each step spends a flow time in [e^{-delta}, e^{eps}]; the
+    first passage then gives the bounds above. Their relative width, about eps + 2 e^{lbar0}, is the tolerance of a
+    comparison with a run: small when c sigma(u0) << 1 and the run starts deep (lbar0 << 0, where log sigma(z) ~ z).
+    """
+    _check_method(method)
+    eta = _check_positive(eta, "eta")
+    length = _check_length(length)
+    lbar0 = np.asarray(lbar0, dtype=np.float64)
+    if not np.all(lbar0 < 0):
+        raise ValueError(f"lbar0 must be < 0 (a log-probability), got {lbar0!r}")
+    time = time_to_forget_exact(method, length, beta, target_lbar, eta, lbar0=lbar0, lbar_ref=lbar_ref, gamma=gamma)
+    if method == "GA":
+        eps, step0 = 0.0 * length, eta * length
+    elif method == "NPO":
+        ref = lbar0 if lbar_ref is None else np.asarray(lbar_ref, dtype=np.float64)
+        weight0 = expit(beta * length * (lbar0 - ref))
+        eps, step0 = 2.0 * eta * beta * length**2 * weight0, 2.0 * eta * length * weight0
+    else:
+        weight0 = expit(beta * lbar0 + gamma)
+        eps, step0 = 2.0 * eta * beta * weight0 + 0.0 * length, 2.0 * eta * weight0 + 0.0 * length
+    delta = np.exp(lbar0) * step0
+    return time * np.exp(-eps), time * np.exp(delta) / (-np.expm1(lbar0)) ** 2 + 1.0
 
 
 def predicted_weight(method: str, t: ArrayLike, length: ArrayLike, beta: float | None, eta: float = 1.0, *,

@@ -2,6 +2,7 @@
 
 from sims.experiment import Experiment
 from sims.experiments import (
+    adam_rates,
     attribution,
     collapse,
     logistic_rates,
@@ -24,6 +25,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "relearn": relearn.EXPERIMENT,
     "attribution": attribution.EXPERIMENT,
     "tofu-toy": tofu_toy.EXPERIMENT,
+    "adam-rates": adam_rates.EXPERIMENT,
 }
 
 

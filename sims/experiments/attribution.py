@@ -85,7 +85,8 @@ def run(cfg: Config) -> Result:
         original, methods, [method_params(cfg, m) for m in methods], world,
         [generator(cfg.seed, "markov-unlearn", m) for m in methods], steps=cfg.steps,
         batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.steps, evaluate=evaluate,
-        masks=[None if kind == "dense" else masks[kind, r] for _, kind, r in runs], progress=cfg.progress)
+        masks=[None if kind == "dense" else masks[kind, r] for _, kind, r in runs], progress=cfg.progress,
+        **cfg.train_options())
     scored = [k for k in history.evals if k != "entropy"]
     metrics: dict[str, float | None] = {f"original.{k}": history.evals[k][0][0] for k in scored}  # step 0
     metrics.update({f"retrained.{k}": v for k, v in evaluate(retrained, 0).items() if k != "entropy"})

@@ -117,7 +117,7 @@ def unlearning_curves(original, runs: list[tuple[str, float, int]], world: marko
         original, [method for method, _, _ in runs], [method_params(cfg, m, beta=beta) for m, beta, _ in runs], world,
         [generator(cfg.seed, "markov-unlearn", method, replicate) for method, _, replicate in runs],
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=eval_every, evaluate=evaluate,
-        progress=cfg.progress)
+        progress=cfg.progress, **cfg.train_options())
     return [{"steps": history.eval_steps, **curves} for curves in member_curves(history, SPLITS)]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sims import logistic
-from sims.experiment import Experiment, Result, mean_std
+from sims.experiment import Experiment, Result, UnlearningOptimizer, mean_std
 from sims.plotting import METHOD_COLORS, band, beta_colors, panel_label, path
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.metrics.curves import value_at_crossing
@@ -68,8 +68,10 @@ PAPER = {
 
 
 @dataclass(frozen=True)
-class Config:
-    """Settings of ``npo-synthetic``; defaults are the paper's (preset "full")."""
+class Config(UnlearningOptimizer):
+    """Settings of ``npo-synthetic``; defaults are the paper's (preset "full"). The unlearning runs' optimizer
+    (``sims.experiment.UnlearningOptimizer``) defaults to the paper's full-batch gradient descent; pi_ref and
+    pi_retr are always fitted by gradient descent (and cached)."""
 
     seed: int = 0
     seeds: int = 5  # independent draws of data, features and models, averaged
@@ -109,6 +111,7 @@ class Config:
         for beta in self.sweep_betas:
             if not beta > 0:
                 raise ValueError(f"sweep_betas: every beta must be > 0, got {beta!r}")
+        self.check_optimizer()
 
 
 PRESETS = {
@@ -144,7 +147,8 @@ def pretrained_worlds(cfg: Config, device: torch.device):
 def _unlearn(cfg: Config, runs: list[logistic.Run], worlds, theta_ref, theta_retr, steps: int, name: str):
     """Every run on every world, side by side. Returns (eval steps, {run label: {metric: {"mean", "std"}}})
     with mean and std over the worlds (independent draws)."""
-    history = logistic.unlearn(runs, worlds, theta_ref, theta_retr, steps, cfg.eval_every, cfg.progress, name)
+    history = logistic.unlearn(runs, worlds, theta_ref, theta_retr, steps, cfg.eval_every, cfg.progress, name,
+                               **cfg.train_options())
     k = len(runs)
     evals = {m: np.asarray(history.evals[m]) for m in METRICS}  # (eval steps, worlds * runs)
     curves = {run.label: {m: mean_std(evals[m][:, j::k].T) for m in METRICS} for j, run in enumerate(runs)}

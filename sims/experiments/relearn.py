@@ -48,7 +48,8 @@ SPLITS = ("forget_kl", "forget1_kl", "forget2_kl", "retain_kl")
 
 @dataclass(frozen=True)
 class Config(markov.UnlearningSetup):
-    """Unlearning as in markov-length, then relearning on a fifth of the forget set."""
+    """Unlearning as in markov-length, then relearning on a fifth of the forget set. ``optimizer``, ``adam_beta2``
+    and ``adam_eps`` set the unlearning runs only: the relearning attack fine-tunes with AdamW at relearn_lr."""
 
     npo_beta: float = 0.2
     simnpo_beta: float = 4.0
@@ -90,7 +91,7 @@ def run(cfg: Config) -> Result:
         original, COMPARED, params, world,
         [generator(cfg.seed, "markov-unlearn", m, 0) for m in COMPARED], steps=cfg.steps,
         batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=cfg.steps, evaluate=lambda model, step: {},
-        progress=cfg.progress)
+        progress=cfg.progress, **cfg.train_options())
     metrics: dict[str, float | None] = {}
     for name, model in (("original", original), ("retrained", retrained)):
         metrics.update({f"{name}.{k}": v for k, v in evaluate(model, 0).items()})

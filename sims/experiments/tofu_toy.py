@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from sims.experiment import Experiment, Result, method_params
+from sims.experiment import Experiment, Result, UnlearningOptimizer, method_params
 from sims.plotting import METHOD_COLORS, panel_label
 from unlearn import cache, tofu
 from unlearn.config import require_at_least_one, require_positive
@@ -54,7 +54,12 @@ MAX_LENGTH = 128  # tokens (words) of question + answer
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(UnlearningOptimizer):
+    """Settings of ``tofu-toy``; the unlearning runs' optimizer (``sims.experiment.UnlearningOptimizer``) defaults to
+    AdamW with betas (0.9, 0.999) and eps 1e-8; the fine-tuned original and retain models keep their own AdamW
+    (they are cached)."""
+
+    optimizer: str = "adamw"
     n_authors: int = 20
     n_retain_perturbed: int = 2  # authors of retain_perturbed (40 questions)
     n_perturbed: int = 5
@@ -85,6 +90,7 @@ class Config:
         if self.hidden % 4:
             raise ValueError(f"hidden must be a multiple of the 4 attention heads, got {self.hidden}")
         self.data_config()  # validates the data sizes
+        self.check_optimizer()
 
     def data_config(self) -> tofu.TofuLikeConfig:
         return tofu.TofuLikeConfig(self.n_authors, self.n_retain_perturbed, self.n_perturbed, self.seed)
@@ -197,7 +203,7 @@ def unlearn_method(cfg: Config, method: str, original, tokenizer, sets, forget: 
         curves["forget_nll"].append(nll_per_token(m, forget))
         return {"forget_quality": metrics["forget_quality"]}
 
-    tc = TrainConfig(steps=cfg.epochs * per_epoch, lr=cfg.lr, optimizer="adamw", schedule="warmup_linear",
+    tc = TrainConfig(steps=cfg.epochs * per_epoch, lr=cfg.lr, **cfg.train_options(), schedule="warmup_linear",
                      warmup_steps=per_epoch, eval_every=per_epoch, device=device, progress=cfg.progress,
                      name=f"tofu-toy {method}")
     train(model, unlearning_losses(method, params, forget, retain, reference),

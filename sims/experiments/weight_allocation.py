@@ -119,7 +119,8 @@ def weight_snapshots(original, method: str, world: markov.MarkovWorld, cfg: Conf
 
     markov.unlearn_run(copy.deepcopy(original), method, params, world, steps=cfg.stages[-1],
                        batch_size=cfg.batch_size, lr=cfg.lr, evaluate_every=1, evaluate=evaluate,
-                       generator=generator(cfg.seed, "weight-allocation", method), progress=cfg.progress)
+                       generator=generator(cfg.seed, "weight-allocation", method), progress=cfg.progress,
+                       **cfg.train_options())
     return {"stages": {str(s): snaps[s] for s in cfg.stages}, "ref_logp": ref_logp.double().tolist()}
 
 

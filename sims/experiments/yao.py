@@ -69,7 +69,7 @@ def run(cfg: Config) -> Result:
     history, _ = markov.unlearn_runs(
         original, COMPARED, [method_params(cfg, m) for m in COMPARED], world,
         [generator(cfg.seed, "markov-unlearn", m) for m in COMPARED], steps=cfg.steps, batch_size=cfg.batch_size,
-        lr=cfg.lr, evaluate_every=cfg.eval_every, evaluate=evaluate, progress=cfg.progress)
+        lr=cfg.lr, evaluate_every=cfg.eval_every, evaluate=evaluate, progress=cfg.progress, **cfg.train_options())
     metrics: dict[str, float | None] = {f"original.{k}": history.evals[k][0][0] for k in METRICS}
     metrics.update({f"retrained.{k}": v for k, v in evaluate(retrained, 0).items()})
     series = {"steps": history.eval_steps, "methods": {}}

@@ -7,10 +7,11 @@
 ``from sims import markov`` gives the public names of all three. Token-level metrics (KL to the true chain,
 entropy, per-sequence log-probs) are ``unlearn.metrics.tokens``.
 
-Differences from the released code: AdamW eps is 1e-8 (``unlearn.train``) where transformers.AdamW used 1e-6;
-the train/test split and every shuffle come from explicit generators (``unlearn.rng``) instead of
-``random_state=42``; the reference model's forget log-probs are cached before unlearning (so NPO never runs a
-second model) and *+KL methods read cached reference logits on the retain split.
+Differences from the released code: AdamW eps is 1e-8 (``unlearn.train``; ``--set adam_eps=1e-6`` for the
+unlearning runs) where transformers.AdamW used 1e-6; the train/test split and every shuffle come from explicit
+generators (``unlearn.rng``) instead of ``random_state=42``; the reference model's forget log-probs are cached
+before unlearning (so NPO never runs a second model) and *+KL methods read cached reference logits on the retain
+split.
 """
 
 from sims.markov.pretraining import (

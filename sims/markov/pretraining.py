@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sims.experiment import UnlearningOptimizer
 from sims.markov.world import PRETRAIN_DATA, MarkovWorld, MarkovWorldConfig, make_world
 from theory.markov import N_STATES
 from unlearn import cache
@@ -147,11 +148,15 @@ class Setup:
 
 
 @dataclass(frozen=True)
-class UnlearningSetup(Setup):
+class UnlearningSetup(UnlearningOptimizer, Setup):
     """``Setup`` plus the unlearning loop every Markov experiment shares (their Configs extend it): ``steps``
-    of ``batch_size`` forget sequences, AdamW at ``lr`` (the SimNPO synthetic code's 50 steps of 4 at 5e-4),
-    on ``device``, with or without progress bars."""
+    of ``batch_size`` forget sequences at ``lr`` (the SimNPO synthetic code's 50 steps of 4 at 5e-4), on
+    ``device``, with or without progress bars. The unlearning optimizer (``sims.experiment.UnlearningOptimizer``:
+    ``optimizer``, ``adam_beta2``, ``adam_eps``) defaults to AdamW with betas (0.9, 0.999) and eps 1e-8, where
+    the released code's transformers.AdamW had eps 1e-6; the cached original and retrained models keep
+    ``PretrainConfig``'s AdamW whatever these say."""
 
+    optimizer: str = "adamw"
     steps: int = 50
     batch_size: int = 4
     lr: float = 5e-4
@@ -162,6 +167,7 @@ class UnlearningSetup(Setup):
         super().__post_init__()
         require_at_least_one(self, "steps", "batch_size")
         require_positive(self, "lr")
+        self.check_optimizer()
 
 
 # The fast presets' setup: a smaller world and model, pretrained in seconds, whose retrain-only model still

@@ -3,9 +3,10 @@
 ``unlearn.attribution``), each member on the trajectory it would follow alone; the evaluators and the
 per-sequence weights the experiments record.
 
-Unlearning (SimNPO paper App. H): 50 steps of batch 4 (AdamW, lr 5e-4) on forget1 + forget2 train, through
-``unlearn.losses`` with a cached reference: the reference model's forget log-probs are computed once before
-unlearning (so NPO never runs a second model) and *+KL methods read cached reference logits on the retain split.
+Unlearning (SimNPO paper App. H): 50 steps of batch 4 (AdamW, lr 5e-4; any optimizer of ``unlearn.optim`` on
+request) on forget1 + forget2 train, through ``unlearn.losses`` with a cached reference: the reference model's
+forget log-probs are computed once before unlearning (so NPO never runs a second model) and *+KL methods read
+cached reference logits on the retain split.
 
 Metric (SimNPO paper App. H): per-token KL(T_c(s_t, .) || p_model(. | s_<=t)) averaged over the non-pad
 positions of a split (``unlearn.metrics.tokens.token_kl``): "forget quality" on a forget test split (higher =
@@ -188,7 +189,9 @@ class _Unlearning:
 def unlearn_run(model: torch.nn.Module, method: str, params: MethodParams, world: MarkovWorld, *, steps: int = 50,
                 batch_size: int = 4, lr: float = 5e-4, generator: torch.Generator | None = None,
                 evaluate_every: int = 1, evaluate: Callable | None = None, precision: str = "float32",
-                masks: dict[str, torch.Tensor] | None = None, progress: bool | None = None) -> History:
+                masks: dict[str, torch.Tensor] | None = None, progress: bool | None = None,
+                optimizer: str = "adamw", adam_betas: tuple[float, float] = TrainConfig.adam_betas,
+                adam_eps: float = TrainConfig.adam_eps) -> History:
     """Unlearn ``world.forget_set()`` from ``model`` (in place; it is the reference) and return the History.
 
     One epoch over a random permutation of the forget set in batches of ``batch_size``, capped at ``steps``
@@ -197,7 +200,9 @@ def unlearn_run(model: torch.nn.Module, method: str, params: MethodParams, world
     ``generator`` (default: the stream (world seed, "markov-unlearn", method)). Evaluation (default
     ``evaluator``: token KL on the three test splits) runs before step 0, every ``evaluate_every`` steps and
     after the last; History.evals holds its values. ``masks``: {parameter name: bool tensor} of the weights
-    that may move (``unlearn.attribution``; the others stay bitwise unchanged).
+    that may move (``unlearn.attribution``; the others stay bitwise unchanged). ``optimizer``, ``adam_betas``,
+    ``adam_eps``: ``unlearn.train.TrainConfig``'s (default: AdamW, betas (0.9, 0.999), eps 1e-8;
+    ``UnlearningSetup.train_options`` gives them from a config).
     """
     run = _Unlearning.prepare(model, [method], world, steps, batch_size, precision)
     g = generator if generator is not None else make_generator(world.cfg.seed, "markov-unlearn", method)
@@ -208,8 +213,9 @@ def unlearn_run(model: torch.nn.Module, method: str, params: MethodParams, world
         return [(forget_order[f], retain_order[r], mismatch_order[f])]
 
     device = model_device(model)
-    cfg = TrainConfig(steps=run.steps, lr=lr, optimizer="adamw", eval_every=evaluate_every, precision=precision,
-                      device=str(device), progress=progress, name=f"unlearn markov ({method})")
+    cfg = TrainConfig(steps=run.steps, lr=lr, optimizer=optimizer, adam_betas=adam_betas, adam_eps=adam_eps,
+                      eval_every=evaluate_every, precision=precision, device=str(device), progress=progress,
+                      name=f"unlearn markov ({method})")
     losses = unlearning_losses(method, params, run.forget, run.retain, run.ref_logp, run.ref_retain_logits)
     return train(model, losses, micro_batches, cfg, evaluate=evaluate or evaluator(world, device), masks=masks)
 
@@ -218,16 +224,19 @@ def unlearn_runs(model: torch.nn.Module, methods: Sequence[str], params: Sequenc
                  generators: Sequence[torch.Generator], *, steps: int = 50, batch_size: int = 4, lr: float = 5e-4,
                  evaluate_every: int = 1, evaluate: Callable | None = None, precision: str = "float32",
                  masks: Sequence[dict[str, torch.Tensor] | None] | None = None,
-                 progress: bool | None = None) -> tuple[History, Ensemble]:
+                 progress: bool | None = None, optimizer: str = "adamw",
+                 adam_betas: tuple[float, float] = TrainConfig.adam_betas,
+                 adam_eps: float = TrainConfig.adam_eps) -> tuple[History, Ensemble]:
     """M = len(methods) unlearning runs from ``model`` (left unchanged) trained side by side as one ensemble.
 
     Run m is ``unlearn_run(copy of model, methods[m], params[m], world, generator=generators[m], ...)``: the
-    same reference statistics, batches and AdamW trajectory (tests/test_markov.py checks it to float32
+    same reference statistics, batches and optimizer trajectory (tests/test_markov.py checks it to float32
     rounding), but all M runs take one batched forward and backward per step. History.evals hold one value
     per run at each evaluated step (at step 0, where every run is still the model, it is scored once); the
     returned ensemble holds the unlearned models (``.member(m)``).
     ``masks[m]``: {parameter name of the model: bool tensor} of the weights run m may move
-    (``unlearn.attribution``), or None for a dense run.
+    (``unlearn.attribution``), or None for a dense run. ``optimizer``, ``adam_betas``, ``adam_eps``: as in
+    ``unlearn_run``.
     """
     M = len(methods)
     if not (M == len(params) == len(generators) and M > 0):
@@ -243,8 +252,9 @@ def unlearn_runs(model: torch.nn.Module, methods: Sequence[str], params: Sequenc
         f, r = run.windows(step, batch_size)
         return [(forget_orders[:, f], retain_orders[:, r], mismatch_orders[:, f])]
 
-    cfg = TrainConfig(steps=run.steps, lr=lr, optimizer="adamw", eval_every=evaluate_every, precision=precision,
-                      device=str(device), progress=progress, name=f"unlearn markov ({M} runs)")
+    cfg = TrainConfig(steps=run.steps, lr=lr, optimizer=optimizer, adam_betas=adam_betas, adam_eps=adam_eps,
+                      eval_every=evaluate_every, precision=precision, device=str(device), progress=progress,
+                      name=f"unlearn markov ({M} runs)")
     losses = unlearning_losses(methods, params, run.forget, run.retain, run.ref_logp, run.ref_retain_logits)
     stacked = None
     if masks is not None and any(m is not None for m in masks):
