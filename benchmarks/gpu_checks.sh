@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
-# The project's GPU checks on one CUDA device, in two stages that each fit a 10-minute slot:
+# The project's GPU checks on one CUDA device, in stages that each fit a 10-minute slot:
 #
 #   bash benchmarks/gpu_checks.sh bench      pytest -m gpu; unlearn bench llm on llama-7b-shape (bf16, LoRA 16,
 #                                            gradient checkpointing, 2 x 512 tokens)   4.6 min on an H200
 #   bash benchmarks/gpu_checks.sh validate   unlearn validate --model llama-7b-shape --task markov  7.8 min
+#   bash benchmarks/gpu_checks.sh ceiling    GA alone for CEILING_STEPS (1000) steps with the final-norm ceiling
+#                                            C(t) + log V and its predicted growth at every 10th step, in
+#                                            bf16-mixed as the validate stage ran (float32 weights: at lr 2e-6
+#                                            bf16 weights would round the head's updates away). Estimated from
+#                                            the validate log: GA 0.40 s/step with evaluations every 5 steps, so
+#                                            ~6.5 min for 1000 steps plus ~1 min of set-up and memorising on an
+#                                            H200; bf16-mixed needs ~100-113 GiB, more than an H100's 80 GB, so
+#                                            on an H100 the run is refused before any work (PRECISION=bf16 runs
+#                                            it there, with that rounding)
+#   bash benchmarks/gpu_checks.sh perf       pytest -m gpu (the torchrun/nccl test included); unlearn bench llm on
+#                                            llama-7b-shape at TOKENS (4096,16384,65536) tokens per step of
+#                                            2048-token sequences for PERF_CASES (LoRA NPO cached, NPO+KL adapter,
+#                                            full fine-tuning), log-probs in chunks of 4096 positions, and the
+#                                            log-prob step's peak memory both ways; then, if LoRA NPO's best MFU
+#                                            is under 40%, a profile of one step at its best batch. Sized at 9
+#                                            cases of ~40 s plus ~2 min of tests: ~8 min on an H100, not yet run
 #
-# Results land in benchmarks/results/ as llm-MODEL-DEVICE.json, validate-MODEL-DEVICE/ and
+# Results land in benchmarks/results/ as llm-MODEL-DEVICE.json (llm-perf-MODEL-DEVICE.json for the perf stage), validate-MODEL-DEVICE/ (validate-ceiling-MODEL-
+# DEVICE/ for the ceiling stage) and
 # gpu-checks-STAGE-MODEL-DEVICE.log (the device, versions, every command and its output) and, when $OUT is
 # set, there too: the log as it is written (so that a run killed at its time limit still shows how far it
 # got), the results at the end. A validate stage run again on the same machine resumes from its checkpoint.
-# MODEL, DEVICE, STEPS, MEMORISE_EPOCHS, RESULTS and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu
-# RESULTS=/tmp/r to try it on a CPU). The package is used from this checkout (PYTHONPATH), so a machine with
-# torch, transformers and peft needs no install. The exit status is that of the first failing step.
+# MODEL, DEVICE, STEPS, CEILING_STEPS, PRECISION (ceiling stage), TOKENS, SEQ_LEN, PERF_CASES (perf stage),
+# MEMORISE_EPOCHS, RESULTS and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu PRECISION=float32
+# TOKENS=64,128 SEQ_LEN=32 RESULTS=/tmp/r to try it on a CPU). The package is used from this checkout
+# (PYTHONPATH), so a machine with torch, transformers and peft needs no install. The exit status is that of the first failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
-case $stage in bench|validate) ;; *) echo "usage: gpu_checks.sh bench|validate" >&2; exit 2 ;; esac
+case $stage in bench|validate|ceiling|perf) ;; *) echo "usage: gpu_checks.sh bench|validate|ceiling|perf" >&2; exit 2 ;; esac
 MODEL=${MODEL:-llama-7b-shape}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-300}
+CEILING_STEPS=${CEILING_STEPS:-1000}
+PRECISION=${PRECISION:-bf16-mixed}
+TOKENS=${TOKENS:-4096,16384,65536}
+SEQ_LEN=${SEQ_LEN:-2048}
+PERF_CASES=${PERF_CASES:-npo.cached,npo+kl.adapter,full.npo.cached}
 MEMORISE_EPOCHS=${MEMORISE_EPOCHS:-150}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
@@ -71,6 +94,37 @@ case $stage in
         --memorise-epochs "$MEMORISE_EPOCHS" --out "$scratch"; then
       mkdir -p "$RESULTS/validate-$tag"
       cp "$scratch/validate.json" "$scratch/validate.png" "$RESULTS/validate-$tag/"
+    fi
+    [ -z "${OUT:-}" ] || { kill %1 2>/dev/null; cp "$scratch"/validate.ckpt/*.json "$OUT/" 2>/dev/null; }
+    ;;
+  perf)
+    if [ "$DEVICE" = cuda ]; then
+      run "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_distributed.py
+    fi
+    files=("$RESULTS/llm-perf-$tag.json" "$RESULTS/llm-perf-profile-$tag.json")
+    common=(--model "$MODEL" --dtype bf16 --lora 16 --gradient-checkpointing --seq-len "$SEQ_LEN"
+            --logprob-chunk 4096 --set eval_questions=0 --device "$DEVICE")
+    run unlearn bench llm "${common[@]}" --tokens-per-step "$TOKENS" --cases "$PERF_CASES" \
+      --set logprob_seq_len="$SEQ_LEN" --out "${files[0]}"
+    [ -z "${OUT:-}" ] || cp "${files[0]}" "$OUT/" 2>/dev/null
+    best=$("$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); n = d.get('npo.cached.best_tokens_per_step')
+print(n if n and d['npo.cached.best_mfu'] < 0.4 else '')" "${files[0]}" 2>/dev/null)
+    if [ -n "$best" ]; then  # under the 40% goal: where does a step at its best batch spend its time?
+      run unlearn bench llm "${common[@]}" --cases npo.cached --batch-size $((best / SEQ_LEN)) --profile \
+        --set logprob_seq_len=0 --out "${files[1]}"
+    fi
+    ;;
+  ceiling)
+    # GA's record (its forget log-likelihoods, forget_ceiling and forget_head_growth at every evaluation) reaches
+    # $OUT as soon as it is written, then the report
+    scratch=${TMPDIR:-/tmp}/validate-ceiling-$tag
+    files=("$RESULTS/validate-ceiling-$tag/validate.json" "$RESULTS/validate-ceiling-$tag/validate.png")
+    [ -z "${OUT:-}" ] || { while sleep 10; do cp "$scratch"/validate.ckpt/*.json "$OUT/" 2>/dev/null; done & }
+    if run unlearn validate --model "$MODEL" --task markov --methods GA --device "$DEVICE" \
+        --precision "$PRECISION" --steps "$CEILING_STEPS" --set eval_every=10 \
+        --memorise-epochs "$MEMORISE_EPOCHS" --out "$scratch"; then
+      mkdir -p "$RESULTS/validate-ceiling-$tag"
+      cp "$scratch/validate.json" "$scratch/validate.png" "$RESULTS/validate-ceiling-$tag/"
     fi
     [ -z "${OUT:-}" ] || { kill %1 2>/dev/null; cp "$scratch"/validate.ckpt/*.json "$OUT/" 2>/dev/null; }
     ;;

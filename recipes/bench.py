@@ -24,13 +24,22 @@ warm-up; tokens per second count the trained tokens (forget, plus retain for NPO
 is ``training_flops_per_token`` x tokens per second over this device's measured matmul rate in the working
 dtype (large square products, measured in the same run). Also the time and peak memory of building a WAGLE mask
 (ratio 0.8) over every weight. A setting that runs out of GPU memory is recorded (``out_of_memory``; on CUDA
-also ``fits_80gib`` for every setting) and the comparisons that need it are skipped.
+also ``fits_80gib`` for every setting) and the comparisons that need it are skipped. The results record the
+attention implementation that ran ("sdpa": ``torch.nn.functional.scaled_dot_product_attention``).
+
+Throughput options: ``tokens_per_step`` runs every case at each token batch instead (batch_size = tokens /
+seq_len) and names the batch of highest MFU; ``logprob_chunk`` takes the log-probs from the hidden states in
+chunks (``unlearn.logprobs.head_token_logprobs``) instead of from full logits, and the log-prob case measures the
+peak memory of that step alone, both ways, at ``logprob_seq_len`` tokens per sequence; ``compile`` adds LoRA NPO
+(cached) under ``torch.compile`` beside its eager step; ``profile`` keeps a table of the top kernels of each
+case's last step (torch.profiler); ``cases`` runs a subset.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -222,23 +231,38 @@ class LLMBench:
     gradient_checkpointing: bool = False
     full_finetuning: bool = True  # also NPO cached vs copy without LoRA (AdamW on every weight)
     eval_questions: int = 16  # TOFU evaluation throughput on this many forget questions (0: not measured)
+    tokens_per_step: tuple[int, ...] = ()  # token batches to sweep, each a multiple of seq_len (): batch_size only
+    logprob_chunk: int = 0  # response positions per log-prob chunk (unlearn.logprobs.head_token_logprobs); 0: logits
+    logprob_seq_len: int = 2048  # sequence length of the log-prob memory case (0: not measured)
+    compile: bool = False  # also run LoRA NPO (cached) under torch.compile ("npo.compiled"), against its eager step
+    cases: tuple[str, ...] = ()  # labels of CASES (and "mask.wagle") to run; (): all of them
+    profile: bool = False  # profile each case's last step: its top kernels by time, in the case's "profile"
     device: str = "cpu"
 
     def __post_init__(self):  # checked here, before any case starts its process
         if self.dtype not in hf.DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(hf.DTYPES)}")
         require_at_least_one(self, "lora_rank", "batch_size", "seq_len", "steps")
-        for key in ("warmup", "eval_questions"):
+        for key in ("warmup", "eval_questions", "logprob_chunk", "logprob_seq_len"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        unknown = set(self.cases) - {c[0] for c in CASES} - {"mask.wagle"}
+        if unknown:
+            valid = ", ".join([c[0] for c in CASES] + ["mask.wagle"])
+            raise ValueError(f"unknown case {sorted(unknown)[0]!r}; valid: {valid}")
+        if self.compile and self.tokens_per_step:
+            raise ValueError("compile applies to the comparison at batch_size, not to a tokens_per_step sweep")
+        for n in self.tokens_per_step:
+            if n < self.seq_len or n % self.seq_len:
+                raise ValueError(f"tokens_per_step {n} is not a positive multiple of seq_len {self.seq_len}")
 
 
-QUICK_LLM = LLMBench(model="llama-20m-shape", batch_size=2, seq_len=128, steps=2)
 CASES = (  # (label, method, reference, LoRA?)
     ("npo.cached", "NPO", "cached", True), ("npo.copy", "NPO", "copy", True),
     ("npo+kl.adapter", "NPO+KL", "adapter", True), ("npo+kl.copy", "NPO+KL", "copy", True),
     ("full.npo.cached", "NPO", "cached", False), ("full.npo.copy", "NPO", "copy", False),
 )
+QUICK_LLM = LLMBench(model="llama-20m-shape", batch_size=2, seq_len=128, steps=2)
 
 
 def _peak_bytes(device: torch.device) -> int:
@@ -251,6 +275,18 @@ def _peak_bytes(device: torch.device) -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _reset_peak(device: torch.device) -> int:
+    """Start a new peak-memory window; returns the memory in use now (CUDA: allocated; CPU: resident set, whose
+    high-water mark Linux resets on writing 5 to /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: torch.device) -> dict:
@@ -285,19 +321,30 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
         return mask_case(model, forget, retain, before, device)
     if reference == "eval":
         return eval_case(cfg, model, device)
+    if reference == "logprobs":
+        return logprob_case(cfg, model, before, device)
     precision = "float32" if cfg.dtype == "float32" else "bf16-autocast"
     with forward_precision(device, precision):  # a cached reference as the loss computes log pi
         ref = make_reference(reference, model, forget)
-    losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref)
+    losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref,
+                               logprob_chunk=cfg.logprob_chunk or None)
+    if cfg.compile:  # in place: the loss calls these modules (the decoder alone on the chunked log-prob path)
+        model.compile()
+        if cfg.logprob_chunk:
+            hf.decoder_and_head(model)[0].compile()
     stamps = []
+
+    steps = cfg.warmup + cfg.steps
+    profiler = step_profiler(device) if cfg.profile else None
 
     def stamp(m, step):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stamps.append(time.perf_counter())
+        if profiler is not None and step in (steps - 1, steps):  # around the last step
+            profiler.start() if step == steps - 1 else profiler.stop()
         return {}
 
-    steps = cfg.warmup + cfg.steps
     tc = TrainConfig(steps=steps, lr=1e-5, optimizer="adamw", eval_every=1, device=str(device),
                      precision=precision, progress=False, name=method)
     index = torch.arange(B, device=device)
@@ -308,10 +355,60 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     trained_tokens = B * T + (B * T if method.endswith("+KL") else 0)
     per_token = training_flops_per_token(n_params, n_trainable, model.config.num_hidden_layers,
                                          model.config.hidden_size, T)
-    return {"peak_bytes": _peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
-            "model_flops_per_s": per_token * trained_tokens / step_s, "n_parameters": n_params,
-            "trainable_parameters": n_trainable,
-            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+    found = {"peak_bytes": _peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
+             "model_flops_per_s": per_token * trained_tokens / step_s, "n_parameters": n_params,
+             "trainable_parameters": n_trainable, "attention": _attention_kernel(model),
+             "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+    if profiler is not None:
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        found["profile"] = profiler.key_averages().table(sort_by=sort, row_limit=PROFILE_ROWS)
+    return found
+
+
+PROFILE_ROWS = 25
+
+
+def step_profiler(device: torch.device):
+    """A torch.profiler over the CPU (and CUDA) activity of one training step, started and stopped by hand."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
+
+
+def _attention_kernel(model) -> str:
+    """The attention implementation the model runs ("sdpa": torch's scaled_dot_product_attention, which picks the
+    flash, memory-efficient or math kernel for the device and dtype; "eager": explicit matmuls and softmax)."""
+    return str(getattr(model.config, "_attn_implementation", "unknown"))
+
+
+def logprob_case(cfg: LLMBench, model, before: int, device: torch.device) -> dict:
+    """Peak memory of one log-prob step alone: per-token log-probs of batch_size x logprob_seq_len response tokens
+    from random final hidden states through the model's head, and their backward (to the hidden states and the
+    head), by the logits path (logprob_chunk 0: B x T x V logits and their log-softmax) or in chunks
+    (``unlearn.logprobs.head_token_logprobs``). The model's other layers play no part."""
+    from unlearn.logprobs import head_token_logprobs, token_logprobs
+
+    _, head = hf.decoder_and_head(model)
+    g = torch.Generator().manual_seed(0)
+
+    def step(B: int, T: int) -> None:
+        hidden = torch.randn(B, T, head.shape[1], generator=g).to(device, head.dtype).requires_grad_()
+        labels = torch.randint(0, head.shape[0], (B, T), generator=g).to(device)
+        mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        if cfg.logprob_chunk:
+            token_logp, _ = head_token_logprobs(hidden, head, labels, mask, chunk=cfg.logprob_chunk)
+        else:
+            token_logp, _ = token_logprobs(hidden @ head.T, labels, mask)
+        token_logp.sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step(1, 8)  # one-off costs of the first call (thread pools, kernels) stay out of the measured window
+    start = _reset_peak(device)
+    t0 = time.perf_counter()
+    step(cfg.batch_size, cfg.logprob_seq_len)
+    return {"peak_bytes": _peak_bytes(device) - start, "seconds": time.perf_counter() - t0,
+            "tokens": cfg.batch_size * cfg.logprob_seq_len, "path": "chunked" if cfg.logprob_chunk else "logits"}
 
 
 def mask_case(model, forget, retain, before: int, device: torch.device) -> dict:
@@ -385,51 +482,104 @@ def _case_in_subprocess(cfg: LLMBench, case: tuple, device: torch.device) -> dic
     payload = json.dumps({"cfg": dataclasses.asdict(cfg), "method": method, "reference": reference, "lora": lora,
                           "device": str(device)})
     code = "import sys; from recipes import bench; bench.case_main(sys.argv[1])"
-    out = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True)
+    env = dict(os.environ)
+    if reference == "logprobs":  # large blocks from mmap, returned to the system when freed: the CPU's resident
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # set then follows the live tensors (glibc keeps heap memory)
+    out = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"bench llm case {case[0]} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _row(label: str, r: dict) -> str:
+def _measured(cfg: LLMBench, case: tuple, label: str, peak: float, device: torch.device,
+              report: Callable[[str], None], width: int = 18) -> dict:
+    """One case in its own process, its MFU against ``peak``, reported as a row (and its profile, if taken)."""
+    r = _case_in_subprocess(cfg, case, device)
+    if not r.get("out_of_memory"):
+        r["mfu"] = r["model_flops_per_s"] / peak
+    report(_row(label, r, width))
+    if "profile" in r:
+        report(f"{label}: the top kernels of its last step\n{r['profile']}")
+    return r
+
+
+def _row(label: str, r: dict, width: int = 18) -> str:
     if r.get("out_of_memory"):
-        return f"{label:<18} {'out of memory':>36}"
-    return (f"{label:<18} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f} "
+        return f"{label:<{width}} {'out of memory':>36}"
+    return (f"{label:<{width}} {r['peak_bytes'] / 2**20:>10.0f} {r['step_s']:>8.3f} {r['tokens_per_s']:>9.1f} "
             f"{r['mfu']:>6.1%}")
 
 
 def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None] = print) -> dict:
-    """Every case of CASES side by side, each in its own process; ratios against the ``copy`` reference."""
-    cases = [c for c in CASES if cfg.full_finetuning or c[3]]
-    peak = matmul_rate(hf.DTYPES[cfg.dtype], device, n=8192 if device.type == "cuda" else 1024)
+    """Every selected case of CASES side by side, each in its own process: ratios against the ``copy`` reference,
+    or, with ``tokens_per_step``, every case at every token batch (``token_sweep``); then the WAGLE mask, TOFU
+    evaluation and log-prob memory cases."""
+    cases = [c for c in CASES if (cfg.full_finetuning or c[3]) and (not cfg.cases or c[0] in cfg.cases)]
+    # the best of three one-second measurements: a shared machine's rate dips now and then (once to a third)
+    peak = max(matmul_rate(hf.DTYPES[cfg.dtype], device, n=8192 if device.type == "cuda" else 1024) for _ in range(3))
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the settings run in their own processes: leave them this one's memory
     report(f"matmul rate ({cfg.dtype}, {device}): {peak / 1e12:.2f} TFLOP/s, the MFU denominator")
-    measured = {}
-    report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9} {'MFU':>6}")
-    for case in cases:
-        measured[case[0]] = r = _case_in_subprocess(cfg, case, device)
-        if not r.get("out_of_memory"):
-            r["mfu"] = r["model_flops_per_s"] / peak
-        report(_row(case[0], r))
-    fitted = {label: r for label, r in measured.items() if not r.get("out_of_memory")}
-    results: dict = {"matmul_tflops": peak / 1e12}
-    for label, r in measured.items():
-        results[f"{label}.out_of_memory"] = bool(r.get("out_of_memory"))
-        results.update({f"{label}.{key}": r[key] for key in ("peak_bytes", "tokens_per_s", "mfu") if key in r})
+    results: dict = {"matmul_tflops": peak / 1e12,
+                     "logprob_path": f"chunks of {cfg.logprob_chunk}" if cfg.logprob_chunk else "logits"}
+    cases_run: dict = {}
+    if cfg.tokens_per_step:
+        results.update(token_sweep(dataclasses.replace(cfg, compile=False), cases, peak, device, cases_run, report))
+    else:
+        results.update(reference_comparison(cfg, cases, peak, device, cases_run, report))
+    fitted = [r for r in cases_run.values() if not r.get("out_of_memory")]
     if fitted:
-        results["n_parameters"] = next(iter(fitted.values()))["n_parameters"]
-    with_lora = [r for label, r in fitted.items() if not label.startswith("full.")]
+        results["n_parameters"], results["attention"] = fitted[0]["n_parameters"], fitted[0]["attention"]
+    with_lora = [r for label, r in cases_run.items() if not label.startswith("full.") and r in fitted]
     if with_lora:
         results["lora.trainable_parameters"] = with_lora[0]["trainable_parameters"]
+    if not cfg.cases or "mask.wagle" in cfg.cases:
+        cases_run["mask.wagle"] = mask = _case_in_subprocess(cfg, ("mask.wagle", "NPO", "mask", False), device)
+        results["mask.wagle.out_of_memory"] = bool(mask.get("out_of_memory"))
+        if mask.get("out_of_memory"):
+            report("WAGLE mask (ratio 0.8) on every weight: out of memory")
+        else:
+            results["mask.wagle.seconds"] = mask["seconds"]
+            results["mask.wagle.peak_over_model_bytes"] = mask["peak_bytes"] / mask["param_bytes"]
+            report(f"WAGLE mask (ratio 0.8) on every weight: {mask['seconds']:.1f} s, peak memory "
+                   f"{results['mask.wagle.peak_over_model_bytes']:.1f} x the model's weights")
+    if cfg.eval_questions:
+        cases_run["eval.tofu"] = found = _case_in_subprocess(cfg, ("eval.tofu", "NPO", "eval", False), device)
+        results.update({f"eval.tofu.{k}": found[k] for k in ("scored_tokens_per_s", "answers_per_s") if k in found})
+        if "answers_per_s" in found:
+            report(f"TOFU evaluation: {found['scored_tokens_per_s']:.0f} scored tokens/s, {found['answers_per_s']:.2f} "
+                   f"greedy answers/s ({EVAL_NEW_TOKENS} new tokens, {found['questions']} questions)")
+    if cfg.logprob_seq_len:
+        results.update(logprob_memory(cfg, device, cases_run, report))
+    results["cases"] = cases_run
+    return results
+
+
+def reference_comparison(cfg: LLMBench, cases: list[tuple], peak: float, device: torch.device, cases_run: dict,
+                         report: Callable[[str], None]) -> dict:
+    """Each case at batch_size x seq_len tokens (and "npo.compiled" with ``compile``): LABEL.{peak_bytes,
+    tokens_per_s, mfu, out_of_memory}, the ratios PREFIX.A_vs_B.{peak_mem_ratio, step_time_ratio} of each pair
+    that ran, and the bytes that the cached reference saves with full fine-tuning."""
+    report(f"{'setting':<18} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9} {'MFU':>6}")
+    eager = dataclasses.replace(cfg, compile=False)
+    for case in cases + ([("npo.compiled", "NPO", "cached", True)] if cfg.compile else []):
+        cases_run[case[0]] = _measured(cfg if case[0] == "npo.compiled" else eager, case, case[0], peak, device,
+                                       report)
+    fitted = {label: r for label, r in cases_run.items() if not r.get("out_of_memory")}
+    results: dict = {}
+    for label, r in cases_run.items():
+        results[f"{label}.out_of_memory"] = bool(r.get("out_of_memory"))
+        results.update({f"{label}.{key}": r[key] for key in ("peak_bytes", "tokens_per_s", "mfu") if key in r})
     if device.type == "cuda":  # does the setting fit an 80 GiB GPU (A100/H100 80GB) at all?
         results.update({f"{label}.fits_80gib": label in fitted and fitted[label]["peak_bytes"] <= 80 * 2**30
-                        for label in measured})
+                        for label in cases_run})
     pairs = [("npo", "npo.cached", "npo.copy", "cached_vs_copy"), ("npo+kl", "npo+kl.adapter", "npo+kl.copy",
-                                                                     "adapter_vs_copy")]
-    if cfg.full_finetuning:
-        pairs.append(("full.npo", "full.npo.cached", "full.npo.copy", "cached_vs_copy"))
+                                                                     "adapter_vs_copy"),
+             ("full.npo", "full.npo.cached", "full.npo.copy", "cached_vs_copy"),
+             ("npo", "npo.compiled", "npo.cached", "compiled_vs_cached")]  # the last: the same step, eager
     for prefix, a, b, name in pairs:
+        if a not in cases_run or b not in cases_run:
+            continue
         if not (a in fitted and b in fitted):
             report(f"{prefix + '.' + name:<28} not compared: a setting ran out of memory")
             continue
@@ -443,21 +593,46 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
         results["full.npo.saved_over_model_bytes"] = saved / fitted["full.npo.copy"]["param_bytes"]
         report(f"full fine-tuning: cached saves {saved / 2**20:.0f} MiB = "
                f"{results['full.npo.saved_over_model_bytes']:.2f} x the model's {cfg.dtype} weights")
-    mask = _case_in_subprocess(cfg, ("mask.wagle", "NPO", "mask", False), device)
-    results["mask.wagle.out_of_memory"] = bool(mask.get("out_of_memory"))
-    if mask.get("out_of_memory"):
-        report("WAGLE mask (ratio 0.8) on every weight: out of memory")
-    else:
-        results["mask.wagle.seconds"] = mask["seconds"]
-        results["mask.wagle.peak_over_model_bytes"] = mask["peak_bytes"] / mask["param_bytes"]
-        report(f"WAGLE mask (ratio 0.8) on every weight: {mask['seconds']:.1f} s, peak memory "
-               f"{results['mask.wagle.peak_over_model_bytes']:.1f} x the model's weights")
-    cases_run = {**measured, "mask.wagle": mask}
-    if cfg.eval_questions:
-        cases_run["eval.tofu"] = found = _case_in_subprocess(cfg, ("eval.tofu", "NPO", "eval", False), device)
-        results.update({f"eval.tofu.{k}": found[k] for k in ("scored_tokens_per_s", "answers_per_s") if k in found})
-        if "answers_per_s" in found:
-            report(f"TOFU evaluation: {found['scored_tokens_per_s']:.0f} scored tokens/s, {found['answers_per_s']:.2f} "
-                   f"greedy answers/s ({EVAL_NEW_TOKENS} new tokens, {found['questions']} questions)")
-    results["cases"] = cases_run
+    return results
+
+
+def token_sweep(cfg: LLMBench, cases: list[tuple], peak: float, device: torch.device, cases_run: dict,
+                report: Callable[[str], None]) -> dict:
+    """Every case at every token batch of ``tokens_per_step`` (batch_size = tokens / seq_len), each in its own
+    process: LABEL.tokens=N.{tokens_per_s, mfu, peak_bytes, out_of_memory}, and per case the batch of highest MFU
+    that ran (LABEL.best_tokens_per_step, LABEL.best_mfu)."""
+    results: dict = {}
+    report(f"{'setting':<30} {'peak MiB':>10} {'step s':>8} {'tokens/s':>9} {'MFU':>6}")
+    for case in cases:
+        best = None
+        for n in cfg.tokens_per_step:
+            label = f"{case[0]}.tokens={n}"
+            cases_run[label] = r = _measured(dataclasses.replace(cfg, batch_size=n // cfg.seq_len), case, label,
+                                             peak, device, report, width=30)
+            results[f"{label}.out_of_memory"] = bool(r.get("out_of_memory"))
+            if not r.get("out_of_memory"):
+                results.update({f"{label}.{key}": r[key] for key in ("tokens_per_s", "mfu", "peak_bytes")})
+                best = max(best or (r["mfu"], n), (r["mfu"], n))
+        if best is not None:
+            results[f"{case[0]}.best_mfu"], results[f"{case[0]}.best_tokens_per_step"] = best
+    return results
+
+
+def logprob_memory(cfg: LLMBench, device: torch.device, cases_run: dict, report: Callable[[str], None]) -> dict:
+    """``logprob_case`` by the logits path and in chunks (``logprob_chunk``, or 1024 when it is 0), each in its own
+    process: logprobs.{logits,chunked}.peak_bytes and their ratio."""
+    chunk = cfg.logprob_chunk or 1024
+    results: dict = {"logprobs.chunk": chunk, "logprobs.tokens": cfg.batch_size * cfg.logprob_seq_len}
+    for path, c in (("logits", 0), ("chunked", chunk)):
+        cases_run[f"logprobs.{path}"] = r = _case_in_subprocess(dataclasses.replace(cfg, logprob_chunk=c),
+                                                                (f"logprobs.{path}", "NPO", "logprobs", False), device)
+        results[f"logprobs.{path}.out_of_memory"] = bool(r.get("out_of_memory"))
+        if not r.get("out_of_memory"):
+            results[f"logprobs.{path}.peak_bytes"] = r["peak_bytes"]
+    if "logprobs.logits.peak_bytes" in results and "logprobs.chunked.peak_bytes" in results:
+        ratio = results["logprobs.chunked_over_logits_peak"] = (results["logprobs.chunked.peak_bytes"]
+                                                                / results["logprobs.logits.peak_bytes"])
+        report(f"log-prob step, {cfg.batch_size} x {cfg.logprob_seq_len} tokens: logits path "
+               f"{results['logprobs.logits.peak_bytes'] / 2**20:.0f} MiB, chunks of {chunk} "
+               f"{results['logprobs.chunked.peak_bytes'] / 2**20:.0f} MiB (x{ratio:.3f})")
     return results

@@ -135,14 +135,19 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _members(text: str) -> tuple[int, ...]:
-    try:
-        members = tuple(int(m) for m in text.split(","))
-        if min(members) < 1:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"--members must be comma-separated positive integers, got {text!r}") from None
-    return members
+def _positive_ints(option: str) -> Callable[[str], tuple[int, ...]]:
+    """The converter of an option that takes comma-separated positive integers (``--members 8,32``)."""
+
+    def convert(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(m) for m in text.split(","))
+            if min(values) < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{option} must be comma-separated positive integers, got {text!r}") from None
+        return values
+
+    return convert
 
 
 def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
@@ -202,6 +207,10 @@ def run_aliases() -> tuple[Alias, ...]:
         Alias("--stop-on", "stop_on", "collapse: end at the first collapsed evaluation (retain NLL or output entropy "
                                       "at log V, or entropy ~0) and keep the model of the last healthy one",
               {"choices": ("collapse",)}, none="run every step"),
+        Alias("--logprob-chunk", "logprob_chunk", "Hugging Face models: take log-probs from the hidden states, N "
+                                                  "response positions at a time (memory N x vocabulary instead of "
+                                                  "batch x length x vocabulary)", {"type": int, "metavar": "N"},
+              none="full logits"),
     )
 
 
@@ -221,7 +230,7 @@ def relearn_aliases() -> tuple[Alias, ...]:
 
 
 def validate_aliases() -> tuple[Alias, ...]:
-    from recipes.validate import PRECISION_MODES, VALIDATED_METHODS
+    from recipes.validate import FREEZABLE, PRECISION_MODES, UNLEARN_OPTIMIZERS, VALIDATED_METHODS
     from unlearn.models.hf import ARCHITECTURES
     from unlearn.reference import MODES
 
@@ -249,12 +258,18 @@ def validate_aliases() -> tuple[Alias, ...]:
         Alias("--stop-on", "stop_on", "collapse: end each method at its first collapsed evaluation (retain NLL or "
                                       "output entropy at log V, or entropy ~0)", {"choices": ("collapse",)},
               none="run every step"),
+        Alias("--optimizer", "optimizer", f"the unlearning optimizer: {', '.join(UNLEARN_OPTIMIZERS)} (sgd: plain "
+                                          "p -= lr * grad, with --methods GA)", {"choices": UNLEARN_OPTIMIZERS}),
+        Alias("--freeze", "freeze", f"comma-separated, of {', '.join(FREEZABLE)}: keep the output head and/or the "
+                                    "final norm's gain fixed while unlearning (full fine-tuning)",
+              {"metavar": "PART,..."}, convert=_comma_list, none="train everything"),
     )
 
 
 def bench_toy_aliases() -> tuple[Alias, ...]:
     return (
-        Alias("--members", "members", "ensemble sizes, comma-separated", {"metavar": "M,M,..."}, convert=_members),
+        Alias("--members", "members", "ensemble sizes, comma-separated", {"metavar": "M,M,..."},
+              convert=_positive_ints("--members")),
         Alias("--device", "device", "cpu or cuda"),
     )
 
@@ -269,6 +284,16 @@ def bench_llm_aliases() -> tuple[Alias, ...]:
         Alias("--batch-size", "batch_size", "sequences per batch", {"type": int}),
         Alias("--dtype", "dtype", "weights' dtype", {"choices": tuple(DTYPES)}),
         Alias("--gradient-checkpointing", "gradient_checkpointing", "recompute activations in backward",
+              {"action": "store_true"}),
+        Alias("--tokens-per-step", "tokens_per_step", "token batches to sweep, multiples of --seq-len",
+              {"metavar": "N,N,..."}, convert=_positive_ints("--tokens-per-step")),
+        Alias("--logprob-chunk", "logprob_chunk", "response positions per log-prob chunk (0: full logits)",
+              {"type": int}),
+        Alias("--compile", "compile", "also time LoRA NPO (cached) under torch.compile", {"action": "store_true"}),
+        Alias("--cases", "cases", "settings to run, comma-separated: npo.cached, npo.copy, npo+kl.adapter, "
+                                  "npo+kl.copy, full.npo.cached, full.npo.copy, mask.wagle", {"metavar": "A,B,..."},
+              convert=lambda text: tuple(text.split(",")), none="all"),
+        Alias("--profile", "profile", "profile each setting's last step: a table of its top kernels by time",
               {"action": "store_true"}),
         Alias("--device", "device", "cpu or cuda"),
     )

@@ -89,6 +89,9 @@ class RunConfig:
     reference: str = "cached"  # Hugging Face models: cached or copy (unlearn.reference); toy models: cached
     overwrite: bool = False  # replace the run in an existing --out folder (module docstring)
     stop_on: str | None = None  # "collapse": end at the first collapsed evaluation, keep the last healthy model
+    # Hugging Face models: log-probs from the hidden states, this many response positions at a time
+    # (unlearn.logprobs.head_token_logprobs: memory O(chunk x vocabulary)); None: from full logits
+    logprob_chunk: int | None = None
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -104,6 +107,9 @@ class RunConfig:
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1 (steps), or none for a tenth of the steps, got "
                              f"{self.eval_every}")
+        if self.logprob_chunk is not None and self.logprob_chunk < 1:
+            raise ValueError(f"logprob_chunk must be >= 1 (positions), or none for full logits, got "
+                             f"{self.logprob_chunk}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1 (sequences of each evaluation set), or none for all of them, "
                              f"got {self.eval_limit}")
@@ -122,7 +128,9 @@ class RunConfig:
         spec = attribution.parse_mask_spec(self.mask) if self.mask else None  # (kind, ratio), or a file's Path
         why = {}
         for key in given:
-            if self.model in MODELS and key in ("task", "forget", "retain", "data", "split", "eval", "retain_logs"):
+            if self.model in MODELS and key == "logprob_chunk":
+                why[key] = f"the toy model {self.model} has a small vocabulary; it is for Hugging Face models' heads"
+            elif self.model in MODELS and key in ("task", "forget", "retain", "data", "split", "eval", "retain_logs"):
                 why[key] = (f"the toy model {self.model} trains on its own Markov world; task, forget and retain "
                             "choose the data of a Hugging Face model")
             elif self.model in MODELS and key == "reference":
@@ -313,6 +321,9 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         if world > 1 and cfg.mask:
             raise ValueError(f"--mask selects weights of the whole model, which FSDP2 shards over the {world} "
                              "ranks; run masked runs in one process")
+        if world > 1 and cfg.logprob_chunk:
+            raise ValueError(f"--logprob-chunk applies the output head outside the model's forward, which FSDP2 "
+                             f"shards over the {world} ranks; run it in one process")
         if world > 1 and cfg.stop_on:
             raise ValueError("--stop-on collapse keeps the last healthy weights, which FSDP2 shards over the "
                              f"{world} ranks; run it in one process")
@@ -339,7 +350,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         masks = (attribution.masks_for(cfg.mask, model, scores, generator(cfg.seed, "mask-threshold"))
                  if cfg.mask else None)
         reference = make_reference(cfg.reference, model, forget, retain, with_logits=with_logits)
-        losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference)  # refuses what it can't run
+        losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference,  # refuses what it can't run
+                                   logprob_chunk=cfg.logprob_chunk)
         start = parameter_snapshot(model) if distributed.is_main() else None
         forget_batches, _ = shuffled_batches(len(forget), size, cfg.seed, "run", "forget")
         retain_batches, _ = shuffled_batches(len(retain), min(size, len(retain)), cfg.seed, "run", "retain")

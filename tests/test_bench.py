@@ -72,6 +72,39 @@ def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):
     assert evaluated["questions"] == 16 and evaluated["scored_tokens"] > 16 * 7 * 10
     assert doc["eval.tofu.scored_tokens_per_s"] == evaluated["scored_tokens_per_s"] > 0
     assert doc["eval.tofu.answers_per_s"] == evaluated["answers_per_s"] > 0
+    assert doc["attention"] == "sdpa" and doc["logprob_path"] == "logits"
+    assert doc["logprobs.chunk"] == 1024 and doc["logprobs.tokens"] == 2 * 2048  # batch 2 x logprob_seq_len
+    assert doc["logprobs.chunked_over_logits_peak"] == pytest.approx(
+        doc["logprobs.chunked.peak_bytes"] / doc["logprobs.logits.peak_bytes"])
+    assert doc["cases"]["logprobs.chunked"]["path"] == "chunked" and doc["cases"]["logprobs.logits"]["path"] == "logits"
+
+
+def test_bench_llm_sweeps_token_batches_through_chunked_log_probs(tmp_path):
+    """Every case at each token batch, the best batch named per case, and the chunked log-prob path recorded."""
+    out = tmp_path / "llm.json"
+    argv = ["bench", "llm", "--quick", "--seq-len", "16", "--tokens-per-step", "16,32", "--logprob-chunk", "8",
+            "--set", "full_finetuning=false", "--set", "eval_questions=0", "--set", "logprob_seq_len=0",
+            "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["logprob_path"] == "chunks of 8" and "logprobs.chunk" not in doc  # the memory case is off
+    for case in ("npo.cached", "npo.copy", "npo+kl.adapter", "npo+kl.copy"):
+        mfus = {n: doc[f"{case}.tokens={n}.mfu"] for n in (16, 32)}
+        assert doc[f"{case}.best_tokens_per_step"] == max(mfus, key=mfus.get)
+        assert doc[f"{case}.best_mfu"] == max(mfus.values()) > 0
+        assert doc["cases"][f"{case}.tokens=32"]["tokens_per_s"] == doc[f"{case}.tokens=32.tokens_per_s"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tokens-per-step", "100"], "tokens_per_step 100 is not a positive multiple of seq_len 128"),
+    (["--tokens-per-step", "128,x"], "--tokens-per-step must be comma-separated positive integers"),
+    (["--logprob-chunk", "-1"], "logprob_chunk must be >= 0, got -1"),
+    (["--cases", "npo.cached,npo.foo"], "unknown case 'npo.foo'; valid: npo.cached, npo.copy"),
+    (["--compile", "--tokens-per-step", "256"], "compile applies to the comparison at batch_size"),
+])
+def test_bench_llm_refuses_token_batches_it_cannot_make(argv, message, capsys):
+    assert main(["bench", "llm", "--quick", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("lora, rel", [(None, 0.01), (hf.LoraSpec(2, 4.0), 0.05)])
@@ -126,3 +159,17 @@ def test_bench_llm_keeps_going_when_a_setting_does_not_fit(monkeypatch):
     assert results["n_parameters"] == 7 and results["lora.trainable_parameters"] == 1
     assert results["mask.wagle.peak_over_model_bytes"] == 2.0
     assert any(line.startswith("full.npo.copy") and "out of memory" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_bench_llm_times_a_compiled_step_beside_the_eager_one(tmp_path):
+    """--compile adds npo.compiled (LoRA NPO, cached reference, under torch.compile) and its ratios to the eager
+    npo.cached step; the chunked log-prob path compiles its decoder too."""
+    out = tmp_path / "llm.json"
+    argv = ["bench", "llm", "--quick", "--seq-len", "16", "--compile", "--logprob-chunk", "8", "--set",
+            "full_finetuning=false", "--set", "eval_questions=0", "--set", "logprob_seq_len=0", "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["npo.compiled_vs_cached.step_time_ratio"] == pytest.approx(
+        doc["cases"]["npo.compiled"]["step_s"] / doc["cases"]["npo.cached"]["step_s"])
+    assert doc["config"]["compile"] is True and doc["npo.compiled.tokens_per_s"] > 0

@@ -183,6 +183,47 @@ def test_cached_adapter_and_copy_references_give_the_same_losses_and_gradients(t
             torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["NPO+RT", "NPO+KL", "SimNPO"])
+@pytest.mark.parametrize("lora", [None, hf.LoraSpec(rank=4)])
+def test_chunked_log_probs_give_the_logits_paths_losses_and_gradients(tokenizer, method, lora):
+    """logprob_chunk takes forget (and, without KL, retain) log-probs from the decoder's hidden states and the
+    head, 2 positions at a time: the same losses and gradients as the logits path, with and without LoRA (the KL
+    term still reads the retain logits)."""
+    forget, retain = _tokens(tokenizer), _tokens(tokenizer).take(slice(0, 2))
+    model = tiny(len(tokenizer), lora=lora)
+    reference = make_reference("copy", tiny(len(tokenizer)), forget)
+    with torch.no_grad():  # move the model off its reference so that every term is non-trivial
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    results = []
+    for chunk in (None, 2):
+        terms = unlearning_losses(method, MethodParams(beta=0.5), forget, retain, reference, logprob_chunk=chunk)(
+            model, (torch.arange(3), torch.arange(2), None))
+        grads = torch.autograd.grad(sum(t.mean() for t in terms.values()),
+                                    [p for p in model.parameters() if p.requires_grad])
+        results.append((torch.cat([t.detach() for t in terms.values()]), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    assert all(g.abs().max() > 0 for g in results[0][1][-1:])
+    for g, h in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_log_probs_are_refused_where_they_do_not_apply(tokenizer):
+    from unlearn.models.transformer import Transformer, TransformerConfig
+
+    forget = _tokens(tokenizer)
+    reference = make_reference("cached", tiny(len(tokenizer)), forget)
+    with pytest.raises(ValueError, match="not an ensemble"):
+        unlearning_losses(["NPO", "GA"], [MethodParams(beta=0.5)] * 2, forget, None, reference, logprob_chunk=4)
+    with pytest.raises(ValueError, match="positive number of positions"):
+        unlearning_losses("NPO", MethodParams(beta=0.5), forget, None, reference, logprob_chunk=0)
+    toy = Transformer(TransformerConfig(vocab_size=len(tokenizer)))
+    with pytest.raises(ValueError, match="logprob_chunk needs a causal LM"):
+        unlearning_losses("NPO", MethodParams(beta=0.5), forget, None, reference, logprob_chunk=4)(
+            toy, (torch.arange(3), None, None))
+
+
 @pytest.mark.parametrize("mode", ["cached", "copy"])
 def test_under_bf16_autocast_every_reference_starts_npo_exactly_ga_like(tokenizer, mode):
     """Built under the run's autocast (unlearn.train.forward_precision), each reference reproduces the loss's own

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unlearn.logprobs import sequence_kl, sequence_logprobs
+from unlearn.logprobs import head_token_logprobs, sequence_kl, sequence_logprobs, token_logprobs
 
 
 def naive_logp(logits, labels, mask):
@@ -103,3 +103,76 @@ def test_kl_is_zero_against_itself_and_positive_otherwise():
 def test_shape_mismatch_is_explained():
     with pytest.raises(ValueError, match="must match"):
         sequence_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4))
+
+
+# ------------------------------------------------------------- head_token_logprobs: chunked, from hidden states
+
+
+def _hidden_problem(seed, B, T, d, V, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, d, generator=g, dtype=dtype).requires_grad_()
+    head = (torch.randn(V, d, generator=g, dtype=dtype) / d**0.5).requires_grad_()
+    labels = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.rand(B, T, generator=g) < 0.7
+    return hidden, head, labels, mask
+
+
+def _values_and_grads(fn, hidden, head, labels, mask):
+    token_logp, _ = fn(hidden, head, labels, mask)
+    weights = torch.linspace(-1.0, 2.0, token_logp.numel()).reshape(token_logp.shape)  # any linear functional
+    grads = torch.autograd.grad((token_logp * weights).sum(), (hidden, head))
+    return token_logp.detach(), grads
+
+
+def _through_logits(hidden, head, labels, mask):
+    return token_logprobs(hidden @ head.T, labels, mask)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 3), T=st.integers(1, 9), d=st.integers(1, 6),
+       V=st.integers(2, 12), chunk=st.integers(1, 30))
+def test_chunked_head_logprobs_equal_the_logits_path_values_and_gradients(seed, B, T, d, V, chunk):
+    """Any chunk (dividing the number of response positions or not, larger than it or 1), any mask: the values
+    and the gradients with respect to the hidden states and the head equal those of log-softmax over the full
+    logits hidden @ head^T, float32, to 1e-6."""
+    problem = _hidden_problem(seed, B, T, d, V)
+    chunked = _values_and_grads(lambda *a: head_token_logprobs(*a, chunk=chunk), *problem)
+    plain = _values_and_grads(_through_logits, *problem)
+    torch.testing.assert_close(chunked[0], plain[0], rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(chunked[1], plain[1], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_head_logprobs_of_bf16_inputs_are_float32_and_match_the_logits_path():
+    hidden, head, labels, mask = _hidden_problem(1, 2, 16, 8, 50, dtype=torch.bfloat16)
+    ours, _ = head_token_logprobs(hidden, head, labels, mask, chunk=5)
+    theirs, _ = _through_logits(hidden, head, labels, mask)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)  # the same bf16 products, row by row
+
+
+def test_chunked_head_logprobs_never_keep_more_than_a_chunk_of_logits():
+    """The memory claim: of the tensors autograd saves for the backward, none has more than chunk x V elements
+    (the logits path saves B x T x V of them). Prompt positions are never computed at all."""
+    B, T, d, V, chunk = 4, 64, 8, 300, 16
+    hidden, head, labels, _ = _hidden_problem(2, B, T, d, V)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[:, T // 4:] = True
+
+    def largest_saved(fn):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            token_logp, _ = fn(hidden, head, labels, mask)
+        token_logp.sum().backward()
+        return max(sizes)
+
+    assert largest_saved(lambda *a: head_token_logprobs(*a, chunk=chunk)) <= chunk * V
+    assert largest_saved(_through_logits) >= B * T * V // 2  # the test can see a full logits tensor
+
+
+def test_chunked_head_logprobs_refuse_a_bad_chunk_or_shapes():
+    hidden, head, labels, mask = _hidden_problem(0, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="chunk must be a positive"):
+        head_token_logprobs(hidden, head, labels, mask, chunk=0)
+    with pytest.raises(ValueError, match="do not match"):
+        head_token_logprobs(hidden, head[:, :3], labels, mask)

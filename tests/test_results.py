@@ -3,6 +3,7 @@ metrics follow from the curves it stores, each ``bench`` JSON's ratios from the 
 tables of docs/llm.md and docs/performance.md quote them. Nothing is re-run: these guard the reports, not the
 code."""
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,8 @@ LLM_DOC = ROOT / "docs" / "llm.md"
 PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 VALIDATE = sorted(RESULTS.glob("validate-*/validate.json"))
 BENCH = sorted(RESULTS.glob("llm-*.json"))
+COMPARISONS = [p for p in BENCH if not json.loads(p.read_text())["config"].get("tokens_per_step")]
+SWEEPS = [p for p in BENCH if p not in COMPARISONS]  # bench llm --tokens-per-step
 TIMING = sorted(RESULTS.glob("figures-*-timing-cpu.txt"))
 
 
@@ -109,7 +112,7 @@ def test_bench_ratios_follow_from_their_recorded_values(path):
     doc = json.loads(path.read_text())
     cases = doc["cases"]
     pairs = [key.rsplit(".", 2) for key in doc if key.endswith(".peak_mem_ratio")]  # prefix, a_vs_b, ratio
-    assert pairs, "no comparison in the report"
+    assert pairs or path in SWEEPS, "no comparison in the report"
     for prefix, names, _ in pairs:
         key = f"{prefix}.{names}.peak_mem_ratio"
         a, b = (cases[f"{prefix}.{name}"] for name in names.split("_vs_"))
@@ -117,13 +120,21 @@ def test_bench_ratios_follow_from_their_recorded_values(path):
         step_key = key.replace("peak_mem_ratio", "step_time_ratio")
         assert doc[step_key] == pytest.approx(a["step_s"] / b["step_s"])
         assert a["tokens_per_s"] > 0 and b["tokens_per_s"] > 0
+    if "logprobs.chunked_over_logits_peak" in doc:
+        assert doc["logprobs.chunked_over_logits_peak"] == pytest.approx(
+            cases["logprobs.chunked"]["peak_bytes"] / cases["logprobs.logits"]["peak_bytes"])
+    for key in (k for k in doc if k.endswith(".best_tokens_per_step")):
+        case = key.removesuffix(".best_tokens_per_step")
+        swept = {int(k.split("tokens=")[1]): cases[k]["mfu"] for k in cases if k.startswith(f"{case}.tokens=")
+                 and "mfu" in cases[k]}
+        assert doc[key] == max(swept, key=swept.get) and doc[f"{case}.best_mfu"] == max(swept.values())
     if "full.npo.saved_bytes" in doc:
         saved = cases["full.npo.copy"]["peak_bytes"] - cases["full.npo.cached"]["peak_bytes"]
         assert doc["full.npo.saved_bytes"] == saved
         assert doc["full.npo.saved_over_model_bytes"] == pytest.approx(saved / cases["full.npo.copy"]["param_bytes"])
 
 
-@pytest.mark.parametrize("path", BENCH, ids=_name)
+@pytest.mark.parametrize("path", COMPARISONS, ids=_name)
 def test_the_performance_table_quotes_each_bench_report(path):
     """docs/performance.md's row of each bench llm file holds its three ratio pairs and the bytes saved."""
     doc = json.loads(path.read_text())
@@ -134,6 +145,25 @@ def test_the_performance_table_quotes_each_bench_report(path):
                 for c in ("npo.cached_vs_copy", "npo+kl.adapter_vs_copy", "full.npo.cached_vs_copy")]
     assert rows[0][2:5] == expected, f"docs/performance.md row {path.name}"
     assert rows[0][5] == f"{doc['full.npo.saved_over_model_bytes']:.2f}"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=_name)
+def test_the_performance_page_quotes_each_token_sweep(path):
+    """docs/performance.md's table of each token sweep: per case, tokens/s / MFU / peak MiB at every batch."""
+    doc = json.loads(path.read_text())
+    text = PERFORMANCE_DOC.read_text()
+    assert f"[{path.name}]" in text, f"docs/performance.md does not link {path.name}"
+    after = text.split(f"[{path.name}]", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("|"))
+    table = itertools.takewhile(lambda line: line.startswith("|"), after[start:])  # the first table after the link
+    rows = {cells(line)[0].strip("`"): cells(line)[1:] for line in table if line.startswith("| `")}
+    for case in doc["config"]["cases"]:
+        if case == "mask.wagle":
+            continue
+        expected = ["out of memory" if doc[f"{case}.tokens={n}.out_of_memory"] else
+                    f"{doc[f'{case}.tokens={n}.tokens_per_s']:.0f} / {doc[f'{case}.tokens={n}.mfu']:.0%} / "
+                    f"{doc[f'{case}.tokens={n}.peak_bytes'] / 2**20:.0f}" for n in doc["config"]["tokens_per_step"]]
+        assert rows.get(case) == expected, f"docs/performance.md's sweep row {case} for {path.name}"
 
 
 def test_the_performance_page_quotes_the_toy_bench():

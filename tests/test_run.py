@@ -108,6 +108,8 @@ REFUSALS = [
     (["run", "--mask", "wagle:1.5"], "the ratio must lie in (0, 1]", None),
     (["run", "--mask", "snip:0.5"], "expected KIND:RATIO with KIND one of wagle, magnitude, random", None),
     (["run", "--method", "NPOO"], "unknown method 'NPOO'", None),
+    (["run", "--logprob-chunk", "64"], "--logprob-chunk 64 does not apply: the toy model markov", None),
+    ([*TINY, "--logprob-chunk", "0"], "logprob_chunk must be >= 1 (positions)", None),
     (["run", "--beta", "0"], "beta must be a finite number > 0", None),
     (["run", "--model", "llama"], "model 'llama': not a toy model (markov, markov-fast)", None),
     # 1. settings that do not apply to the model, task, method or mask
@@ -305,6 +307,22 @@ def test_eval_limit_limits_the_evaluation_sets_of_a_hugging_face_run(tmp_path, m
     argv = ["run", "--model", "tiny", "--steps", "2", "--batch-size", "2", "--set", "eval_limit=3"]
     assert main([*argv, "--out", str(tmp_path / "x")]) == 0
     assert len(sizes) >= 4 and set(sizes) == {3}
+
+
+def test_chunked_log_probs_train_a_hugging_face_model_as_full_logits_do(tmp_path):
+    """--logprob-chunk 3: the same run, its log-probs taken from the hidden states 3 positions at a time, ends at
+    the same weights as from full logits (float32 reduction order aside)."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for extra in ([], ["--logprob-chunk", "3"], ["--lr", "2e-2"]):  # the last: the weights do depend on training
+        out = tmp_path / f"run{len(weights)}"
+        assert main([*TINY, "--method", "NPO+RT", "--steps", "3", "--lr", "1e-2", *extra, "--out", str(out)]) == 0
+        weights.append(load_file(str(out / "model.safetensors")))
+    assert json.loads((tmp_path / "run1" / "run.json").read_text())["config"]["logprob_chunk"] == 3
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(weights[2][key], value, rtol=1e-4, atol=1e-6) for key, value in weights[0].items())
 
 
 def test_cached_logits_that_do_not_fit_are_refused_with_their_sizes():

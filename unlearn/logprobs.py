@@ -14,6 +14,12 @@ their label values are never read (they may hold any id, including -100).
 
 Numerics: log-softmax runs in at least float32 (float64 stays float64), so a bf16 model gives float32
 statistics; this is where bf16's 8-bit mantissa would otherwise round a sum of hundreds of token log-probs.
+
+Memory: the logits path holds B x T x V logits, and their float32 log-softmax, for the backward (at 16 x 2048
+tokens and a 32k vocabulary, 4 GiB each). ``head_token_logprobs`` starts one layer earlier, from the final
+hidden states and a bias-free output head, and takes the response positions ``chunk`` at a time, recomputing
+each chunk's logits in the backward: its extra memory is chunk x V floats, whatever B and T are, and prompt and
+padding positions never get logits at all.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,42 @@ def _label_logprobs(logq: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     return token_logp.masked_fill(~mask, 0.0)
 
 
+def _chunk_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(hidden @ head^T)[labels] for hidden (N, d), head (V, d), labels (N,): (N,), float32 or more."""
+    logits = hidden @ head.T
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+                        chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` of the logits hidden @ head^T, without ever holding them for more than ``chunk`` positions.
+
+        token_logp[b, t] = h_bt . w_y - logsumexp_v (h_bt . w_v),    y = labels[b, t],   where mask[b, t]
+
+    hidden (B, T, d) are the model's final hidden states (after its last norm), head (V, d) a bias-free output
+    layer (``nn.Linear.weight``), labels and mask (B, T) aligned with hidden as with logits. Only the masked
+    positions are computed, ``chunk`` of them at a time; with gradients enabled each chunk runs under activation
+    checkpointing, so the backward recomputes its logits instead of keeping them. Returns (token_logp, mask) as
+    ``token_logprobs`` does: equal to it on the logits hidden @ head^T (same dtype rules: products in the inputs'
+    dtype, or autocast's, log-softmax in at least float32), with extra memory O(chunk x V) instead of O(B T V).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of positions, got {chunk}")
+    if hidden.shape[:2] != labels.shape or labels.shape != mask.shape or head.shape[-1] != hidden.shape[-1]:
+        raise ValueError(f"hidden (B, T, d), head (V, d), labels and mask (B, T) do not match: got "
+                         f"{tuple(hidden.shape)}, {tuple(head.shape)}, {tuple(labels.shape)}, {tuple(mask.shape)}")
+    mask = mask.bool()
+    h, y = hidden[mask], labels[mask]  # (N, d), (N,): response positions only
+    recompute = torch.is_grad_enabled() and (h.requires_grad or head.requires_grad)
+    pieces = [checkpoint(_chunk_logprobs, h[i:i + chunk], head, y[i:i + chunk], use_reentrant=False) if recompute
+              else _chunk_logprobs(h[i:i + chunk], head, y[i:i + chunk])
+              for i in range(0, max(len(y), 1), chunk)]  # one empty piece without response positions: in the graph
+    values = torch.cat(pieces)
+    token_logp = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return token_logp.masked_scatter(mask, values), mask
+
+
 def token_logprob_moments(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p(x_t), mu_t, sigma_t), each (B, T), 0 outside ``mask``: the label's log-prob, and the mean and standard
@@ -97,7 +140,16 @@ def sequence_logprobs(
     Returns:
         SequenceLogprobs(logp, n_tokens), float32 or float64, shape (B,).
     """
-    token_logp, mask = token_logprobs(logits, labels, mask, shift=shift)
+    return _per_sequence(*token_logprobs(logits, labels, mask, shift=shift))
+
+
+def head_sequence_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+                           chunk: int = 1024) -> SequenceLogprobs:
+    """``sequence_logprobs`` of the logits hidden @ head^T, through ``head_token_logprobs`` (memory O(chunk x V))."""
+    return _per_sequence(*head_token_logprobs(hidden, head, labels, mask, chunk=chunk))
+
+
+def _per_sequence(token_logp: torch.Tensor, mask: torch.Tensor) -> SequenceLogprobs:
     return SequenceLogprobs(logp=token_logp.sum(-1), n_tokens=mask.sum(-1).to(token_logp.dtype))
 
 

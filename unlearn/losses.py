@@ -22,14 +22,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from unlearn.ensemble import member_kl, member_logprobs, member_losses
-from unlearn.logprobs import sequence_kl, sequence_logprobs
+from unlearn.logprobs import head_sequence_logprobs, sequence_kl, sequence_logprobs
+from unlearn.models.hf import decoder_and_head
 from unlearn.objectives import MethodParams, SequenceStats, get_method, per_sequence_losses
 
 
 def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequence[MethodParams], forget, retain,
-                      reference, alternative: Callable | None = None) -> Callable:
-    """losses_fn for ``unlearn.train`` (module docstring)."""
+                      reference, alternative: Callable | None = None, logprob_chunk: int | None = None) -> Callable:
+    """losses_fn for ``unlearn.train`` (module docstring).
+
+    ``logprob_chunk``: take log-probs from the final hidden states and the output head, that many response
+    positions at a time (``unlearn.logprobs.head_token_logprobs``: memory O(chunk x V) instead of O(B T V)), for
+    every batch whose logits are not needed otherwise (the retain batches of KL methods still need them). Only for
+    a model that ``unlearn.models.hf.decoder_and_head`` can split; None: the logits path."""
     members = not isinstance(method, str)
+    if logprob_chunk is not None and (members or logprob_chunk < 1):
+        raise ValueError("logprob_chunk applies to one model, not an ensemble" if members else
+                         f"logprob_chunk must be a positive number of positions, got {logprob_chunk}")
     methods = list(method) if members else [method]
     checked = [get_method(name) for name in methods]
     for name, m in zip(methods, checked, strict=True):
@@ -45,8 +54,12 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
     logprobs, kl_of = (member_logprobs, member_kl) if members else (sequence_logprobs, sequence_kl)
     kwargs = {"per_member": True} if members else {}
 
-    def stats_of(model, batch):
+    def stats_of(model, batch, with_logits: bool = False):
         batch = batch.trim()  # every field (b, ...), or (M, b, ...) for an ensemble
+        if logprob_chunk is not None and not with_logits:
+            decoder, head = _decoder_and_head(model)
+            hidden = decoder(batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+            return batch, None, head_sequence_logprobs(hidden, head, batch.labels, batch.mask, chunk=logprob_chunk)
         logits = model(batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
         return batch, logits, logprobs(logits, batch.labels, batch.mask)
 
@@ -58,7 +71,7 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
         forget_stats = SequenceStats(f.logp, f.n_tokens, logp_ref=logp_ref, alt_logp=alt)
         retain_stats = None
         if with_retain:
-            r_batch, r_logits, r = stats_of(model, retain.take(retain_index))
+            r_batch, r_logits, r = stats_of(model, retain.take(retain_index), with_logits=with_kl)
             kl = None
             if with_kl:
                 kl = kl_of(r_logits, reference.retain_logits(model, retain_index, r_batch), r_batch.mask)
@@ -68,6 +81,14 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
         return per_sequence_losses(checked[0], params, forget_stats, retain_stats)
 
     return losses_fn
+
+
+def _decoder_and_head(model):
+    split = decoder_and_head(model)
+    if split is None:
+        raise ValueError(f"logprob_chunk needs a causal LM whose logits are a bias-free head over its decoder's last "
+                         f"hidden states (Llama, Mistral, Qwen; not sharded with FSDP2); got {type(model).__name__}")
+    return split
 
 
 def token_mean_nll(data) -> Callable:

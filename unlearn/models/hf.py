@@ -231,3 +231,23 @@ def ensure_pad_token(tokenizer):
 def n_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, torch.Tensor] | None:
+    """(decoder, head weight (V, d)) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``
+    with a bias-free linear head and nothing after it (no soft-capping, no logit scale), LoRA wrappers followed to
+    their base: the split that ``unlearn.logprobs.head_token_logprobs`` needs. None for any other model, and for
+    a model sharded with FSDP2, whose root forward is what gathers the head's shards."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    from torch.distributed.tensor import DTensor
+
+    head, config = get_head(), getattr(base, "config", None)
+    if not isinstance(head, nn.Linear) or head.bias is not None or isinstance(head.weight, DTensor):
+        return None
+    if any(getattr(config, key, None) not in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale")):
+        return None
+    decoder = get_decoder()
+    return (decoder, head.weight) if decoder is not None and decoder is not base else None
