@@ -529,7 +529,7 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
         results.update(reference_comparison(cfg, cases, peak, device, cases_run, report))
     fitted = [r for r in cases_run.values() if not r.get("out_of_memory")]
     if fitted:
-        results["n_parameters"], results["attention"] = fitted[0]["n_parameters"], fitted[0]["attention"]
+        results["n_parameters"], results["attention"] = fitted[0]["n_parameters"], fitted[0].get("attention")
     with_lora = [r for label, r in cases_run.items() if not label.startswith("full.") and r in fitted]
     if with_lora:
         results["lora.trainable_parameters"] = with_lora[0]["trainable_parameters"]

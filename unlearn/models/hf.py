@@ -232,7 +232,6 @@ def n_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, torch.Tensor] | None:
     """(decoder, head weight (V, d)) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``
     with a bias-free linear head and nothing after it (no soft-capping, no logit scale), LoRA wrappers followed to
