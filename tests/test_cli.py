@@ -106,9 +106,10 @@ class _no_exit:
 def test_seeds_sets_the_replicates_of_experiments_that_have_them(capsys, tmp_path):
     assert main(["figures", "markov-length", "--preset", "fast", "--seeds", "4", "--show-config"]) == 0
     assert '"seeds": 4' in capsys.readouterr().out
-    assert main(["figures", "collapse", "--seeds", "2", "--out", str(tmp_path)]) == 2
+    assert main(["figures", "yao", "--seeds", "2", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "--seeds: collapse has no replicates" in err and "npo-synthetic" in err and "markov-length" in err
+    assert "--seeds: yao has no replicates" in err and "npo-synthetic" in err and "collapse" in err
+    assert not any(tmp_path.iterdir())
     out = subprocess.run([sys.executable, "-m", "recipes.cli", "figures", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "--seeds" in out and "--timing" in out and "20 minutes" in out
