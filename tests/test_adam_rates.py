@@ -1,5 +1,9 @@
 """adam-rates end to end on the fast preset: the CLI writes the figure and the metric contract, each claim of
-``theory.adam`` holds on the simulated runs, and each check fails where its prediction does not apply."""
+``theory.adam`` holds on the simulated runs, and each check fails where its prediction does not apply. The
+committed full figure (figures/adam-rates.json) measures the late regime of every beta2."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,8 @@ from theory import adam
 from unlearn.metrics.curves import acceleration
 
 FAST = adam_rates.PRESETS["fast"]
+FULL = adam_rates.PRESETS["full"]
+COMMITTED = Path(__file__).resolve().parents[1] / "figures" / "adam-rates.json"
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +128,24 @@ def test_per_token_rates_against_length(fast):
 def test_figure_redraws_from_the_saved_json(fast):
     out, _ = fast
     assert adam_rates.plot(load(out / "adam-rates.json")).axes
+
+
+def test_the_committed_full_figure_measures_every_late_regime():
+    """Each full-preset Adam run lasts T >= 2 t_c = 2 x 5.62 / -ln(beta2) (1.2e5 steps at beta2 = 0.9999), so its
+    late slope ([T/2, T]) and crossover are measured: none is None in figures/adam-rates.json. Every late slope is
+    within [0.8, 1.25] of sqrt(n_f)(-ln beta2)/(2 beta), and so is every crossover at beta2 = 0.9999 (at 0.99,
+    beta 4's comes 37% late: the first steps' C > 0, ``theory.adam``)."""
+    for beta2, steps in zip(FULL.beta2s, FULL.adam_steps, strict=True):
+        assert steps >= 2 * adam.npo_adam_crossover_step(beta2, FULL.within), beta2
+    doc = json.loads(COMMITTED.read_text())
+    assert doc["preset"] == "full" and doc["config"]["adam_steps"] == list(FULL.adam_steps)
+    m = doc["metrics"]
+    for beta in FULL.betas:
+        for beta2 in FULL.beta2s:
+            key = f"adam.npo.beta={beta:g}.beta2={beta2:g}"
+            assert m[f"{key}.crossover_ratio"] is not None, key
+            assert 0.8 <= m[f"{key}.late_slope_ratio"] <= 1.25, key
+        assert 0.8 <= m[f"adam.npo.beta={beta:g}.beta2=0.9999.crossover_ratio"] <= 1.25, beta
 
 
 def test_measured_crossover_by_hand():

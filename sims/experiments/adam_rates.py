@@ -14,9 +14,10 @@ side: GA and NPO at every beta share each optimizer setting. The loop's optimize
 global, so each setting is one run of the loop:
 - gradient descent ("sgd", lr ``gd_lr``);
 - sign descent ("signsgd", ``sign_lr``);
-- Adam (beta1 0.9, eps 0, ``adam_lr``) at each beta2 in ``beta2s``, for the matching ``adam_steps``: 12 / (1 - beta2)
-  where the budget allows. A shorter run does not reach the late regime, and its late and crossover metrics are
-  None: beta2 = 0.9999 would need ~1.2e5 steps;
+- Adam (beta1 0.9, eps 0, ``adam_lr``) at each beta2 in ``beta2s``, for the matching ``adam_steps``: T =
+  12 / (1 - beta2) (1,200, 12,000 and 120,000 steps), so that the late window [T/2, T] starts at -ln(beta2) t ~ 6,
+  past the predicted crossover x_c = 5.62, and T >= 2 t_c. A run shorter than that leaves its late and crossover
+  metrics None (below);
 - Adam at each eps in ``eps_values`` for NPO at beta 1. These runs use beta2 ``eps_beta2``, so that the gradient
   meets eps within ``eps_steps``. The mean loss's coordinate gradient is ~ 2 e^{beta r} / sqrt(n_f d), so eps
   meets it where the per-token analysis of ``theory.adam`` meets eps sqrt(n_f d): the onset estimate drawn is
@@ -82,7 +83,7 @@ class Config:
     sign_steps: int = 500
     adam_lr: float = 0.01
     beta2s: tuple[float, ...] = (0.99, 0.999, 0.9999)
-    adam_steps: tuple[int, ...] = (1200, 12000, 4000)  # one per beta2: 12 / (1 - beta2) where the budget allows
+    adam_steps: tuple[int, ...] = (1200, 12000, 120000)  # one per beta2: 12 / (1 - beta2), >= 2 t_c
     within: float = 0.1  # the crossover: the local rate stays within this fraction of the late rate
     eps_values: tuple[float, ...] = (1e-8, 1e-6, 0.0)
     eps_beta2: float = 0.9
