@@ -20,20 +20,27 @@
 #                                            log-prob step's peak memory both ways; then, if LoRA NPO's best MFU
 #                                            is under 40%, a profile of one step at its best batch. Sized at 9
 #                                            cases of ~40 s plus ~2 min of tests: ~8 min on an H100, not yet run
+#   bash benchmarks/gpu_checks.sh tofu       unlearn run under the TOFU protocol's shape: llama-7b-shape, NPO+RT,
+#                                            LoRA 32, bf16-mixed, gradient checkpointing, --reference auto, 2
+#                                            epochs of a generated tofu-like forget10 (400 questions; retain90
+#                                            3,600), evaluated on 64 of each; run.json (peak memory, seconds,
+#                                            the reference chosen) lands in tofu-run-MODEL-DEVICE.json. Estimated
+#                                            ~5 min on an H100, not yet run
 #
 # Results land in benchmarks/results/ as llm-MODEL-DEVICE.json (llm-perf-MODEL-DEVICE.json for the perf stage), validate-MODEL-DEVICE/ (validate-ceiling-MODEL-
 # DEVICE/ for the ceiling stage) and
 # gpu-checks-STAGE-MODEL-DEVICE.log (the device, versions, every command and its output) and, when $OUT is
 # set, there too: the log as it is written (so that a run killed at its time limit still shows how far it
 # got), the results at the end. A validate stage run again on the same machine resumes from its checkpoint.
-# MODEL, DEVICE, STEPS, CEILING_STEPS, PRECISION (ceiling stage), TOKENS, SEQ_LEN, PERF_CASES (perf stage),
+# MODEL, DEVICE, STEPS, CEILING_STEPS, PRECISION (ceiling and tofu stages), EPOCHS (tofu stage), TOKENS, SEQ_LEN, PERF_CASES (perf stage),
 # MEMORISE_EPOCHS, RESULTS and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu PRECISION=float32
 # TOKENS=64,128 SEQ_LEN=32 RESULTS=/tmp/r to try it on a CPU). The package is used from this checkout
 # (PYTHONPATH), so a machine with torch, transformers and peft needs no install. The exit status is that of the first failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
-case $stage in bench|validate|ceiling|perf) ;; *) echo "usage: gpu_checks.sh bench|validate|ceiling|perf" >&2; exit 2 ;; esac
+case $stage in bench|validate|ceiling|perf|tofu) ;; *) echo "usage: gpu_checks.sh bench|validate|ceiling|perf|tofu" >&2
+  exit 2 ;; esac
 MODEL=${MODEL:-llama-7b-shape}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-300}
@@ -43,6 +50,7 @@ TOKENS=${TOKENS:-4096,16384,65536}
 SEQ_LEN=${SEQ_LEN:-2048}
 PERF_CASES=${PERF_CASES:-npo.cached,npo+kl.adapter,full.npo.cached}
 MEMORISE_EPOCHS=${MEMORISE_EPOCHS:-150}
+EPOCHS=${EPOCHS:-2}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -112,6 +120,17 @@ print(n if n and d['npo.cached.best_mfu'] < 0.4 else '')" "${files[0]}" 2>/dev/n
     if [ -n "$best" ]; then  # under the 40% goal: where does a step at its best batch spend its time?
       run unlearn bench llm "${common[@]}" --cases npo.cached --batch-size $((best / SEQ_LEN)) --profile \
         --set logprob_seq_len=0 --out "${files[1]}"
+    fi
+    ;;
+  tofu)
+    scratch=${TMPDIR:-/tmp}/tofu-run-$tag
+    files=("$RESULTS/tofu-run-$tag.json")
+    rm -rf "$scratch"
+    run unlearn data tofu-like --out "$scratch/data"
+    if run unlearn run --model "$MODEL" --task tofu --data "$scratch/data" --split forget10 --method NPO+RT \
+        --epochs "$EPOCHS" --lora 32 --precision "$PRECISION" --gradient-checkpointing --reference auto \
+        --eval-limit 64 --device "$DEVICE" --out "$scratch/run"; then
+      cp "$scratch/run/run.json" "${files[0]}"
     fi
     ;;
   ceiling)

@@ -49,6 +49,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unlearn.config import require_at_least_one
+from unlearn.memory import peak_bytes
 from unlearn.models import hf
 
 MEMBERS = (8, 32, 128)
@@ -265,18 +266,6 @@ CASES = (  # (label, method, reference, LoRA?)
 QUICK_LLM = LLMBench(model="llama-20m-shape", batch_size=2, seq_len=128, steps=2)
 
 
-def _peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:  # this process's own peak RSS: ru_maxrss would carry the launching process's over across exec
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):  # not Linux
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _reset_peak(device: torch.device) -> int:
     """Start a new peak-memory window; returns the memory in use now (CUDA: allocated; CPU: resident set, whose
     high-water mark Linux resets on writing 5 to /proc/self/clear_refs)."""
@@ -302,7 +291,7 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     from unlearn.reference import make_reference
     from unlearn.train import TrainConfig, forward_precision, train
 
-    before = _peak_bytes(device) if device.type == "cpu" else 0
+    before = peak_bytes(device) if device.type == "cpu" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     lora_spec = hf.LoraSpec(cfg.lora_rank, 2.0 * cfg.lora_rank) if lora else None
@@ -355,7 +344,7 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     trained_tokens = B * T + (B * T if method.endswith("+KL") else 0)
     per_token = training_flops_per_token(n_params, n_trainable, model.config.num_hidden_layers,
                                          model.config.hidden_size, T)
-    found = {"peak_bytes": _peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
+    found = {"peak_bytes": peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
              "model_flops_per_s": per_token * trained_tokens / step_s, "n_parameters": n_params,
              "trainable_parameters": n_trainable, "attention": _attention_kernel(model),
              "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
@@ -407,7 +396,7 @@ def logprob_case(cfg: LLMBench, model, before: int, device: torch.device) -> dic
     start = _reset_peak(device)
     t0 = time.perf_counter()
     step(cfg.batch_size, cfg.logprob_seq_len)
-    return {"peak_bytes": _peak_bytes(device) - start, "seconds": time.perf_counter() - t0,
+    return {"peak_bytes": peak_bytes(device) - start, "seconds": time.perf_counter() - t0,
             "tokens": cfg.batch_size * cfg.logprob_seq_len, "path": "chunked" if cfg.logprob_chunk else "logits"}
 
 
@@ -420,7 +409,7 @@ def mask_case(model, forget, retain, before: int, device: torch.device) -> dict:
 
     start = time.perf_counter()
     attribution.masks_for("wagle:0.8", model, lambda kind: attribution.scores(kind, model, gradients=gradients))
-    return {"peak_bytes": _peak_bytes(device) - before, "seconds": time.perf_counter() - start,
+    return {"peak_bytes": peak_bytes(device) - before, "seconds": time.perf_counter() - start,
             "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 

@@ -172,34 +172,69 @@ def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
 
 
 def run_aliases() -> tuple[Alias, ...]:
-    from recipes.run import MODELS, REFERENCES
+    from recipes.run import MODELS, PRECISIONS, REFERENCES, SAVES
     from unlearn.models.hf import ARCHITECTURES
     from unlearn.objectives import METHODS
+    from unlearn.optim import SCHEDULES
 
     alternative = [name for name, m in METHODS.items() if "alt_logp" in m.needs["forget"]]
+    hf_default = "the protocol's: TOFU's for Hugging Face models (see above)"
     return (
         *_model_and_task(f"{' or '.join(MODELS)}, or a Hugging Face model directory or architecture "
                          f"({', '.join(ARCHITECTURES)})", "; Hugging Face models only"),
         Alias("--method", "method", f"one of {', '.join(METHODS)} (docs/methods.md); those that read alternative "
-                                    f"responses ({', '.join(alternative)}) run on the toy models only"),
+                                    f"responses ({', '.join(alternative)}) take them from --alternatives or the "
+                                    "built-in ones"),
         Alias("--beta", "beta", "NPO/SimNPO/DPO inverse temperature, read by the methods that list it below and "
-                                "refused for the others; the SimNPO experiments use 4", {"type": float}),
+                                "refused for the others; the SimNPO experiments use 4, SimNPO's TOFU runs 2.5 "
+                                "(forget05) and 4.5 (forget10)", {"type": float}),
         Alias("--gamma", "gamma", "SimNPO margin", {"type": float}),
         Alias("--lam", "lam", "weight of the retain term", {"type": float}),
         Alias("--mismatch", "mismatch", "GA+Mismatch+KL's mismatch weight", {"type": float}),
-        Alias("--steps", "steps", "unlearning steps", {"type": int}),
-        Alias("--batch-size", "batch_size", "forget (and retain) batch size", {"type": int}),
-        Alias("--lr", "lr", "AdamW learning rate", {"type": float}),
+        Alias("--steps", "steps", "unlearning steps (toy models: 50; Hugging Face models count --epochs unless "
+                                  "this is given)", {"type": int}, none="the protocol's"),
+        Alias("--epochs", "epochs", "Hugging Face models: passes over the forget set (TOFU: 10)", {"type": int},
+              none=hf_default),
+        Alias("--batch-size", "batch_size", "forget (and retain) sequences per micro-batch", {"type": int}),
+        Alias("--grad-accum", "grad_accum", "Hugging Face models: micro-batches per optimizer step (TOFU on one "
+                                            "GPU: 8, an effective batch of 32)", {"type": int}, none=hf_default),
+        Alias("--lr", "lr", "AdamW learning rate (toy models 5e-4; Hugging Face models 1e-5, TOFU's)",
+              {"type": float}, none="the protocol's"),
+        Alias("--warmup-epochs", "warmup_epochs", "Hugging Face models: linear warm-up over this many epochs "
+                                                  "(TOFU: 1)", {"type": float}, none=hf_default),
+        Alias("--weight-decay", "weight_decay", "Hugging Face models: AdamW's decoupled weight decay (TOFU: 0.01)",
+              {"type": float}, none=hf_default),
+        Alias("--schedule", "schedule", "Hugging Face models: after the warm-up, constant or warmup_linear "
+                                        "(linear decay to 0, TOFU's)", {"choices": SCHEDULES}, none=hf_default),
+        Alias("--clip-norm", "clip_norm", "Hugging Face models: gradient-norm clipping (0: none)", {"type": float}),
+        Alias("--precision", "precision", "Hugging Face models: float32, bf16 (bf16 weights and moments), "
+                                          "bf16-mixed (float32 weights, bf16 autocast) or auto (on CUDA the first "
+                                          "of bf16-mixed, bf16 that fits)", {"choices": PRECISIONS}),
+        Alias("--lora", "lora", "Hugging Face models: train a LoRA adapter of this rank (peft) instead of every "
+                                "weight", {"type": int, "metavar": "RANK"}, none="every weight trains"),
+        Alias("--lora-alpha", "lora_alpha", "the LoRA adapter's alpha", {"type": float}),
+        Alias("--gradient-checkpointing", "gradient_checkpointing", "Hugging Face models: recompute activations in "
+                                                                    "the backward pass", {"action": "store_true"}),
+        Alias("--alternatives", "alternatives", "Hugging Face models: JSONL of alternative responses, {prompt, "
+                                                "response} or {prompt, alternatives: [...]}, covering every forget "
+                                                "prompt", {"metavar": "FILE"},
+              none="built-in: refusals for IDK and DPO, random retain answers for GA+Mismatch+KL"),
+        Alias("--template", "template", "Hugging Face models: a plain prompt template with {prompt}, e.g. "
+                                        "'[INST] {prompt} [/INST]' (TOFU's Llama-2 format)", {"metavar": "TEXT"},
+              none="the tokenizer's chat template, else 'Question: {prompt}\\nAnswer: '"),
+        Alias("--save", "save", "Hugging Face models: what DIR/hf holds, a peft adapter or merged weights",
+              {"choices": SAVES}, none="adapter with --lora, else the whole model"),
         Alias("--mask", "mask", "train only the masked weights, see above", {"metavar": "KIND:R|FILE"},
               none="every weight trains"),
         Alias("--mu", "mu", "WAGLE's Hessian scale mu (as released)", {"type": float}),
-        Alias("--seed", "seed", "batch order, mask draws", {"type": int}),
+        Alias("--seed", "seed", "batch order, alternative draws, mask draws", {"type": int}),
         Alias("--eval-limit", "eval_limit", "evaluate on the first N sequences of each evaluation set (toy models: "
                                             "the test splits; Hugging Face models: the forget and retain sets)",
               {"type": int, "metavar": "N"}, none="all"),
-        Alias("--reference", "reference", "Hugging Face models: cached (log-probs, and retain logits for *+KL "
-                                          "methods, computed once) or copy (a frozen model: less memory than cached "
-                                          "logits of a large vocabulary)", {"choices": REFERENCES}),
+        Alias("--reference", "reference", "Hugging Face models: auto (the memory plan's choice, printed with its "
+                                          "reason), cached (log-probs, and retain logits for *+KL methods, computed "
+                                          "once), adapter (the LoRA base) or copy (a frozen model)",
+              {"choices": REFERENCES}),
         Alias("--device", "device", "cpu or cuda"),
         Alias("--overwrite", "overwrite", "replace the run in an existing --out folder (its relearn.json, and its "
                                           "mask.safetensors when this run has no mask, are removed)",
@@ -222,7 +257,8 @@ def relearn_aliases() -> tuple[Alias, ...]:
         Alias("--frac", "frac", "fraction of the forget set", {"type": float}),
         Alias("--epochs", "epochs", "relearning epochs", {"type": int}),
         Alias("--batch-size", "batch_size", "batch size", {"type": int}),
-        Alias("--lr", "lr", "AdamW learning rate", {"type": float}),
+        Alias("--lr", "lr", "AdamW learning rate", {"type": float}, none="1e-4 on toy models, 1e-5 on Hugging Face "
+                                                                         "models"),
         Alias("--draws", "draws", "random subsets to draw, with --subset random; the relearn figure and the "
                                   "SimNPO paper draw 5", {"type": int}),
         Alias("--device", "device", "cpu or cuda"),
@@ -347,12 +383,22 @@ RUN_HELP = """\
 Unlearn the cached original Markov transformer (`markov`: the SimNPO paper's setup; `markov-fast`: the fast
 presets' smaller world and model; either is pretrained once and cached) with one method, and write DIR/run.json
 (the resolved config, forget KL / retain KL / entropy before and after, the training history) and
-DIR/model.safetensors. With a Hugging Face model (a directory, or tiny / llama-...-shape) the data is --task's
-(markov, facts, jsonl with --forget/--retain, or tofu with --data/--split), the reference is --reference's, and
-forget/retain NLL per token are recorded (with --eval tofu|mia, the field's metrics too); methods that read
-alternative responses run on the toy models only.
+DIR/model.safetensors.
+
+A Hugging Face model (a directory, or tiny / llama-...-shape) trains on --task's data (markov, facts, jsonl with
+--forget/--retain, or tofu with --data/--split) under the TOFU protocol of the NPO and SimNPO papers unless told
+otherwise: AdamW at lr 1e-5, weight decay 0.01, 10 epochs of steps of 8 accumulated micro-batches of 4, a linear
+warm-up over the first epoch, then linear decay. It prints its plan first (precision, reference, memory, steps;
+--dry-run stops there, having allocated nothing), records forget/retain NLL per token at every epoch (with
+--eval tofu|mia, the field's metrics too), writes DIR/hf as a Hugging Face model (config.json, the tokenizer, a
+peft adapter or merged weights: `AutoModelForCausalLM.from_pretrained` or `PeftModel.from_pretrained` load it)
+and keeps DIR/run.ckpt after every epoch: rerunning the same command resumes there. Example (one 80 GB GPU):
+
+  unlearn run --model DIR --task tofu --data TOFU --split forget10 --method NPO+RT --precision bf16-mixed \\
+      --lora 32 --gradient-checkpointing --template '[INST] {prompt} [/INST]' --device cuda --out runs/npo
+
 On several GPUs (or CPU processes), `torchrun --nproc_per_node N -m recipes.cli run --model ... --device cuda`
-shards the model with FSDP2; each rank takes its slice of every batch (--batch-size must split evenly) and
+shards the model with FSDP2; each rank takes its slice of every micro-batch (which must split evenly) and
 rank 0 writes DIR.
 
 masks (--mask): wagle:R, magnitude:R or random:R keep the top fraction R in (0, 1] of weights by that score
@@ -365,7 +411,8 @@ run.json's moved_fraction counts the weights that actually changed.
 
 RELEARN_HELP = """\
 Fine-tune the unlearned model of a run folder (written by `unlearn run`) on a fraction of its forget set, the
-shortest responses or random draws, and record the forget KL, retain KL and entropy after every epoch in
+shortest responses or random draws, and record the forget KL, retain KL and entropy (toy models) or the forget
+and retain NLL per token and the run's --eval metrics (Hugging Face models) after every epoch in
 DIR/relearn.json (SimNPO paper Fig. 6's relearning attack), with the resolved config.
 """
 
@@ -379,11 +426,16 @@ def cmd_run(args) -> int:
     cfg = resolve_config(args, RunConfig)
     if show_config(args, "run", cfg):
         return 0
+    if args.dry_run:
+        check_device(cfg)
+        run_unlearning(cfg, Path(args.out or "."), dry_run=True)  # prints the plan; writes nothing
+        return 0
     if not args.out:
         args.parser.error("the following arguments are required: --out")
     check_device(cfg)
     with output_dir(args.out) as out:
-        args.kept = lambda: f"the run did not finish; {out} is written only when a run finishes"
+        args.kept = lambda: (f"the run did not finish; {out} is written only when a run finishes (a Hugging Face "
+                             f"run resumes from {out}/run.ckpt when the same command runs again)")
         doc = run_unlearning(cfg, out)
     if not is_main():  # under torchrun rank 0 reports
         return 0
@@ -407,7 +459,8 @@ def cmd_relearn(args) -> int:
     args.kept = lambda: f"the attack did not finish; {folder / 'relearn.json'} is written only when it finishes"
     doc = run_relearning(folder, cfg)
     for d, r in enumerate(doc["relearn"]):
-        print(f"draw {d}: forget_kl by epoch " + " ".join(f"{v:.4g}" for v in r["forget_kl"]))
+        key = "forget_kl" if "forget_kl" in r else "forget_nll"  # a toy model's run, or a Hugging Face model's
+        print(f"draw {d}: {key} by epoch " + " ".join(f"{v:.4g}" for v in r[key]))
     print(f"wrote {args.run}/relearn.json")
     return 0
 
@@ -644,11 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_fig.add_argument("--timing", action="store_true", help="print a table of wall times at the end")
     p_fig.add_argument("--show-config", action="store_true", help="print the resolved config(s) and exit")
     p_fig.set_defaults(func=cmd_figures)
-    p_run = sub.add_parser("run", help="one unlearning run on a toy model (optionally with a weight mask)",
+    p_run = sub.add_parser("run", help="one unlearning run on a toy or Hugging Face model",
                            epilog=f"methods [the hyperparameters each reads]:\n{methods_help()}",
                            **_described(RUN_HELP, RunConfig))
     add_config(p_run, RunConfig, run_aliases())
-    p_run.add_argument("--out", metavar="DIR", help="the run folder to write (required unless --show-config)")
+    p_run.add_argument("--out", metavar="DIR", help="the run folder to write (required unless --show-config or "
+                                                    "--dry-run)")
+    p_run.add_argument("--dry-run", action="store_true", help="Hugging Face models: read the data, print the plan "
+                       "(precision, reference and why, memory, steps) and exit, allocating no weights")
     p_run.set_defaults(func=cmd_run, parser=p_run)
     p_re = sub.add_parser("relearn", help="a relearning attack on the model of a run folder",
                           **_described(RELEARN_HELP, RelearnConfig))

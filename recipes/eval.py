@@ -1,7 +1,7 @@
 """``unlearn eval tofu`` and ``unlearn eval mia``: the field's evaluation of one causal LM, into OUT/eval.json.
 
 The model is a local Hugging Face directory (its own tokenizer), a run folder of ``unlearn run`` on a Hugging Face
-model (its run.json names the model, model.safetensors holds the weights), or an architecture with random weights
+model (its run.json names the model, OUT/hf holds merged weights or an adapter), or an architecture with random weights
 (``tiny``, ``llama-*-shape``: bytes as tokens, for tests). ``dtype auto`` keeps a checkpoint's bfloat16 (its
 config's torch_dtype) and loads everything else in float32.
 
@@ -119,23 +119,24 @@ def load_for_eval(name: str, cfg: ModelConfig):
     """(model in eval mode, tokenizer, {"path", "identity"}) of a directory, a run folder or an architecture."""
     from unlearn.data import BYTE_VOCAB, byte_tokenizer
     from unlearn.models import hf
+    from unlearn.train import resolve_device
 
     path = Path(name)
-    weights = None
     if (path / "run.json").is_file() and not (path / "config.json").is_file():
-        run = json.loads((path / "run.json").read_text())["config"]
-        if run.get("task") == "markov":
+        from recipes.run import load_hf_run, read_run_config
+
+        run = read_run_config(path)
+        if run.task == "markov":
             raise ValueError(f"{path}: a run on the markov task reads state ids, not text; evaluate runs on text "
                              "tasks (facts, jsonl, tofu)")
-        weights, name = path / "model.safetensors", run["model"]
-    spec = hf.ModelSpec(name, dtype=_dtype(name, cfg.dtype), device=cfg.device, seed=cfg.seed,
-                        vocab_size=BYTE_VOCAB if name == "tiny" else None)
-    model = hf.load_model(spec)
-    if weights is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(weights), device=str(model.device)))
-    tokenizer = byte_tokenizer() if spec.is_architecture else hf.load_tokenizer(name)
+        name = run.model
+        architecture = hf.ModelSpec(name).is_architecture
+        model = load_hf_run(path, run, BYTE_VOCAB if name == "tiny" else None, resolve_device(cfg.device))
+    else:
+        spec = hf.ModelSpec(name, dtype=_dtype(name, cfg.dtype), device=cfg.device, seed=cfg.seed,
+                            vocab_size=BYTE_VOCAB if name == "tiny" else None)
+        architecture, model = spec.is_architecture, hf.load_model(spec)
+    tokenizer = byte_tokenizer() if architecture else hf.load_tokenizer(name)
     return model.eval(), tokenizer, {"path": str(path), "identity": model_identity(model)}
 
 
@@ -297,7 +298,8 @@ FIELD_EVALS = ("tofu", "mia")
 
 
 def field_evaluator(kind: str, data: str, split: str, tokenizer, *, retain_logs: str | None = None,
-                    prompt_format: str = "auto", max_length: int = 512, limit: int | None = None):
+                    prompt_format: str = "auto", template: str = PLAIN_TEMPLATE, max_length: int = 512,
+                    limit: int | None = None):
     """model -> {key: value}: the TOFU metrics (keys ``tofu.SPLIT.prob``, ..., ``tofu.model_utility``, and
     ``tofu.forget_quality`` with ``retain_logs``) or the MIA AUCs (``mia.ATTACK.auc``; forget = the split's
     forget set, holdout = its holdout file) of a TOFU directory, for ``unlearn run`` and ``unlearn validate``'s
@@ -312,11 +314,11 @@ def field_evaluator(kind: str, data: str, split: str, tokenizer, *, retain_logs:
         sets = limited(tofu.read_eval_sets(data, split), limit)
         ratios = (retain_truth_ratios(retain_logs, split, [q.question for q in sets[FORGET_SET]])
                   if retain_logs else None)
-        settings = TofuEvalSettings(prompt_format=prompt_format, max_length=max_length)
+        settings = TofuEvalSettings(prompt_format=prompt_format, template=template, max_length=max_length)
         return lambda model: {f"tofu.{k}": v for k, v in summarise(
             evaluate_tofu(model, tokenizer, sets, settings, progress=False), ratios).items()}
-    cfg = MiaEvalConfig(data=data, split=split, prompt_format=prompt_format, max_length=max_length, limit=limit,
-                        device="cpu")
+    cfg = MiaEvalConfig(data=data, split=split, prompt_format=prompt_format, template=template,
+                        max_length=max_length, limit=limit, device="cpu")
     sets = read_mia_sets(cfg, tokenizer)
     attacks = [a for a in ATTACKS if a != "reference"]
 

@@ -45,8 +45,8 @@ Evaluation (memorising's forget NLL, the recorded forget log-likelihoods and ret
 the default 1024 the built-in tasks are evaluated whole, and a 50k-line file costs no more per evaluation than
 a 1k-line one.
 
-Precision, optimizer and memory (``PRECISION_MODES``, ``memory_plan``): AdamW everywhere, its moments in the
-weights' dtype. ``float32`` (the CPU default); ``bf16-mixed``: float32 weights and moments, bf16 autocast
+Precision, optimizer and memory (``PRECISION_MODES``, ``unlearn.memory.memory_plan``): AdamW everywhere, its
+moments in the weights' dtype. ``float32`` (the CPU default); ``bf16-mixed``: float32 weights and moments, bf16 autocast
 (16 bytes per weight, plus autocast's bf16 copy of the weights); ``bf16``: bf16 weights and moments (8 bytes
 per weight), which rounds away an update smaller than half the bf16 spacing of its weight (2^-9 to 2^-8 of
 the weight: an AdamW step of ~lr = 5e-5 no longer moves weights above ~0.026). On CUDA, ``auto`` takes
@@ -89,6 +89,7 @@ from unlearn import tofu
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll, unlearning_losses
+from unlearn.memory import fits, memory_plan
 from unlearn.metrics.ceiling import forget_ceiling, forget_head_growth, head_and_gain, late_slope_ratio
 from unlearn.metrics.collapse import CollapseMonitor, describe_collapse, vocab_size_of
 from unlearn.metrics.curves import acceleration_interval, rate_fits
@@ -199,6 +200,7 @@ class ValidateConfig:
     gradient_checkpointing: bool = False
     max_length: int = 256
     prompt_format: str = "auto"
+    template: str | None = None  # a plain prompt template with {prompt}, e.g. TOFU's "[INST] {prompt} [/INST]"
     seed: int = 0
     device: str = "auto"  # cuda when a GPU is visible, else cpu
     stop_on: str | None = None  # "collapse": end a method at its first collapsed evaluation (unlearn.metrics.collapse)
@@ -259,8 +261,20 @@ class ValidateConfig:
         require_positive(self, "lr", "npo_beta", "simnpo_beta", "memorise_lr", "memorise_nll", "memorised_within")
         if self.memorise_epochs < 0:
             raise ValueError(f"memorise_epochs must be >= 0, got {self.memorise_epochs}")
+        if self.template is not None and (self.template.count("{prompt}") != 1 or self.prompt_format == "chat"):
+            raise ValueError(f"--template {self.template!r}: a plain template must hold {{prompt}} once (and it "
+                             "replaces the chat template, so not with prompt_format chat)")
+        if self.task == "tofu":
+            tofu.check_split(self.data, self.split)
         if not hf.ModelSpec(self.model).is_architecture:
             hf.check_directory(Path(self.model))
+
+    def prompt(self) -> dict:
+        """``unlearn.data.tokenize_examples``' prompt keywords: --template as the plain template (and the format
+        plain), else prompt_format's with the default plain template."""
+        if self.template is not None:
+            return {"prompt_format": "plain", "plain_template": self.template}
+        return {"prompt_format": self.prompt_format, "plain_template": llm_data.PLAIN_TEMPLATE}
 
     def params(self, method: str) -> MethodParams:
         return MethodParams(beta={"GA": 1.0, "NPO": self.npo_beta, "SimNPO": self.simnpo_beta}[method])
@@ -281,14 +295,37 @@ def task_data(cfg: ValidateConfig, report: Callable[[str], None] | None = print,
     (``unlearn.data``). An architecture reads bytes (``unlearn.data.byte_tokenizer``: the vocabulary, and so
     the model, is the same for any data); a model directory keeps its own tokenizer."""
     if cfg.task == "markov":
-        half = max(1, cfg.n_forget // 2)  # draw twice as many as needed: each train split keeps >= half of them
-        world = markov.make_world(markov.MarkovWorldConfig(seed=cfg.seed, n_retain=2 * cfg.n_retain,
-                                                           n_forget1=2 * half, n_forget2=2 * (cfg.n_forget - half)))
-        forget = markov.Split.concat([world["forget1_train"].take(slice(0, half)),
-                                      world["forget2_train"].take(slice(0, cfg.n_forget - half))])
-        retain = world["retain_train"].take(slice(0, cfg.n_retain))
-        return markov.token_set(forget), markov.token_set(retain), N_STATES + 2, "markov mixture"
+        return markov_task(cfg)
     report = report or (lambda line: None)
+    forget_ex, retain_ex = task_examples(cfg, report, progress)
+    architecture = hf.ModelSpec(cfg.model).is_architecture
+    tokenizer = tokenizer_of(cfg.model)
+    start = time.perf_counter()
+    tok = [tokenize(cfg, ex, tokenizer, progress) for ex in (forget_ex, retain_ex)]
+    kind = f"bytes, {len(tokenizer)} ids" if architecture else "the model's tokenizer"
+    report(f"tokenised {len(forget_ex) + len(retain_ex):,} examples ({kind}; widths {tok[0].input_ids.shape[1]} "
+           f"and {tok[1].input_ids.shape[1]} tokens) in {time.perf_counter() - start:.1f} s")
+    return tok[0], tok[1], len(tokenizer) if architecture else None, cfg.task
+
+
+def tokenize(cfg: ValidateConfig, examples, tokenizer, progress: bool | None = None):
+    """The TokenSet of ``examples`` in this run's prompt format (``ValidateConfig.prompt``)."""
+    return llm_data.tokenize_examples(examples, tokenizer, cfg.max_length, progress=progress, **cfg.prompt())
+
+
+def markov_task(cfg: ValidateConfig):
+    """task_data of the markov task: the SimNPO Markov mixture's sequences as tokens (no text)."""
+    half = max(1, cfg.n_forget // 2)  # draw twice as many as needed: each train split keeps >= half of them
+    world = markov.make_world(markov.MarkovWorldConfig(seed=cfg.seed, n_retain=2 * cfg.n_retain,
+                                                       n_forget1=2 * half, n_forget2=2 * (cfg.n_forget - half)))
+    forget = markov.Split.concat([world["forget1_train"].take(slice(0, half)),
+                                  world["forget2_train"].take(slice(0, cfg.n_forget - half))])
+    retain = world["retain_train"].take(slice(0, cfg.n_retain))
+    return markov.token_set(forget), markov.token_set(retain), N_STATES + 2, "markov mixture"
+
+
+def task_examples(cfg: ValidateConfig, report: Callable[[str], None], progress: bool | None = None):
+    """(forget Examples, retain Examples) of a task with text (facts, tofu, jsonl), reading time reported."""
     start = time.perf_counter()
     if cfg.task == "facts":
         forget_ex, retain_ex = llm_data.facts_task(cfg.n_forget, cfg.facts_split, cfg.seed)
@@ -302,15 +339,7 @@ def task_data(cfg: ValidateConfig, report: Callable[[str], None] | None = print,
         retain_ex = llm_data.read_examples(cfg.retain, progress)
         report(f"read {len(forget_ex):,} forget and {len(retain_ex):,} retain examples in "
                f"{time.perf_counter() - start:.1f} s")
-    architecture = hf.ModelSpec(cfg.model).is_architecture
-    tokenizer = tokenizer_of(cfg.model)
-    start = time.perf_counter()
-    tok = [llm_data.tokenize_examples(ex, tokenizer, cfg.max_length, cfg.prompt_format, progress=progress)
-           for ex in (forget_ex, retain_ex)]
-    kind = f"bytes, {len(tokenizer)} ids" if architecture else "the model's tokenizer"
-    report(f"tokenised {len(forget_ex) + len(retain_ex):,} examples ({kind}; widths {tok[0].input_ids.shape[1]} "
-           f"and {tok[1].input_ids.shape[1]} tokens) in {time.perf_counter() - start:.1f} s")
-    return tok[0], tok[1], len(tokenizer) if architecture else None, cfg.task
+    return forget_ex, retain_ex
 
 
 def tokenizer_of(model: str):
@@ -324,8 +353,10 @@ def field_evaluator(cfg: ValidateConfig):
 
     if cfg.eval is None:
         return None
+    prompt = cfg.prompt()
     return make(cfg.eval, cfg.data, cfg.split, tokenizer_of(cfg.model), retain_logs=cfg.retain_logs,
-                prompt_format=cfg.prompt_format, max_length=cfg.max_length, limit=cfg.eval_limit)
+                prompt_format=prompt["prompt_format"], template=prompt["plain_template"], max_length=cfg.max_length,
+                limit=cfg.eval_limit)
 
 
 def evaluation_sets(cfg: ValidateConfig, forget, retain):
@@ -336,33 +367,6 @@ def evaluation_sets(cfg: ValidateConfig, forget, retain):
 
 
 # --------------------------------------------------------------------------------------------------- memory
-
-
-def memory_plan(n_parameters: int, n_lora: int, precision: str, reference: str, memorise: bool = True) -> dict:
-    """Device bytes of weights, gradients and AdamW moments (two per trained weight) in each phase; activations
-    (the built-in tasks' batches are at most 64 x 20 tokens) and AdamW's temporary (one chunk of at most 256 MiB
-    or one larger weight: ``unlearn.optim.AdamW``) are left out, and ``plan_precision`` adds room for them:
-
-        memorise   4 N b + c                       weights, gradients, two moments (every weight trains)
-        unlearn    N b + 3 N b + c  (+ N b copy)   the working model, its gradients and moments, the frozen
-                                                   copy of the ``copy`` reference
-                   N b + 16 L + c   (+ N b copy)   with a LoRA adapter of L weights, which peft keeps in float32
-                                                   (weights, gradients, moments: 4 x 4 bytes)
-
-    N parameters, b bytes per weight (4 float32 and bf16-mixed, 2 bf16), c = 2 N for bf16-mixed (autocast's bf16
-    copy of the weights, held for the backward pass: an upper bound), else 0; n_lora = 0 is full fine-tuning.
-    The memorised weights wait in host memory. Llama-2-7B's shape (N = 6.74e9): 54 GB (50.2 GiB) in bf16,
-    121 GB (113 GiB) in bf16-mixed."""
-    b = torch.finfo(hf.DTYPES[PRECISION_MODES[precision][0]]).bits // 8
-    weights, cast = n_parameters * b, 2 * n_parameters if precision == "bf16-mixed" else 0
-    trained = 16 * n_lora if n_lora else 3 * weights
-    plan = {"memorise_bytes": 4 * weights + cast if memorise else 0,
-            "unlearn_bytes": weights + trained + cast + (weights if reference == "copy" else 0)}
-    plan["peak_bytes"] = max(plan.values())
-    return plan
-
-
-HEADROOM = (1.05, 2**30)  # a plan fits when 1.05 x its bytes + 1 GiB (activations, CUDA context) are free
 
 
 def model_size(cfg: ValidateConfig, vocab: int | None) -> tuple[int, int]:
@@ -379,7 +383,7 @@ def plan_precision(cfg: ValidateConfig, size: tuple[int, int], free_bytes: int |
     choices = ("bf16-mixed", "bf16") if cfg.precision == "auto" else (cfg.precision,)
     plans = {p: memory_plan(*size, p, cfg.reference, memorise=cfg.memorise_epochs > 0) for p in choices}
     for precision, plan in plans.items():
-        if free_bytes is None or HEADROOM[0] * plan["peak_bytes"] + HEADROOM[1] <= free_bytes:
+        if fits(plan["peak_bytes"], free_bytes):
             return precision, plan
     precision, plan = choices[-1], plans[choices[-1]]
     gib = {k: v / 2**30 for k, v in plan.items()}

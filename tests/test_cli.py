@@ -253,7 +253,7 @@ def test_every_option_help_shows_its_config_default_read_from_the_dataclass():
         defaults, hints = {f.name: f.default for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
         for action in parser._actions:
             if not action.dest.startswith("config_"):
-                assert action.dest in ("help", "set", "show_config", "out", "quick", "run"), action.dest
+                assert action.dest in ("help", "set", "show_config", "out", "quick", "run", "dry_run"), action.dest
                 continue
             key = action.dest.removeprefix("config_")
             assert action.default is None, action.option_strings

@@ -66,18 +66,21 @@ RUN = ["recipes.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps",
        "--lr", "1e-2"]
 
 
-def test_unlearn_run_under_torchrun_follows_the_one_process_run(tmp_path):
-    """`torchrun --nproc_per_node 2 -m recipes.cli run` (FSDP2, gloo): the same losses, evaluations and final
-    weights as one process, written once, by rank 0."""
+@pytest.mark.parametrize("lora", [False, True])
+def test_unlearn_run_under_torchrun_follows_the_one_process_run(lora, tmp_path):
+    """`torchrun --nproc_per_node 2 -m recipes.cli run` (FSDP2, gloo), every weight or a LoRA adapter training:
+    the same losses, evaluations and final weights (OUT/hf) as one process, written once, by rank 0."""
     from safetensors.torch import load_file
 
     docs, weights = {}, {}
     for ranks in (1, 2):
-        out = _run(*RUN, "--out", str(tmp_path / str(ranks)), ranks=ranks)
+        out = _run(*RUN, *(["--lora", "4"] if lora else []), "--out", str(tmp_path / str(ranks)), ranks=ranks)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.count("wrote") == 1  # rank 0 reports
         docs[ranks] = json.loads((tmp_path / str(ranks) / "run.json").read_text())
-        weights[ranks] = load_file(str(tmp_path / str(ranks) / "model.safetensors"))
+        saved = "adapter_model.safetensors" if lora else "model.safetensors"
+        weights[ranks] = load_file(str(tmp_path / str(ranks) / "hf" / saved))
+    assert all(("lora_" in name) == lora for name in weights[1])  # the adapter alone, or the whole model
     assert (docs[1]["world_size"], docs[2]["world_size"]) == (1, 2)
     assert docs[1]["history"]["loss"][-1] != docs[1]["history"]["loss"][0]  # the run does move
     assert docs[2]["history"]["loss"] == pytest.approx(docs[1]["history"]["loss"], rel=1e-5)
@@ -89,9 +92,10 @@ def test_unlearn_run_under_torchrun_follows_the_one_process_run(tmp_path):
 
 def test_unlearn_run_under_torchrun_refuses_masks_and_uneven_batches(tmp_path):
     out = _run(*RUN, "--mask", "wagle:0.5", "--out", str(tmp_path / "m"), ranks=2)
-    assert out.returncode != 0 and "run masked runs in one process" in out.stderr
+    assert out.returncode != 0 and "--mask selects weights of the whole model, which FSDP2 shards over the 2 ranks; " \
+        "run it in one process" in out.stderr
     out = _run(*RUN[:-4], "--batch-size", "3", "--out", str(tmp_path / "b"), ranks=2)
-    assert out.returncode != 0 and "do not split evenly over 2 ranks" in out.stderr
+    assert out.returncode != 0 and "does not split evenly over 2 ranks" in out.stderr
     assert not (tmp_path / "m").exists() and not (tmp_path / "b").exists()
 
 

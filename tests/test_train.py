@@ -40,6 +40,37 @@ def test_same_seed_is_bitwise_identical(tiny_problem):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(optimizer, tiny_problem):
+    """Checkpoints every 3 of 10 steps (weight decay, a warm-up and linear decay, evaluations every 2): resumed
+    from the one at step 6 on a fresh model holding that moment's weights, the run ends at the same weights,
+    losses and evaluations, bitwise; a resumed AdamW without the moments would not."""
+    TinyLM, make_data, nll = tiny_problem
+    inputs, labels = make_data()
+    cfg = TrainConfig(steps=10, lr=0.05, optimizer=optimizer, weight_decay=0.01, schedule="warmup_linear",
+                      warmup_steps=3, eval_every=2, checkpoint_every=3, progress=False)
+    evaluate = lambda m, s: {"out_norm": m.out.norm()}
+    whole, kept = TinyLM(seed=3), {}
+
+    def checkpoint(c):
+        kept[c.step] = (copy.deepcopy(c), copy.deepcopy(whole.state_dict()))
+
+    history = train(whole, nll, lambda s: [(inputs, labels)], cfg, evaluate=evaluate, checkpoint=checkpoint)
+    assert sorted(kept) == [3, 6, 9]
+    state, weights = kept[6]
+    resumed = TinyLM(seed=4)
+    resumed.load_state_dict(weights)
+    again = train(resumed, nll, lambda s: [(inputs, labels)], cfg, evaluate=evaluate, resume=state)
+    assert again.loss == history.loss and again.evals == history.evals and again.eval_steps == history.eval_steps
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters(), strict=True))
+    if optimizer == "adamw":
+        fresh = TinyLM(seed=4)
+        fresh.load_state_dict(weights)
+        train(fresh, nll, lambda s: [(inputs, labels)], cfg, resume=type(state)(6, {"steps": [0, 0], "m": [None,
+              None], "v": [None, None]}, copy.deepcopy(state.history)))
+        assert not torch.equal(fresh.out, whole.out)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_masked_weights_do_not_move(optimizer, tiny_problem):
     """Masked entries stay bitwise equal, weight decay included; unmasked entries move."""
     TinyLM, make_data, nll = tiny_problem

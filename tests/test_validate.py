@@ -13,6 +13,7 @@ import torch
 
 from recipes import validate
 from recipes.cli import main
+from unlearn.memory import memory_plan
 
 ARGS = ["validate", "--model", "tiny", "--task", "markov", "--steps", "10", "--memorise-epochs", "20"]
 KEYS = {"validate.ga.linear_r2", "validate.ga.log_r2", "validate.npo.log_r2", "validate.npo.linear_r2",
@@ -301,12 +302,12 @@ def test_memory_plan_by_hand():
                                   reference="copy")
     n, lora = validate.model_size(cfg, None)
     assert n == SEVEN_B and lora == 16 * 32 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
-    plan = validate.memory_plan(n, lora, "bf16", "copy")
+    plan = memory_plan(n, lora, "bf16", "copy")
     assert plan["memorise_bytes"] == 4 * n * 2 == plan["peak_bytes"]
     assert plan["unlearn_bytes"] == n * 2 + 16 * lora + n * 2
-    assert validate.memory_plan(n, 0, "float32", "cached", memorise=False) == {
+    assert memory_plan(n, 0, "float32", "cached", memorise=False) == {
         "memorise_bytes": 0, "unlearn_bytes": 16 * n, "peak_bytes": 16 * n}
-    assert validate.memory_plan(n, 0, "bf16-mixed", "cached")["peak_bytes"] == 18 * n
+    assert memory_plan(n, 0, "bf16-mixed", "cached")["peak_bytes"] == 18 * n
 
 
 def test_the_lora_term_is_what_peft_trains():
@@ -318,8 +319,8 @@ def test_the_lora_term_is_what_peft_trains():
     trained = [p for p in model.parameters() if p.requires_grad]
     assert {p.dtype for p in trained} == {torch.float32}
     n_lora = sum(p.numel() for p in trained)
-    base = validate.memory_plan(1000, 0, "bf16", "cached", memorise=False)["unlearn_bytes"] - 3 * 1000 * 2
-    assert validate.memory_plan(1000, n_lora, "bf16", "cached", memorise=False)["unlearn_bytes"] == (
+    base = memory_plan(1000, 0, "bf16", "cached", memorise=False)["unlearn_bytes"] - 3 * 1000 * 2
+    assert memory_plan(1000, n_lora, "bf16", "cached", memorise=False)["unlearn_bytes"] == (
         base + 4 * sum(p.numel() * p.element_size() for p in trained))
 
 

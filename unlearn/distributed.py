@@ -107,11 +107,13 @@ def rank_slice(index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 
 def wrap(model: nn.Module, sharding: str) -> nn.Module:
-    """FSDP2 (every module listed in ``_no_split_modules``-style decoder layers, then the root) or DDP."""
+    """FSDP2 (each decoder layer, then the root) or DDP."""
     if sharding == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        layers = getattr(getattr(model, "model", model), "layers", [])
+        # the decoder layers: a ModuleList named "layers" (Llama's model.layers, also under a peft LoRA wrapper)
+        layers = next((m for name, m in model.named_modules()
+                       if name.rsplit(".", 1)[-1] == "layers" and isinstance(m, nn.ModuleList)), [])
         for layer in layers:
             fully_shard(layer)
         fully_shard(model)

@@ -1,7 +1,7 @@
 """From a model and index batches to per-sequence losses: the ``losses_fn`` that ``unlearn.train`` runs for every
 unlearning method, on the Markov toy and on Hugging Face models alike.
 
-    batch = (forget index, retain index, alternative index)            positions in the forget / retain sets
+    batch = (forget index, retain index, alternative index)    positions in the forget / retain / alternative sets
     forget:  logits -> unlearn.logprobs -> SequenceStats(logp, |y|, logp_ref from the reference, alt_logp)
     retain:  logits -> SequenceStats(logp, |y|, kl to the reference's logits)     (methods with a retain term)
     losses = unlearn.objectives terms (one model) or unlearn.ensemble.member_losses (an ensemble)
@@ -9,8 +9,9 @@ unlearning method, on the Markov toy and on Hugging Face models alike.
 Data sets are anything with ``take(index)`` and ``trim()`` whose batches hold input_ids, attention_mask, labels
 and mask (``unlearn.data.TokenSet``, ``sims.markov.Split``), already on the model's device. Statistics are
 computed only when some method reads them (``Method.needs``). The reference (``unlearn.reference``) gives
-logp_ref and the retain logits; ``alternative(forget index, alternative index)`` gives a batch of alternative
-responses to the forget prompts (Yao et al.'s random mismatch; IDK answers), for methods that read alt_logp.
+logp_ref, alt_logp_ref and the retain logits; ``alternative(forget index, alternative index)`` gives a batch of
+alternative responses to the forget prompts (Yao et al.'s random mismatch; IDK answers; DPO's winners), for
+methods that read alt_logp, and the reference reads the same alternative index.
 
 With a sequence of methods and of params the model is an ensemble (``unlearn.ensemble.Ensemble``) whose
 member m runs ``method[m]`` with ``params[m]`` on its own batches, indices shaped (M, b); the losses go through
@@ -42,13 +43,14 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
     methods = list(method) if members else [method]
     checked = [get_method(name) for name in methods]
     for name, m in zip(methods, checked, strict=True):
-        if "alt_logp_ref" in m.needs["forget"] or ("alt_logp" in m.needs["forget"] and alternative is None):
+        if "alt_logp" in m.needs["forget"] and alternative is None:
             raise ValueError(f"method {name!r} needs alternative responses to the forget prompts, which this data "
                              "does not provide")
         if m.retain is not None and retain is None:
             raise ValueError(f"method {name!r} has a retain term but there is no retain set")
     needs_ref = any("logp_ref" in m.needs["forget"] for m in checked)
     with_alt = any("alt_logp" in m.needs["forget"] for m in checked)
+    with_alt_ref = any("alt_logp_ref" in m.needs["forget"] for m in checked)
     with_retain = any(m.retain is not None for m in checked)
     with_kl = any("kl" in m.needs["retain"] for m in checked)
     logprobs, kl_of = (member_logprobs, member_kl) if members else (sequence_logprobs, sequence_kl)
@@ -67,8 +69,12 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
         forget_index, retain_index, alt_index = batch
         f_batch, _, f = stats_of(model, forget.take(forget_index))
         logp_ref = reference.forget_logp(model, forget_index, f_batch) if needs_ref else None
-        alt = stats_of(model, alternative(forget_index, alt_index))[2].logp if with_alt else None
-        forget_stats = SequenceStats(f.logp, f.n_tokens, logp_ref=logp_ref, alt_logp=alt)
+        alt = alt_ref = None
+        if with_alt:
+            a_batch, _, a = stats_of(model, alternative(forget_index, alt_index))
+            alt = a.logp
+            alt_ref = reference.alternative_logp(model, alt_index, a_batch) if with_alt_ref else None
+        forget_stats = SequenceStats(f.logp, f.n_tokens, logp_ref=logp_ref, alt_logp=alt, alt_logp_ref=alt_ref)
         retain_stats = None
         if with_retain:
             r_batch, r_logits, r = stats_of(model, retain.take(retain_index), with_logits=with_kl)

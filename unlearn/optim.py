@@ -52,6 +52,15 @@ class _Optimizer:
         self.params, self.scales, self.param_groups = params, dict(scales or {}), [{"lr": lr}]
         self.weight_decay, self.masks = weight_decay, dict(masks or {})
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the weights: {"steps": [t per parameter], "m": [...], "v": [...]} in
+        the order of ``params`` (t = 0 and no moments for a parameter never stepped); empty for the stateless
+        optimizers."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back what ``state_dict`` returned (for the same parameters, in the same order)."""
+
     @torch.no_grad()
     def _decay(self, lr: float) -> None:
         if not self.weight_decay:
@@ -121,6 +130,18 @@ class AdamW(_Optimizer):
         super().__init__(params, lr, scales, weight_decay, masks)
         self.betas, self.eps = betas, eps
         self.state: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}  # id(p) -> ([t], m, v)
+
+    def state_dict(self) -> dict:
+        found = [self.state.get(id(p)) for p in self.params]
+        return {"steps": [s[0][0] if s else 0 for s in found],
+                "m": [s[1] if s else None for s in found], "v": [s[2] if s else None for s in found]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["steps"]) != len(self.params):
+            raise ValueError(f"optimizer state for {len(state['steps'])} parameters, this run trains "
+                             f"{len(self.params)}")
+        self.state = {id(p): ([t], m.to(_local(p).device), v.to(_local(p).device))
+                      for p, t, m, v in zip(self.params, state["steps"], state["m"], state["v"], strict=True) if t}
 
     @torch.no_grad()
     def step(self) -> None:

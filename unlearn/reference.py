@@ -12,9 +12,11 @@ distributions on retain batches. Three ways to provide them, all giving the same
     copy     a frozen deep copy of the model (what peer frameworks do): one more model in memory; the
              baseline of ``unlearn bench llm``.
 
-A reference answers ``forget_logp(model, index, batch)`` ((b,) or, for ensembles, (M, b)) and
-``retain_logits(model, index, batch)`` (logits of the batch's positions); ``index`` are the sequences'
-positions in the forget or retain set, ``batch`` the same sequences, trimmed, on the model's device.
+A reference answers ``forget_logp(model, index, batch)`` ((b,) or, for ensembles, (M, b)),
+``alternative_logp(model, index, batch)`` (the same for alternative responses to the forget prompts: DPO's
+winners) and ``retain_logits(model, index, batch)`` (logits of the batch's positions); ``index`` are the
+sequences' positions in the forget, alternative or retain set, ``batch`` the same sequences, trimmed, on the
+model's device.
 """
 
 from __future__ import annotations
@@ -58,17 +60,25 @@ class Cached:
 
     mode = "cached"
 
-    def __init__(self, logp: torch.Tensor, logits: torch.Tensor | None = None):
-        self.logp, self.logits = logp, logits
+    def __init__(self, logp: torch.Tensor, logits: torch.Tensor | None = None, alt_logp: torch.Tensor | None = None):
+        self.logp, self.logits, self.alt_logp = logp, logits, alt_logp
 
     @classmethod
-    def build(cls, model: nn.Module, forget, retain=None, batch_size: int = 64) -> Cached:
-        """From ``model`` as it is now; retain logits only when ``retain`` is given."""
+    def build(cls, model: nn.Module, forget, retain=None, batch_size: int = 64, alternatives=None) -> Cached:
+        """From ``model`` as it is now; retain logits only when ``retain`` is given, alternative responses'
+        log-probs only when ``alternatives`` (a set of them) is."""
         logits = None if retain is None else batched_logits(model, retain, batch_size)
-        return cls(batched_logprobs(model, forget, batch_size), logits)
+        alt = None if alternatives is None else batched_logprobs(model, alternatives, batch_size)
+        return cls(batched_logprobs(model, forget, batch_size), logits, alt)
 
     def forget_logp(self, model, index, batch) -> torch.Tensor:
         return self.logp[index]
+
+    def alternative_logp(self, model, index, batch) -> torch.Tensor:
+        if self.alt_logp is None:
+            raise ValueError("the cached reference holds no log-probs of alternative responses (DPO needs them): "
+                             "build it with alternatives=..., or use the adapter or copy reference")
+        return self.alt_logp[index]
 
     def retain_logits(self, model, index, batch) -> torch.Tensor:
         if self.logits is None:
@@ -106,15 +116,18 @@ class Frozen:
     def forget_logp(self, model, index, batch) -> torch.Tensor:
         return sequence_logprobs(self._logits(model, batch), batch.labels, batch.mask).logp
 
+    alternative_logp = forget_logp  # computed from the batch itself, whichever set it comes from
+
     def retain_logits(self, model, index, batch) -> torch.Tensor:
         return self._logits(model, batch)
 
 
 def make_reference(mode: str, model: nn.Module, forget, retain=None, with_logits: bool = False,
-                   batch_size: int = 64):
-    """The reference of ``mode`` for ``model`` as it is now (call before training)."""
+                   batch_size: int = 64, alternatives=None):
+    """The reference of ``mode`` for ``model`` as it is now (call before training); ``alternatives``: the set of
+    alternative responses whose reference log-probs a cached reference keeps (DPO)."""
     if mode == "cached":
-        return Cached.build(model, forget, retain if with_logits else None, batch_size)
+        return Cached.build(model, forget, retain if with_logits else None, batch_size, alternatives)
     if mode == "adapter":
         if not hasattr(model, "disable_adapter"):
             raise ValueError("the adapter reference needs a LoRA model (peft); use --lora or another reference")

@@ -54,6 +54,8 @@ class TrainConfig:
     precision: "float64" or "float32" cast the model; "bf16-autocast" runs forward passes under bf16 autocast and
         leaves the parameters in their dtype (float32: mixed precision; a bf16 model stays bf16); log-probs are float32
         either way (``unlearn.logprobs``).
+    checkpoint_every: hand a ``Checkpoint`` to ``train``'s ``checkpoint`` callback after every this many updates
+        (0: never; not after the last update, which ends the run).
     progress: show a tqdm bar; None shows it only on a terminal.
     """
 
@@ -66,6 +68,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     clip_norm: float = 0.0
+    checkpoint_every: int = 0
     eval_every: int = 0
     eval_at: tuple[int, ...] = ()
     precision: str = "float32"
@@ -81,8 +84,8 @@ class TrainConfig:
         for key, valid in (("optimizer", optim.OPTIMIZERS), ("schedule", optim.SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}")
-        if self.weight_decay < 0 or self.clip_norm < 0 or self.warmup_steps < 0 or self.eval_every < 0:
-            raise ValueError("weight_decay, clip_norm, warmup_steps and eval_every must be >= 0")
+        if min(self.weight_decay, self.clip_norm, self.warmup_steps, self.eval_every, self.checkpoint_every) < 0:
+            raise ValueError("weight_decay, clip_norm, warmup_steps, eval_every and checkpoint_every must be >= 0")
         if self.adam_eps < 0 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_eps must be >= 0 and adam_betas in [0, 1), got {self.adam_eps}, {self.adam_betas}")
 
@@ -102,6 +105,18 @@ class History:
         for key, value in values.items():
             value = torch.as_tensor(value).detach().cpu().double()
             self.evals.setdefault(key, []).append(value.item() if value.ndim == 0 else value.tolist())
+
+
+@dataclass
+class Checkpoint:
+    """Where a run stands after ``step`` updates, besides its weights (which the caller saves and puts back):
+    the optimizer's state (``optim`` state_dict) and the History so far. ``train(..., resume=c)`` on a model
+    holding the weights of that moment continues as if never stopped: batches, schedule and evaluations depend
+    on the step alone (bitwise on the CPU, tests/test_train.py)."""
+
+    step: int
+    optimizer: dict
+    history: History
 
 
 class StopRun(Exception):
@@ -171,7 +186,8 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
           cfg: TrainConfig, *, evaluate: Callable[[torch.nn.Module, int], Mapping[str, float]] | None = None,
           masks: Mapping[str, torch.Tensor] | None = None,
           lr_scale: Mapping[str, torch.Tensor] | torch.Tensor | Sequence[float] | None = None,
-          members: int | None = None) -> History:
+          members: int | None = None, resume: Checkpoint | None = None,
+          checkpoint: Callable[[Checkpoint], None] | None = None) -> History:
     """Train ``model`` in place and return its History.
 
     Args:
@@ -188,6 +204,8 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
             one value per ensemble member (M,); with cfg.lr = 1 they are the members' own learning rates.
         members: M > 0 trains M independent ensemble members (module docstring), which every trainable parameter
             must hold along its leading axes; None takes ``model.members`` if the model has it, else 0.
+        resume: continue from this Checkpoint (the model must hold its weights); None starts at step 0.
+        checkpoint: called with a Checkpoint every ``cfg.checkpoint_every`` updates.
     """
     device = resolve_device(cfg.device)
     if cfg.precision != "bf16-autocast":
@@ -201,7 +219,10 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
     scales = optim.lr_scales(named, lr_scale, members)  # also checks that every parameter holds the members
     optimizer = optim.make_optimizer(cfg.optimizer, params, cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                      weight_decay=cfg.weight_decay, scales=scales, masks=mask_of)
-    history = History()
+    history, first = History(), 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        history, first = resume.history, resume.step
     autocast = forward_precision(device, cfg.precision)
 
     def run_eval(step) -> bool:
@@ -224,7 +245,8 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
     eval_at = set(cfg.eval_at)
     for p in params:
         p.grad = None
-    with tqdm(range(cfg.steps), desc=cfg.name, disable=hide, leave=False, dynamic_ncols=True) as bar:
+    with tqdm(range(first, cfg.steps), desc=cfg.name, disable=hide, leave=False, dynamic_ncols=True,
+              initial=first, total=cfg.steps) as bar:
         for step in bar:
             if step == 0 or step in eval_at or (cfg.eval_every and step % cfg.eval_every == 0):
                 if not run_eval(step):
@@ -258,6 +280,10 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
             optimizer.step()  # decoupled decay, then the update
             for p in params:  # peak memory: an evaluation's autocast copies never sit beside a model's gradients
                 p.grad = None
+            done = step + 1
+            if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 \
+                    and done < cfg.steps:
+                checkpoint(Checkpoint(done, optimizer.state_dict(), history))
             if cfg.progress is not False and step % 50 == 0:
                 bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
     run_eval(cfg.steps)

@@ -261,6 +261,17 @@ class CollapseMonitor:
             return [None if a is None else self.kinds[self.steps.index(a)][m] for m, a in enumerate(at)]
         return None if at is None else self.kinds[self.steps.index(at)]
 
+    RESUMED = ("steps", "kinds", "last_healthy_step", "last_healthy_values", "last_healthy_state", "stopped_at",
+               "collapsed_values")  # what a resumed run needs of what was seen (its state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What was seen so far, for a checkpoint; ``load_state_dict`` puts it back."""
+        return {key: getattr(self, key) for key in self.RESUMED}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in self.RESUMED:
+            setattr(self, key, state[key])
+
     def restore(self, model: torch.nn.Module) -> bool:
         """Copy ``last_healthy_state`` back into ``model``'s parameters (and buffers, if a ``state_fn`` kept
         them) in place, on their devices and in their dtypes; False when there is none."""

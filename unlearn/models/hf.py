@@ -127,11 +127,11 @@ def load_model(spec: ModelSpec) -> nn.Module:
 
     device = resolve_device(spec.device)
     dtype = DTYPES[spec.dtype]
+    # from_config and peft's LoRA initialisation draw from the global streams: seeded here, and restored afterwards
+    # (random weights depend on the device type, as CPU and CUDA generators differ)
+    cuda = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
     if spec.is_architecture:
         config = without_dropout(architecture_config(spec.name, spec.vocab_size))
-        # from_config draws from the device's global stream: seeded here, and restored afterwards (the weights
-        # depend on the device type, as CPU and CUDA generators differ)
-        cuda = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
         with torch.random.fork_rng(devices=cuda, device_type="cuda"), torch.device(device):
             torch.manual_seed(spec.seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn_implementation)
@@ -145,7 +145,9 @@ def load_model(spec: ModelSpec) -> nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if spec.lora is not None:
-        model = add_lora(model, spec.lora)
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            torch.manual_seed(spec.seed)
+            model = add_lora(model, spec.lora)
     return model.train()
 
 
