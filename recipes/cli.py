@@ -236,8 +236,9 @@ def run_aliases() -> tuple[Alias, ...]:
                                           "once), adapter (the LoRA base) or copy (a frozen model)",
               {"choices": REFERENCES}),
         Alias("--device", "device", "cpu or cuda"),
-        Alias("--overwrite", "overwrite", "replace the run in an existing --out folder (its relearn.json, and its "
-                                          "mask.safetensors when this run has no mask, are removed)",
+        Alias("--overwrite", "overwrite", "replace the run in an existing --out folder (its relearn.json, hf/, and "
+                                          "its mask.safetensors when this run has no mask, are removed; a Hugging "
+                                          "Face run's checkpoint of other settings is discarded)",
               {"action": "store_true"}),
         Alias("--stop-on", "stop_on", "collapse: end at the first collapsed evaluation (retain NLL or output entropy "
                                       "at log V, or entropy ~0) and keep the model of the last healthy one",
@@ -390,9 +391,10 @@ A Hugging Face model (a directory, or tiny / llama-...-shape) trains on --task's
 otherwise: AdamW at lr 1e-5, weight decay 0.01, 10 epochs of steps of 8 accumulated micro-batches of 4, a linear
 warm-up over the first epoch, then linear decay. It prints its plan first (precision, reference, memory, steps;
 --dry-run stops there, having allocated nothing), records forget/retain NLL per token at every epoch (with
---eval tofu|mia, the field's metrics too), writes DIR/hf as a Hugging Face model (config.json, the tokenizer, a
-peft adapter or merged weights: `AutoModelForCausalLM.from_pretrained` or `PeftModel.from_pretrained` load it)
-and keeps DIR/run.ckpt after every epoch: rerunning the same command resumes there. Example (one 80 GB GPU):
+--steps, every tenth of them; with --eval tofu|mia, the field's metrics too), writes DIR/hf as a Hugging Face
+model (config.json, the tokenizer, a peft adapter or merged weights: `AutoModelForCausalLM.from_pretrained` or
+`PeftModel.from_pretrained` load it) and, in one process, keeps DIR/run.ckpt after every epoch: rerunning the
+same command resumes there. Example (one 80 GB GPU):
 
   unlearn run --model DIR --task tofu --data TOFU --split forget10 --method NPO+RT --precision bf16-mixed \\
       --lora 32 --gradient-checkpointing --template '[INST] {prompt} [/INST]' --device cuda --out runs/npo

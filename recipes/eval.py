@@ -123,15 +123,18 @@ def load_for_eval(name: str, cfg: ModelConfig):
 
     path = Path(name)
     if (path / "run.json").is_file() and not (path / "config.json").is_file():
-        from recipes.run import load_hf_run, read_run_config
+        from recipes.run import load_hf_run
 
-        run = read_run_config(path)
-        if run.task == "markov":
+        run = json.loads((path / "run.json").read_text())["config"]
+        if run.get("task") == "markov":
             raise ValueError(f"{path}: a run on the markov task reads state ids, not text; evaluate runs on text "
                              "tasks (facts, jsonl, tofu)")
-        name = run.model
+        if cfg.dtype != "auto":
+            raise ValueError(f"--dtype {cfg.dtype} does not apply to a run folder: its model loads in the precision "
+                             "it trained in (run.json)")
+        name = run["model"]
         architecture = hf.ModelSpec(name).is_architecture
-        model = load_hf_run(path, run, BYTE_VOCAB if name == "tiny" else None, resolve_device(cfg.device))
+        model = load_hf_run(path, resolve_device(cfg.device))
     else:
         spec = hf.ModelSpec(name, dtype=_dtype(name, cfg.dtype), device=cfg.device, seed=cfg.seed,
                             vocab_size=BYTE_VOCAB if name == "tiny" else None)

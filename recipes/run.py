@@ -206,6 +206,8 @@ class RunConfig:
                             ("the Markov world has mismatched retain continuations only (GA+Mismatch+KL)" if toy
                              else "the markov task has no text prompts to answer (use --task facts, jsonl or "
                                   "tofu)"))
+            elif key == "template" and not toy and self.task == "markov":
+                why[key] = "the markov task reads state ids, not text prompts"
             elif key == "alternatives" and "alt_logp" not in method.needs["forget"]:
                 why[key] = f"{self.method} reads no alternative responses (IDK+RT, DPO, DPO+RT, DPO+KL and " \
                            "GA+Mismatch+KL do)"
@@ -298,8 +300,8 @@ class Plan:
     steps_per_epoch: int
     warmup_steps: int
     eval_every: int
-    micro_batch: int  # forget sequences per micro-batch
-    step_batch: int  # forget sequences per step (micro_batch x grad_accum, or the whole forget set)
+    micro_batch: int  # forget sequences in a step's largest micro-batch (the step's batch cut in grad_accum parts)
+    step_batch: int  # forget sequences per step (batch_size x grad_accum, or the whole forget set)
 
     def describe(self) -> str:
         gib = {k: v / 2**30 for k, v in self.bytes.items()}
@@ -312,9 +314,10 @@ class Plan:
 
 
 def plan_run(cfg: RunConfig, n_forget: int, n_retain: int, retain_width: int, vocab: int | None,
-             free_bytes: int | None) -> Plan:
+             free_bytes: int | None, shards: int = 1) -> Plan:
     """The Plan of a Hugging Face run on data of these sizes, with ``free_bytes`` free on its device (None:
-    unknown, everything fits). Sizes come from the model on the meta device: nothing is allocated."""
+    unknown, everything fits) and the model sharded over ``shards`` ranks. Sizes come from the model on the meta
+    device: nothing is allocated."""
     spec = cfg.as_validate_config().model_spec(vocab)
     meta = hf.meta_model(dataclasses.replace(spec, dtype="float32"))
     n, n_lora = hf.n_parameters(meta), hf.lora_size(meta, hf.LoraSpec(cfg.lora, cfg.lora_alpha)) if cfg.lora else 0
@@ -327,7 +330,7 @@ def plan_run(cfg: RunConfig, n_forget: int, n_retain: int, retain_width: int, vo
     error = None
     for precision in precisions:
         try:
-            reference, planned, why = memory.plan_reference(mode, n, n_lora, precision, cached, free_bytes)
+            reference, planned, why = memory.plan_reference(mode, n, n_lora, precision, cached, free_bytes, shards)
             break
         except ValueError as err:
             error = err
@@ -341,7 +344,7 @@ def plan_run(cfg: RunConfig, n_forget: int, n_retain: int, retain_width: int, vo
     warmup = min(steps, round(protocol["warmup_epochs"] * per_epoch))
     eval_every = cfg.eval_every or (per_epoch if protocol.get("epochs") else max(1, steps // 10))
     return Plan(precision, reference, why, planned, n, n_lora, steps, per_epoch, warmup, eval_every,
-                min(cfg.batch_size, step_batch), step_batch)
+                math.ceil(step_batch / min(accum, step_batch)), step_batch)
 
 
 # ---------------------------------------------------------------------------------------------------- runs
@@ -414,7 +417,8 @@ def save_hf(model, folder: Path, save: str, tokenizer, state: dict | None = None
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state else {}))
         if lora and save == "adapter":
             model.get_base_model().config.save_pretrained(tmp)
-        saved = "bytes: unlearn.data.byte_tokenizer (an architecture's; not saved)"
+        saved = ("none: the markov task reads state ids" if tokenizer is None else
+                 "bytes: unlearn.data.byte_tokenizer (an architecture's; not saved)")
         if tokenizer is not None and not isinstance(tokenizer, ByteTokenizer):
             tokenizer.save_pretrained(tmp)
             saved = "saved"
@@ -426,28 +430,38 @@ def save_hf(model, folder: Path, save: str, tokenizer, state: dict | None = None
     return {"save": save, "tokenizer": saved}
 
 
-def load_hf_run(folder: Path, cfg: RunConfig, vocab: int | None, device, trainable: bool = False):
-    """The unlearned model of a Hugging Face run folder, from OUT/hf: merged weights through
-    ``AutoModelForCausalLM.from_pretrained``, an adapter through ``PeftModel.from_pretrained`` on the run's
-    base model (``--model``: a directory, or an architecture rebuilt from its seed)."""
+def run_precision(doc: dict) -> str:
+    """The precision a Hugging Face run trained in (its plan's, which resolved auto), from its run.json."""
+    return doc.get("training", {}).get("precision") or doc["config"]["precision"]
+
+
+def load_hf_run(folder: Path, device, trainable: bool = False):
+    """The unlearned model of a Hugging Face run folder, from OUT/hf, in the precision the run trained in: merged
+    weights through ``AutoModelForCausalLM.from_pretrained``, an adapter through ``PeftModel.from_pretrained`` on
+    the run's base model (``--model``: a directory, or an architecture rebuilt from its seed). Reads run.json
+    only (not the run's data). Training mode when ``trainable``."""
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from recipes.validate import PRECISION_MODES
 
-    hf_dir = folder / "hf"
-    dtype = hf.DTYPES[PRECISION_MODES["float32" if cfg.precision == "auto" else cfg.precision][0]]
+    try:
+        doc = json.loads((folder / "run.json").read_text())
+        config, precision = doc["config"], run_precision(doc)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder / 'run.json'}: not a run record of `unlearn run` ({err})") from None
+    hf_dir, dtype = folder / "hf", PRECISION_MODES[precision][0]
     if (hf_dir / "adapter_config.json").is_file():
-        spec = dataclasses.replace(cfg.as_validate_config().model_spec(vocab), lora=None,
-                                   gradient_checkpointing=False, device=str(device))
-        base = hf.load_model(spec)
-        return PeftModel.from_pretrained(base, hf_dir, is_trainable=trainable).to(device)
-    if not (hf_dir / "config.json").is_file():
+        spec = hf.ModelSpec(config["model"], dtype=dtype, device=str(device), seed=config["seed"],
+                            vocab_size=doc["training"].get("vocab_size"))
+        model = PeftModel.from_pretrained(hf.load_model(spec), hf_dir, is_trainable=trainable).to(device)
+    elif (hf_dir / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(
+            hf_dir, local_files_only=True, dtype=hf.DTYPES[dtype],
+            config=hf.without_dropout(AutoConfig.from_pretrained(hf_dir, local_files_only=True))).to(device)
+    else:
         raise ValueError(f"{folder}: no hf/config.json; is this a Hugging Face run folder of `unlearn run`?")
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True, dtype=dtype,
-                                                 config=hf.without_dropout(
-                                                     AutoConfig.from_pretrained(hf_dir, local_files_only=True)))
-    return model.to(device).train(trainable)
+    return model.train(trainable)
 
 
 def library_versions() -> dict:
@@ -485,7 +499,7 @@ def _resumable(cfg: RunConfig) -> dict:
 
 def read_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
     """The checkpoint at ``path`` if there is one, refused (naming the file and the settings that differ) when a
-    run with other settings wrote it; None when there is none."""
+    run with other settings wrote it, unless ``cfg.overwrite``: then it is deleted; None when there is none."""
     if not path.is_file():
         return None
     try:
@@ -494,6 +508,9 @@ def read_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
         raise ValueError(f"{path}: unreadable checkpoint ({' '.join(str(err).split())[:200]}); delete it to start "
                          "over, or rerun with --overwrite") from None
     differ = [k for k, v in _resumable(cfg).items() if state["config"].get(k) != v]
+    if differ and cfg.overwrite:
+        path.unlink()
+        return None
     if differ:
         shown = ", ".join(f"{k} {state['config'].get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ[:4])
         raise ValueError(f"{path}: a checkpoint of a run with other settings ({shown}); rerun those settings to "
@@ -564,12 +581,17 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
     from recipes.validate import PRECISION_MODES
     from unlearn.losses import unlearning_losses
     from unlearn.reference import make_reference
-    from unlearn.train import Checkpoint, TrainConfig, shuffled_batches, train
+    from unlearn.train import Checkpoint, TrainConfig, forward_precision, shuffled_batches, train
 
     with distributed.process_group(cfg.device) as (rank, world, device):
         began = time.perf_counter()
         if world > 1:
             _refuse_under_torchrun(cfg, world)
+        ckpt = out / CHECKPOINT / "state.pt"
+        if cfg.overwrite and distributed.is_main():  # a finished run is replaced now, so that a rerun resumes
+            _clear(out, None, True)
+            (out / "mask.safetensors").unlink(missing_ok=True)
+        resumed = read_checkpoint(ckpt, cfg) if world == 1 else None  # one of other settings is refused here
         vcfg = dataclasses.replace(cfg.as_validate_config(), device=str(device))
         if vcfg.task == "markov":
             forget, retain, vocab, _ = validate.task_data(vcfg)
@@ -581,15 +603,17 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             vocab = len(tokenizer) if hf.ModelSpec(cfg.model).is_architecture else None
         alt = alternative_set(cfg, vcfg, forget_ex, retain_ex, tokenizer) if forget_ex is not None else None
         field = validate.field_evaluator(vcfg)  # --eval's sets, read and checked before any training
-        plan = plan_run(cfg, len(forget), len(retain), retain.input_ids.shape[-1], vocab, memory.free_memory(device))
+        plan = plan_run(cfg, len(forget), len(retain), retain.input_ids.shape[-1], vocab, memory.free_memory(device),
+                        world)
         if distributed.is_main():
             print(f"{cfg.model}: {plan.describe()}")
         if dry_run:
             return {"config": dataclasses.asdict(cfg), "plan": dataclasses.asdict(plan)}
-        ckpt = out / CHECKPOINT / "state.pt"
-        if cfg.overwrite and distributed.is_main():
-            ckpt.unlink(missing_ok=True)
-        resumed = read_checkpoint(ckpt, cfg) if world == 1 else None  # one of other settings is refused here
+        chosen = {"precision": plan.precision, "reference": plan.reference}
+        if resumed is not None and resumed["plan"] != chosen:
+            raise ValueError(f"{ckpt}: the checkpoint ran with {resumed['plan']}, and this plan chose {chosen} (the "
+                             "free memory changed); give --precision and --reference as the checkpoint has them, or "
+                             "--overwrite to start over")
         accum = cfg.protocol()["grad_accum"]
         check_micro_batches(len(forget), plan.step_batch, accum, world, "the forget set")
         check_micro_batches(len(retain), min(plan.step_batch, len(retain)), accum, world, "the retain set")
@@ -611,8 +635,11 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             state_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
             memory.check_cached_logits(len(retain), retain.input_ids.shape[-1], model.config.vocab_size,
                                        math.ceil(state_bytes / world), memory.free_memory(device), device)
-        reference = make_reference(plan.reference, model, forget, retain, with_logits=with_logits,
-                                   alternatives=alt_data if alt is not None and plan.reference == "cached" else None)
+        autocast = forward_precision(device, PRECISION_MODES[plan.precision][1])  # as every training forward runs
+        alt_ref = alt_data if "alt_logp_ref" in get_method(cfg.method).needs["forget"] else None  # DPO's
+        with torch.no_grad(), autocast:
+            reference = make_reference(plan.reference, model, forget, retain, with_logits=with_logits,
+                                       alternatives=alt_ref)
         losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference,  # refuses what it can't run
                                    alternative=(lambda f, rows: alt_data.take(rows)) if alt is not None else None,
                                    logprob_chunk=cfg.logprob_chunk)
@@ -622,6 +649,9 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                                              "retain")
 
         def micro_batches(step):
+            """The step's batch in ``accum`` near-equal parts, each with the weights that make the loop's mean of
+            micro-batch means the step's mean over sequences: a term's losses times parts x |part| / |batch|
+            (1 when the parts are equal)."""
             f, r = forget_batches(step)[0], retain_batches(step)[0]
             parts = min(accum, len(f))
             fs, rs = f.tensor_split(parts), r.tensor_split(parts) if len(r) >= parts else [r] * parts
@@ -629,8 +659,15 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             for i, (fi, ri) in enumerate(zip(fs, rs, strict=True)):
                 rows = alt.draw(fi, cfg.seed, step, i) if alt is not None else None
                 pick = lambda index: distributed.rank_slice(index, rank, world)
-                out.append((pick(fi), pick(ri), None if rows is None else pick(rows)))
+                scale = {"forget": parts * len(fi) / len(f), "retain": parts * len(ri) / len(r) if len(r) >= parts
+                         else 1.0}
+                out.append((pick(fi), pick(ri), None if rows is None else pick(rows), scale))
             return out
+
+        def weighted_losses(m, batch):
+            *indices, scale = batch
+            return {key: value * scale[key] if scale[key] != 1.0 else value
+                    for key, value in losses(m, tuple(indices)).items()}
 
         limit = slice(0, cfg.eval_limit)
         forget_eval, retain_eval = forget.take(limit), retain.take(limit)
@@ -640,7 +677,10 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                     **(field(m) if field else {})}
 
         monitor = CollapseMonitor(evaluate, vocab_size_of(model), stop=cfg.stop_on == "collapse", data=retain_eval)
-        before = monitor(model, 0)
+        with torch.no_grad(), autocast:
+            model.eval()
+            before = monitor(model, 0)
+            model.train()
         resume = None
         if resumed is not None:
             with torch.no_grad():
@@ -652,7 +692,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             print(f"resuming from {ckpt} at step {resumed['step']} of {plan.steps}")
 
         def write_checkpoint(c: Checkpoint):
-            state = {"config": _resumable(cfg), "step": c.step, "optimizer": c.optimizer,
+            state = {"config": _resumable(cfg), "plan": chosen, "step": c.step, "optimizer": c.optimizer,
                      "history": vars(c.history), "monitor": monitor.state_dict(),
                      "weights": parameter_snapshot(model)}
             ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -667,12 +707,13 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                          precision=PRECISION_MODES[plan.precision][1], device=str(device),
                          progress=progress if distributed.is_main() else False, name=f"unlearn {cfg.method}")
         history, after = watched_training(cfg, out, model, monitor, before, lambda: train(
-            model, losses, micro_batches, tc, evaluate=monitor, masks=masks, resume=resume,
+            model, weighted_losses, micro_batches, tc, evaluate=monitor, masks=masks, resume=resume,
             checkpoint=write_checkpoint))
         history.loss = distributed.mean_over_ranks(history.loss)
         history.terms = {k: distributed.mean_over_ranks(v) for k, v in history.terms.items()}
         save = cfg.save or ("adapter" if cfg.lora else "merged")
-        doc = {"config": dataclasses.asdict(cfg), "training": {**protocol, **dataclasses.asdict(plan)},
+        doc = {"config": dataclasses.asdict(cfg),
+               "training": {**protocol, **dataclasses.asdict(plan), "vocab_size": spec.vocab_size},
                "template": vcfg.prompt(), "world_size": world, "seconds": time.perf_counter() - began,
                "peak_memory_bytes": memory.peak_bytes(device),
                "environment": {**environment(str(device)), **library_versions()},
@@ -805,11 +846,14 @@ def run_relearning(folder: Path, cfg: RelearnConfig = RelearnConfig(), progress:
             model = Transformer(unlearned.cfg).to(dev)
             model.load_state_dict(unlearned.state_dict())
             return model
+
+        precision = "float32"
     else:
         from recipes import validate
+        from recipes.validate import PRECISION_MODES
 
         vcfg = dataclasses.replace(run.as_validate_config(), device=str(dev))
-        forget, retain, vocab, _ = validate.task_data(vcfg, report=None)
+        forget, retain, _, _ = validate.task_data(vcfg, report=None)
         forget, retain = forget.to(dev), retain.to(dev)
         field = validate.field_evaluator(vcfg)
         forget_eval, retain_eval = forget.take(slice(0, run.eval_limit)), retain.take(slice(0, run.eval_limit))
@@ -818,7 +862,8 @@ def run_relearning(folder: Path, cfg: RelearnConfig = RelearnConfig(), progress:
             return {"forget_nll": nll_per_token(m, forget_eval), "retain_nll": nll_per_token(m, retain_eval),
                     **(field(m) if field else {})}
 
-        fresh = lambda: load_hf_run(folder, run, vocab, dev, trainable=True)
+        fresh = lambda: load_hf_run(folder, dev, trainable=True)
+        precision = PRECISION_MODES[run_precision(json.loads((folder / "run.json").read_text()))][1]
     indices = ([relearn_subset(forget.n_tokens, cfg.frac, "shortest")] if cfg.subset == "shortest" else
                [relearn_subset(forget.n_tokens, cfg.frac, "random", generator(run.seed, "relearn-subset", d))
                 for d in range(cfg.draws)])
@@ -828,7 +873,8 @@ def run_relearning(folder: Path, cfg: RelearnConfig = RelearnConfig(), progress:
         model = fresh()
         part = forget.take(index)
         history = relearn(model, token_mean_nll(part), len(part), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                          lr=lr, seed=run.seed, keys=(cfg.subset, d), evaluate=evaluate, progress=progress)
+                          lr=lr, seed=run.seed, keys=(cfg.subset, d), evaluate=evaluate, precision=precision,
+                          progress=progress)
         runs.append({"epochs": list(range(len(history.eval_steps))), **history.evals})
     doc = {"run": str(folder), "subset": cfg.subset, "frac": cfg.frac, "epochs": cfg.epochs,
            "batch_size": cfg.batch_size, "lr": lr, "draws": len(indices), "config": {**config_dict(cfg), "lr": lr},

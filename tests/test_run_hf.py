@@ -66,6 +66,11 @@ def test_the_run_folder_is_a_hugging_face_model(save, tofu_dir, tmp_path):
         assert not (out / "hf" / "adapter_config.json").exists()
         model = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.bfloat16)
     assert _nll_of_loaded(model, tofu_dir, "retain") == pytest.approx(after, abs=0.01)
+    from recipes.eval import ModelConfig, load_for_eval  # what `unlearn eval --model OUT` reads
+
+    loaded, _, _ = load_for_eval(str(out), ModelConfig(device="cpu"))
+    assert next(loaded.parameters()).dtype == torch.bfloat16  # the run's precision
+    assert _nll_of_loaded(loaded, tofu_dir, "retain") == pytest.approx(after, abs=0.01)
 
 
 def test_gradient_checkpointing_trains_every_lora_b(tofu_dir, tmp_path):
@@ -80,12 +85,12 @@ def test_gradient_checkpointing_trains_every_lora_b(tofu_dir, tmp_path):
 
 def test_epochs_accumulation_and_warmup_follow_the_protocol(tofu_dir, tmp_path):
     """The TOFU protocol by default: 10 epochs of steps of 4 x 8 sequences (20 forget questions: one step of
-    20 per epoch, in 5 micro-batches), a warm-up of one epoch, weight decay 0.01, lr 1e-5, evaluated every
-    epoch; --batch-size 2 --grad-accum 5 gives two steps of 10 per epoch."""
+    20 per epoch, in 8 micro-batches of 2 or 3), a warm-up of one epoch, weight decay 0.01, lr 1e-5, evaluated
+    every epoch; --batch-size 2 --grad-accum 5 gives two steps of 10 per epoch."""
     out = tmp_path / "p"
     assert main(tofu_run(tofu_dir, "--method", "GA", "--out", str(out))) == 0
     t = json.loads((out / "run.json").read_text())["training"]
-    assert (t["epochs"], t["steps"], t["steps_per_epoch"], t["step_batch"], t["micro_batch"]) == (10, 10, 1, 20, 4)
+    assert (t["epochs"], t["steps"], t["steps_per_epoch"], t["step_batch"], t["micro_batch"]) == (10, 10, 1, 20, 3)
     assert (t["warmup_steps"], t["weight_decay"], t["lr"], t["eval_every"]) == (1, 0.01, 1e-5, 1)
     out = tmp_path / "q"
     assert main(tofu_run(tofu_dir, "--method", "GA", "--epochs", "2", "--batch-size", "2", "--grad-accum", "5",
@@ -95,13 +100,55 @@ def test_epochs_accumulation_and_warmup_follow_the_protocol(tofu_dir, tmp_path):
     assert doc["history"]["eval_steps"] == [0, 2, 4] and len(doc["history"]["loss"]) == 4
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tofu_dir, tmp_path, monkeypatch):
+def test_accumulated_micro_batches_of_unequal_sizes_make_the_step_of_the_whole_batch(tofu_dir, tmp_path):
+    """Steps of 20 forget (and 20 retain) sequences in 8 micro-batches of 3 or 2 record the losses of one
+    micro-batch of 20 and end at its weights (float32 sums in another order aside): each micro-batch's mean is
+    weighted by its size. Unweighted, every micro-batch 1/8, the recorded step loss would be the mean of the
+    micro-batch means instead (checked to differ here)."""
+    docs, weights = {}, {}
+    for name, extra in (("whole", ["--batch-size", "20", "--grad-accum", "1"]),
+                        ("parts", ["--batch-size", "3", "--grad-accum", "8"])):
+        out = tmp_path / name
+        assert main(tofu_run(tofu_dir, "--method", "GA+RT", "--steps", "3", "--lr", "1e-2", *extra,
+                             "--out", str(out))) == 0
+        weights[name] = load_file(str(out / "hf" / "model.safetensors"))
+        docs[name] = json.loads((out / "run.json").read_text())
+        assert docs[name]["training"]["step_batch"] == 20
+    for term in ("forget", "retain"):
+        assert docs["parts"]["history"]["terms"][term] == pytest.approx(docs["whole"]["history"]["terms"][term],
+                                                                          rel=1e-5)
+    for key, value in weights["whole"].items():
+        torch.testing.assert_close(weights["parts"][key], value, rtol=1e-3, atol=2e-5)  # Adam: ~3e-2 moves
+    # the unweighted mean of the first step's micro-batch means, from the per-sequence NLL of the original model
+    from recipes import validate
+    from unlearn.models import hf
+    from unlearn.train import shuffled_batches
+
+    vcfg = validate.ValidateConfig(model="tiny", task="tofu", data=str(tofu_dir), split="forget10", device="cpu")
+    forget, _, _, _ = validate.task_data(vcfg, report=None)
+    model = hf.load_model(hf.ModelSpec("tiny", vocab_size=258))
+    batch = shuffled_batches(len(forget), 20, 0, "run", "forget")[0](0)[0]
+    with torch.no_grad():
+        data = forget.take(batch).trim()
+        from unlearn.logprobs import sequence_logprobs
+
+        logp = sequence_logprobs(model(data.input_ids, attention_mask=data.attention_mask).logits, data.labels,
+                                 data.mask).logp
+    unweighted = float(torch.stack([part.mean() for part in logp.tensor_split(8)]).mean())
+    assert docs["whole"]["history"]["terms"]["forget"][0] == pytest.approx(float(logp.mean()), rel=1e-5)
+    assert abs(unweighted - float(logp.mean())) > 1e-3
+
+
+@pytest.mark.parametrize("method, extra", [("NPO+RT", []), ("DPO+RT", ["--lora", "4"])])
+def test_an_interrupted_run_resumes_to_the_same_weights(method, extra, tofu_dir, tmp_path, monkeypatch):
     """Killed right after the first epoch's checkpoint, the same command resumes there and ends at the weights
-    and history of an uninterrupted run, bitwise (CPU); run.ckpt is gone once run.json is written."""
+    and history of an uninterrupted run, bitwise (CPU): every weight training, or a LoRA adapter with DPO's
+    alternative answers drawn per step; run.ckpt is gone once run.json is written."""
     from recipes import run as run_recipe
 
-    argv = lambda out: tofu_run(tofu_dir, "--method", "NPO+RT", "--epochs", "3", "--batch-size", "2",
-                                "--grad-accum", "5", "--lr", "1e-2", "--out", str(out))
+    saved = "adapter_model.safetensors" if extra else "model.safetensors"
+    argv = lambda out: tofu_run(tofu_dir, "--method", method, "--epochs", "3", "--batch-size", "2",
+                                "--grad-accum", "5", "--lr", "1e-2", *extra, "--out", str(out))
     assert main(argv(tmp_path / "whole")) == 0
 
     written = []
@@ -119,7 +166,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tofu_dir, tmp_path, monk
     monkeypatch.setattr(run_recipe, "atomic_write", real)
     assert main(argv(tmp_path / "cut")) == 0
     assert not (tmp_path / "cut" / "run.ckpt").exists()
-    whole, cut = (load_file(str(tmp_path / d / "hf" / "model.safetensors")) for d in ("whole", "cut"))
+    whole, cut = (load_file(str(tmp_path / d / "hf" / saved)) for d in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     docs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("whole", "cut")]
     assert docs[0]["history"] == docs[1]["history"] and docs[0]["after"] == docs[1]["after"]
@@ -272,6 +319,10 @@ def test_the_reference_plan_picks_what_fits():
                                          r"copy 62.76 GiB"):
         memory.plan_reference("auto", n, 0, "bf16", logits, 60 * gib)
     assert memory.plan_reference("copy", n, lora, "bf16", logits, None)[0] == "copy"  # unknown free: as asked
+    # FSDP2 over 2 ranks: the model, gradients and moments halve on each; a frozen copy stays whole on every rank
+    one, two = (memory.plan_reference("copy", n, 0, "bf16", 0, None, shards)[1] for shards in (1, 2))
+    assert two["weights_and_optimizer_bytes"] == one["weights_and_optimizer_bytes"] // 2 == 4 * n
+    assert two["reference_bytes"] == one["reference_bytes"] == 2 * n and two["peak_bytes"] == 4 * n + 2 * n
 
 
 def test_the_tofu_protocol_on_a_7b_shape_plans_within_one_80_gb_gpu():

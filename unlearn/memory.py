@@ -22,6 +22,7 @@ are not counted: a plan fits when HEADROOM[0] x its bytes + HEADROOM[1] are free
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -57,16 +58,19 @@ def fits(need_bytes: float, free_bytes: int | None) -> bool:
 
 
 def plan_reference(mode: str, n_parameters: int, n_lora: int, precision: str, cached_bytes: int,
-                   free_bytes: int | None) -> tuple[str, dict, str]:
+                   free_bytes: int | None, shards: int = 1) -> tuple[str, dict, str]:
     """(reference, plan, why) for an unlearning run: ``mode`` "auto" takes the first of cached, adapter (with
     LoRA), copy whose plan fits ``free_bytes``; a named mode is planned as asked. The plan is ``memory_plan``'s
     unlearn phase plus the reference: {"weights_and_optimizer_bytes", "reference_bytes", "peak_bytes"}, a cached
     reference counted twice before training (built in chunks and concatenated) and once beside the gradients
-    and moments. A plan that fits nowhere is refused, naming every candidate's size and the free memory."""
-    base = memory_plan(n_parameters, n_lora, precision, "cached", memorise=False)["unlearn_bytes"]
-    weights = WEIGHT_BYTES[precision] * n_parameters
+    and moments. Under FSDP2 over ``shards`` ranks the model, its gradients and moments are split, while a cached
+    reference and a frozen copy (made before sharding) are whole on every rank. A plan that fits nowhere is
+    refused, naming every candidate's size and the free memory."""
+    base = math.ceil(memory_plan(n_parameters, n_lora, precision, "cached", memorise=False)["unlearn_bytes"] / shards)
+    whole = WEIGHT_BYTES[precision] * n_parameters
+    weights = math.ceil(whole / shards)
     trained = base - weights  # gradients, moments (and autocast's copy) of whatever trains
-    reference = {"cached": cached_bytes, "adapter": 0, "copy": weights}
+    reference = {"cached": cached_bytes, "adapter": 0, "copy": whole}
     candidates = [m for m in REFERENCE_ORDER if m != "adapter" or n_lora] if mode == "auto" else [mode]
     plans = {m: {"weights_and_optimizer_bytes": base, "reference_bytes": reference[m],
                  "peak_bytes": weights + reference[m] + max(trained, reference[m] if m == "cached" else 0)}
