@@ -52,6 +52,18 @@ def process_group(device: str = "cpu") -> Iterator[tuple[int, int, torch.device]
         dist.destroy_process_group()
 
 
+def exit_process(code: int) -> None:
+    """End the process with ``code``; a rank of torchrun (RANK set) that succeeded by ``os._exit`` once stdout and
+    stderr are flushed: gloo's threads can abort the interpreter's own teardown ("terminate called without an
+    active exception") after the work is done and every file written, which torchrun would report as a failed
+    rank. A failing rank exits as usual, so that torchrun stops the others only after its error is printed."""
+    if code == 0 and "RANK" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def backend(device: torch.device) -> str:
     """The process group's backend: gloo on the CPU; with GPUs, nccl for CUDA tensors and gloo for CPU ones
     (``mean_over_ranks``' losses), as a collective on a tensor whose device type has no backend fails ("No
@@ -174,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
