@@ -589,8 +589,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             _refuse_under_torchrun(cfg, world)
         ckpt = out / CHECKPOINT / "state.pt"
         if cfg.overwrite and distributed.is_main():  # a finished run is replaced now, so that a rerun resumes
-            _clear(out, None, True)
-            (out / "mask.safetensors").unlink(missing_ok=True)
+            _clear(out, None, True)  # a mask of the old run too
         resumed = read_checkpoint(ckpt, cfg) if world == 1 else None  # one of other settings is refused here
         vcfg = dataclasses.replace(cfg.as_validate_config(), device=str(device))
         if vcfg.task == "markov":
@@ -614,7 +613,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             raise ValueError(f"{ckpt}: the checkpoint ran with {resumed['plan']}, and this plan chose {chosen} (the "
                              "free memory changed); give --precision and --reference as the checkpoint has them, or "
                              "--overwrite to start over")
-        accum = cfg.protocol()["grad_accum"]
+        protocol = cfg.protocol()
+        accum = protocol["grad_accum"]
         check_micro_batches(len(forget), plan.step_batch, accum, world, "the forget set")
         check_micro_batches(len(retain), min(plan.step_batch, len(retain)), accum, world, "the retain set")
         forget, retain = forget.to(device), retain.to(device)
@@ -700,7 +700,6 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
 
         if world > 1:
             model = distributed.wrap(model, "fsdp")
-        protocol = cfg.protocol()
         tc = TrainConfig(steps=plan.steps, lr=protocol["lr"], optimizer="adamw", weight_decay=protocol["weight_decay"],
                          schedule=protocol["schedule"], warmup_steps=plan.warmup_steps, clip_norm=cfg.clip_norm,
                          eval_every=plan.eval_every, checkpoint_every=plan.steps_per_epoch if world == 1 else 0,
