@@ -125,9 +125,13 @@ def check_device(cfg: Any) -> Any:
 
 
 def show_config(args, command: str, cfg: Any) -> bool:
-    """With --show-config, print the resolved config and say so (the command then returns, having done nothing)."""
+    """With --show-config, print the resolved config (and a config's ``protocol()``: the values its fields left at
+    None take) and say so (the command then returns, having done nothing)."""
     if args.show_config:
-        print(json.dumps({"command": command, "config": config_dict(cfg)}, indent=2))
+        doc = {"command": command, "config": config_dict(cfg)}
+        if hasattr(cfg, "protocol"):
+            doc["protocol"] = cfg.protocol()
+        print(json.dumps(doc, indent=2))
     return args.show_config
 
 
@@ -174,11 +178,12 @@ def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
 def run_aliases() -> tuple[Alias, ...]:
     from recipes.run import MODELS, PRECISIONS, REFERENCES, SAVES
     from unlearn.models.hf import ARCHITECTURES
-    from unlearn.objectives import METHODS
+    from unlearn.objectives import METHODS, RETAIN_NORMS
     from unlearn.optim import SCHEDULES
 
     alternative = [name for name, m in METHODS.items() if "alt_logp" in m.needs["forget"]]
     hf_default = "the protocol's: TOFU's for Hugging Face models (see above)"
+    method_default = "the method's (see above)"
     return (
         *_model_and_task(f"{' or '.join(MODELS)}, or a Hugging Face model directory or architecture "
                          f"({', '.join(ARCHITECTURES)})", "; Hugging Face models only"),
@@ -186,11 +191,13 @@ def run_aliases() -> tuple[Alias, ...]:
                                     f"responses ({', '.join(alternative)}) take them from --alternatives or the "
                                     "built-in ones"),
         Alias("--beta", "beta", "NPO/SimNPO/DPO inverse temperature, read by the methods that list it below and "
-                                "refused for the others; the SimNPO experiments use 4, SimNPO's TOFU runs 2.5 "
-                                "(forget05) and 4.5 (forget10)", {"type": float}),
-        Alias("--gamma", "gamma", "SimNPO margin", {"type": float}),
-        Alias("--lam", "lam", "weight of the retain term", {"type": float}),
-        Alias("--mismatch", "mismatch", "GA+Mismatch+KL's mismatch weight", {"type": float}),
+                                "refused for the others", {"type": float}, none=method_default),
+        Alias("--gamma", "gamma", "SimNPO margin", {"type": float}, none=method_default),
+        Alias("--lam", "lam", "weight of the retain term", {"type": float}, none=method_default),
+        Alias("--mismatch", "mismatch", "GA+Mismatch+KL's mismatch weight", {"type": float}, none=method_default),
+        Alias("--retain-norm", "retain_norm", "the RT term's retain NLL: summed over each sequence, or the batch's "
+                                              "mean per token", {"choices": RETAIN_NORMS},
+              none="the protocol's: sequence for toy models, token (TOFU's) for Hugging Face models"),
         Alias("--steps", "steps", "unlearning steps (toy models: 50; Hugging Face models count --epochs unless "
                                   "this is given)", {"type": int}, none="the protocol's"),
         Alias("--epochs", "epochs", "Hugging Face models: passes over the forget set (TOFU: 10)", {"type": int},
@@ -206,7 +213,8 @@ def run_aliases() -> tuple[Alias, ...]:
               {"type": float}, none=hf_default),
         Alias("--schedule", "schedule", "Hugging Face models: after the warm-up, constant or warmup_linear "
                                         "(linear decay to 0, TOFU's)", {"choices": SCHEDULES}, none=hf_default),
-        Alias("--clip-norm", "clip_norm", "Hugging Face models: gradient-norm clipping (0: none)", {"type": float}),
+        Alias("--clip-norm", "clip_norm", "Hugging Face models: gradient-norm clipping (0: none, as TOFU's runs)",
+              {"type": float}),
         Alias("--precision", "precision", "Hugging Face models: float32, bf16 (bf16 weights and moments), "
                                           "bf16-mixed (float32 weights, bf16 autocast) or auto (on CUDA the first "
                                           "of bf16-mixed, bf16 that fits)", {"choices": PRECISIONS}),
@@ -389,12 +397,17 @@ DIR/model.safetensors.
 A Hugging Face model (a directory, or tiny / llama-...-shape) trains on --task's data (markov, facts, jsonl with
 --forget/--retain, or tofu with --data/--split) under the TOFU protocol of the NPO and SimNPO papers unless told
 otherwise: AdamW at lr 1e-5, weight decay 0.01, 10 epochs of steps of 8 accumulated micro-batches of 4, a linear
-warm-up over the first epoch, then linear decay. It prints its plan first (precision, reference, memory, steps;
---dry-run stops there, having allocated nothing), records forget/retain NLL per token at every epoch (with
---steps, every tenth of them; with --eval tofu|mia, the field's metrics too), writes DIR/hf as a Hugging Face
-model (config.json, the tokenizer, a peft adapter or merged weights: `AutoModelForCausalLM.from_pretrained` or
-`PeftModel.from_pretrained` load it) and, in one process, keeps DIR/run.ckpt after every epoch: rerunning the
-same command resumes there. Example (one 80 GB GPU):
+warm-up over the first epoch, then linear decay, no clipping, the RT term's retain NLL per token. Each method
+takes its published hyperparameters (docs/methods.md): beta 0.1 and weights 1 (the NPO paper's); for SimNPO the
+released TOFU values, beta 2.5 and forget weight 0.1375 on forget05, 4.5 and 0.125 on forget10 (and elsewhere),
+as lam = 1/weight. --show-config prints them under "protocol".
+
+A run prints its plan first (precision, reference, memory, steps; --dry-run stops there, having allocated
+nothing), records forget/retain NLL per token at every epoch (with --steps, every tenth of them; with --eval
+tofu|mia, the field's metrics too), writes DIR/hf as a Hugging Face model (config.json, the tokenizer, a peft
+adapter or merged weights: `AutoModelForCausalLM.from_pretrained` or `PeftModel.from_pretrained` load it) and,
+in one process, keeps DIR/run.ckpt after every epoch: rerunning the same command resumes there. Example (one
+80 GB GPU):
 
   unlearn run --model DIR --task tofu --data TOFU --split forget10 --method NPO+RT --precision bf16-mixed \\
       --lora 32 --gradient-checkpointing --template '[INST] {prompt} [/INST]' --device cuda --out runs/npo

@@ -59,7 +59,7 @@ from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
 from unlearn.metrics.tokens import nll_per_token
 from unlearn.models import hf
 from unlearn.models.transformer import Transformer
-from unlearn.objectives import MethodParams, get_method
+from unlearn.objectives import RETAIN_NORMS, SIMNPO, MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
 from unlearn.rng import generator
 from unlearn.train import History, NonFiniteLossError, resolve_device
@@ -70,12 +70,19 @@ PRECISIONS = ("float32", "bf16", "bf16-mixed", "auto")  # recipes.validate.PRECI
 SAVES = ("adapter", "merged")
 RUN_FILES = ("run.json", "model.safetensors", "hf", "mask.safetensors", "relearn.json")  # what marks a run folder
 CHECKPOINT = "run.ckpt"  # OUT/run.ckpt: the last epoch's state while a Hugging Face run is unfinished
-HYPERPARAMETERS = ("beta", "gamma", "lam", "mismatch")  # MethodParams: each method reads some (Method.hyperparameters)
-TOY_PROTOCOL = {"steps": 50, "lr": 5e-4}
+HYPERPARAMETERS = ("beta", "gamma", "lam", "mismatch", "retain_norm")  # MethodParams: a method reads some of them
 # Hugging Face models: the TOFU unlearning protocol of the NPO and SimNPO papers (AdamW, lr 1e-5, weight decay
-# 0.01, effective batch 32 = 4 x 8 accumulated, linear warm-up over the first epoch then linear decay, 10 epochs)
+# 0.01, effective batch 32 = 4 x 8 accumulated, linear warm-up over the first epoch then linear decay, 10 epochs,
+# the retain NLL per token; no clipping: their DeepSpeed config sets no gradient_clipping, and DeepSpeed's default
+# was none)
 TOFU_PROTOCOL = {"epochs": 10, "lr": 1e-5, "grad_accum": 8, "warmup_epochs": 1.0, "weight_decay": 0.01,
-                 "schedule": "warmup_linear"}
+                 "schedule": "warmup_linear", "retain_norm": "token"}
+TOY_PROTOCOL = {"steps": 50, "lr": 5e-4, "retain_norm": "sequence"}
+# SimNPO's released TOFU settings by split (README and model cards): (beta, forget weight c_f). The release
+# weights the forget term, c_f L_f + L_RT; AdamW's step does not change when the loss is scaled (up to its eps),
+# so that is L_f + (1/c_f) L_RT, lam = 1/c_f here. forget01 has no released value: the forget10 pair, which
+# open-unlearning takes for every split (and this protocol for the tasks other than tofu).
+SIMNPO_TOFU = {"forget01": (4.5, 0.125), "forget05": (2.5, 0.1375), "forget10": (4.5, 0.125)}
 HF_ONLY = ("epochs", "grad_accum", "warmup_epochs", "weight_decay", "schedule", "clip_norm", "precision", "lora",
            "lora_alpha", "gradient_checkpointing", "alternatives", "template", "save", "logprob_chunk")
 
@@ -93,10 +100,13 @@ class RunConfig:
     data: str | None = None  # --task tofu: a TOFU directory (real, or `unlearn data tofu-like`)
     split: str = "forget10"  # --task tofu: forget01, forget05 or forget10
     method: str = "NPO"
-    beta: float = 0.1  # beta, gamma, lam, mismatch: only those the method reads (METHODS' hyperparameters)
-    gamma: float = 0.0
-    lam: float = 1.0
-    mismatch: float = 1.0
+    # beta, gamma, lam, mismatch, retain_norm (MethodParams): only those the method reads (METHODS'
+    # hyperparameters); None: the method's value under the protocol (method_defaults)
+    beta: float | None = None
+    gamma: float | None = None
+    lam: float | None = None
+    mismatch: float | None = None
+    retain_norm: str | None = None
     steps: int | None = None  # toy models: 50; Hugging Face models: epochs x steps per epoch, unless given
     epochs: int | None = None  # Hugging Face models: passes over the forget set (TOFU_PROTOCOL); not with steps
     batch_size: int = 4  # forget (and retain) sequences per micro-batch
@@ -142,7 +152,7 @@ class RunConfig:
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
         for key, valid in (("precision", PRECISIONS), ("save", (None, *SAVES)),
-                           ("schedule", (None, *optim.SCHEDULES))):
+                           ("schedule", (None, *optim.SCHEDULES)), ("retain_norm", (None, *RETAIN_NORMS))):
             if getattr(self, key) not in valid:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(map(str, valid))}")
         get_method(self.method)
@@ -227,12 +237,30 @@ class RunConfig:
         return {f"--{key.replace('_', '-')} {format_value(getattr(self, key))}": text for key, text in why.items()}
 
     def params(self) -> MethodParams:
-        return MethodParams(beta=self.beta, gamma=self.gamma, lam=self.lam, mismatch=self.mismatch)
+        """The method's hyperparameters as this run uses them (given, else ``method_defaults``)."""
+        protocol = self.protocol()
+        return MethodParams(**{key: protocol[key] for key in HYPERPARAMETERS if key in protocol})
+
+    def method_defaults(self) -> dict:
+        """The defaults of the hyperparameters the method reads: MethodParams' (beta 0.1 and every weight 1, the NPO
+        paper's TOFU values) with the protocol's retain_norm, except for the SimNPO methods on Hugging Face models,
+        which take SIMNPO_TOFU's beta and lam = 1/c_f for the split (forget10's for other tasks)."""
+        method = get_method(self.method)
+        out = {key: getattr(MethodParams, key) for key in method.hyperparameters}
+        if self.model not in MODELS and method.forget is SIMNPO:
+            beta, forget_weight = SIMNPO_TOFU[self.split if self.task == "tofu" else "forget10"]
+            out["beta"] = beta
+            if "lam" in out:
+                out["lam"] = 1.0 / forget_weight
+        if "retain_norm" in out:
+            out["retain_norm"] = (TOY_PROTOCOL if self.model in MODELS else TOFU_PROTOCOL)["retain_norm"]
+        return out
 
     def protocol(self) -> dict:
-        """The values of the fields left at None: TOY_PROTOCOL or TOFU_PROTOCOL, by model; a Hugging Face run
-        given --steps counts steps (epochs None)."""
-        base = TOY_PROTOCOL if self.model in MODELS else {"steps": None, **TOFU_PROTOCOL}
+        """The values of the fields left at None: TOY_PROTOCOL or TOFU_PROTOCOL, by model, and the method's
+        hyperparameters (``method_defaults``); a Hugging Face run given --steps counts steps (epochs None)."""
+        training = TOY_PROTOCOL if self.model in MODELS else {"steps": None, **TOFU_PROTOCOL}
+        base = {key: value for key, value in training.items() if key != "retain_norm"} | self.method_defaults()
         out = {key: getattr(self, key) if getattr(self, key) is not None else value for key, value in base.items()}
         if self.model not in MODELS and self.steps is not None:
             out["epochs"] = None
@@ -648,20 +676,26 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         retain_batches, _ = shuffled_batches(len(retain), min(plan.step_batch, len(retain)), cfg.seed, "run",
                                              "retain")
 
+        retain_tokens = retain.mask.sum(-1)
+        retain_size = (lambda rows: float(retain_tokens[rows].sum())) if cfg.params().retain_norm == "token" else len
+
         def micro_batches(step):
             """The step's batch in ``accum`` near-equal parts, each with the weights that make the loop's mean of
-            micro-batch means the step's mean over sequences: a term's losses times parts x |part| / |batch|
-            (1 when the parts are equal)."""
+            micro-batch means (and FSDP2's mean over ranks) the step's mean: a term's losses on this rank's slice
+            times parts x world x |slice| / |batch| (1 when the parts and slices are equal), where a
+            token-normalised retain term counts response tokens, not sequences."""
             f, r = forget_batches(step)[0], retain_batches(step)[0]
             parts = min(accum, len(f))
-            fs, rs = f.tensor_split(parts), r.tensor_split(parts) if len(r) >= parts else [r] * parts
+            r_parts = parts if len(r) >= parts else 1  # a retain set smaller than the parts: all of it in each
+            fs, rs = f.tensor_split(parts), r.tensor_split(parts) if r_parts > 1 else [r] * parts
             out = []
             for i, (fi, ri) in enumerate(zip(fs, rs, strict=True)):
                 rows = alt.draw(fi, cfg.seed, step, i) if alt is not None else None
                 pick = lambda index: distributed.rank_slice(index, rank, world)
-                scale = {"forget": parts * len(fi) / len(f), "retain": parts * len(ri) / len(r) if len(r) >= parts
-                         else 1.0}
-                out.append((pick(fi), pick(ri), None if rows is None else pick(rows), scale))
+                f_rank, r_rank = pick(fi), pick(ri)
+                scale = {"forget": parts * world * len(f_rank) / len(f),
+                         "retain": r_parts * world * retain_size(r_rank) / retain_size(r)}
+                out.append((f_rank, r_rank, None if rows is None else pick(rows), scale))
             return out
 
         def weighted_losses(m, batch):
@@ -698,6 +732,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(ckpt, lambda p: torch.save(state, p))
 
+        no_decay = hf.no_decay_names(model)  # as the Hugging Face Trainer: biases and norm weights
         if world > 1:
             model = distributed.wrap(model, "fsdp")
         tc = TrainConfig(steps=plan.steps, lr=protocol["lr"], optimizer="adamw", weight_decay=protocol["weight_decay"],
@@ -707,7 +742,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                          progress=progress if distributed.is_main() else False, name=f"unlearn {cfg.method}")
         history, after = watched_training(cfg, out, model, monitor, before, lambda: train(
             model, weighted_losses, micro_batches, tc, evaluate=monitor, masks=masks, resume=resume,
-            checkpoint=write_checkpoint))
+            checkpoint=write_checkpoint, no_decay=no_decay))
         history.loss = distributed.mean_over_ranks(history.loss)
         history.terms = {k: distributed.mean_over_ranks(v) for k, v in history.terms.items()}
         save = cfg.save or ("adapter" if cfg.lora else "merged")

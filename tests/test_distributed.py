@@ -67,15 +67,28 @@ RUN = ["recipes.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps",
        "--lr", "1e-2"]
 
 
+@pytest.fixture(scope="module")
+def tofu_dir(tmp_path_factory):
+    """A generated TOFU directory of 10 authors: answers of unequal lengths."""
+    from recipes.cli import main
+
+    out = tmp_path_factory.mktemp("tofu")
+    assert main(["data", "tofu-like", "--out", str(out), "--authors", "10", "--set", "n_retain_perturbed=1"]) == 0
+    return out
+
+
 @pytest.mark.parametrize("lora", [False, True])
-def test_unlearn_run_under_torchrun_follows_the_one_process_run(lora, tmp_path):
-    """`torchrun --nproc_per_node 2 -m recipes.cli run` (FSDP2, gloo), every weight or a LoRA adapter training:
+def test_unlearn_run_under_torchrun_follows_the_one_process_run(lora, tofu_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 -m recipes.cli run` (FSDP2, gloo), every weight or a LoRA adapter training,
+    on TOFU answers of unequal lengths (the retain NLL per token of the whole batch, not of each rank's half):
     the same losses, evaluations and final weights (OUT/hf) as one process, written once, by rank 0."""
     from safetensors.torch import load_file
 
     docs, weights = {}, {}
+    task = ["--task", "tofu", "--data", str(tofu_dir), "--split", "forget10", "--eval-limit", "8", "--grad-accum", "2"]
     for ranks in (1, 2):
-        out = _run(*RUN, *(["--lora", "4"] if lora else []), "--out", str(tmp_path / str(ranks)), ranks=ranks)
+        out = _run(*RUN, *task, *(["--lora", "4"] if lora else []), "--out", str(tmp_path / str(ranks)),
+                   ranks=ranks)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.count("wrote") == 1  # rank 0 reports
         docs[ranks] = json.loads((tmp_path / str(ranks) / "run.json").read_text())

@@ -142,13 +142,20 @@ METHOD_NAMES = sorted(METHODS)
 
 
 def test_member_params_stack_every_method_params_field():
-    """One (G, 1) column per MethodParams field, in the dtype and on the device of the statistics."""
-    params = [MethodParams(beta=0.5, gamma=1.0, lam=2.0, mismatch=3.0), MethodParams()]
+    """One (G, 1) column per numeric MethodParams field, in the dtype and on the device of the statistics; a
+    choice (retain_norm) is the members' shared value, and members that differ in it are refused."""
+    params = [MethodParams(beta=0.5, gamma=1.0, lam=2.0, mismatch=3.0, retain_norm="token"),
+              MethodParams(retain_norm="token")]
     stacked = MemberParams.stack(params, torch.zeros(2, 3, dtype=torch.float64))
     for f in fields(MethodParams):
         column = getattr(stacked, f.name)
-        assert column.dtype == torch.float64 and column.tolist() == [[getattr(p, f.name)] for p in params], f.name
+        if f.type == "str":
+            assert column == "token", f.name
+        else:
+            assert column.dtype == torch.float64 and column.tolist() == [[getattr(p, f.name)] for p in params], f.name
     assert set(vars(stacked)) == {f.name for f in fields(MethodParams)}
+    with pytest.raises(ValueError, match="must share retain_norm"):
+        MemberParams.stack([MethodParams(), params[0]], torch.zeros(2, 3))
 
 
 @settings(max_examples=25)

@@ -135,6 +135,24 @@ def test_lora_targets_for_gpt2_and_unknown_models():
     assert hf.lora_targets(Odd()) == ("inner",)
 
 
+def test_weight_decay_skips_what_the_hugging_face_trainer_skips():
+    """``no_decay_names`` is the complement of the Trainer's own decayed set (Trainer.get_decay_parameter_names):
+    on the tiny Llama its RMSNorm gains (2 per layer and the final norm), on GPT-2 its LayerNorms and biases too;
+    with LoRA only the adapter trains, and none of it is exempt."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer
+
+    llama = hf.load_model(hf.ModelSpec("tiny", vocab_size=64))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    for model in (llama, gpt2):
+        names = {name for name, _ in model.named_parameters()}
+        assert hf.no_decay_names(model) == names - set(Trainer.get_decay_parameter_names(None, model))
+    norms = ("input_layernorm", "post_attention_layernorm")
+    assert hf.no_decay_names(llama) == {"model.norm.weight"} | {f"model.layers.{i}.{norm}.weight" for i in range(2)
+                                                              for norm in norms}
+    assert {"transformer.h.0.attn.c_attn.bias", "transformer.ln_f.weight"} <= hf.no_decay_names(gpt2)
+    assert hf.no_decay_names(hf.add_lora(llama, hf.LoraSpec(rank=2))) == set()
+
+
 def _tokens(tokenizer):
     examples = [D.Example(q, a, f"t:{i}") for i, (q, a) in enumerate(
         [("Where was Ada born ?", "Lisbon"), ("What does Bram play ?", "the violin , near the sea"),

@@ -118,6 +118,20 @@ def test_retain_terms():
     torch.testing.assert_close(grad, want.detach(), rtol=1e-9, atol=1e-12)
 
 
+def test_the_token_normalised_retain_term_is_the_batch_nll_per_token():
+    """retain_norm "token": the batch mean of RT is lam sum(-logp) / sum|y|, by hand for logp (-3, -5, -10) over
+    (2, 6, 2) tokens: 2 * 18 / 10 = 3.6. The per-sequence sum would give 2 * 6 = 12, and the mean of the
+    sequences' own token means 2 * (1.5 + 0.83 + 5) / 3 = 4.89: long sequences count by their tokens."""
+    s = SequenceStats(logp=torch.tensor([-3.0, -5.0, -10.0], dtype=torch.float64),
+                      n_tokens=torch.tensor([2.0, 6.0, 2.0], dtype=torch.float64))
+    token, sequence = (METHODS["NPO+RT"].retain(s, MethodParams(lam=2.0, retain_norm=norm)).mean().item()
+                       for norm in ("token", "sequence"))
+    assert token == pytest.approx(3.6, rel=1e-12) and sequence == pytest.approx(12.0, rel=1e-12)
+    members = SequenceStats(logp=s.logp.repeat(2, 1), n_tokens=s.n_tokens.repeat(2, 1))  # (M, B): per member
+    assert METHODS["NPO+RT"].retain(members, MethodParams(lam=2.0, retain_norm="token")).mean(-1).tolist() == \
+        pytest.approx([3.6, 3.6], rel=1e-12)
+
+
 def test_every_method_runs_and_reports_its_terms():
     logits, alt_logits, labels, mask, ref_logits = tiny_batch(7)
     s = stats_of(logits, alt_logits, labels, mask, ref_logits)
@@ -146,7 +160,7 @@ def test_missing_statistics_are_named():
 
 @pytest.mark.parametrize("kwargs, key", [({"beta": 0.0}, "beta"), ({"beta": -1.0}, "beta"),
                                           ({"gamma": -0.1}, "gamma"), ({"lam": float("inf")}, "lam"),
-                                          ({"mismatch": -1.0}, "mismatch")])
+                                          ({"mismatch": -1.0}, "mismatch"), ({"retain_norm": "mean"}, "retain_norm")])
 def test_impossible_hyperparameters_are_refused(kwargs, key):
     with pytest.raises(ValueError, match=key):
         MethodParams(**kwargs)
@@ -173,9 +187,12 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
 
 def docs_rows() -> dict[str, list[str]]:
-    """{method name: the cells of its row} of the table in docs/methods.md (cells split on unescaped |)."""
+    """{method name: the cells of its row} of the first table in docs/methods.md, the methods' (cells split on
+    unescaped |)."""
     rows = {}
     for line in DOCS.read_text().splitlines():
+        if rows and not line.startswith("|"):
+            break  # the end of the table
         if not line.startswith("|") or line.startswith("|---"):
             continue
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]

@@ -130,7 +130,9 @@ REFUSALS = [
     ([*FAST, "--method", "NPO", "--gamma", "0.5"], "--gamma 0.5 does not apply: NPO does not read gamma (it reads "
                                                    "beta)", None),
     ([*FAST, "--method", "GA", "--beta", "0.2"], "--beta 0.2 does not apply: GA does not read beta (it reads none "
-                                                 "of beta, gamma, lam, mismatch)", None),
+                                                 "of beta, gamma, lam, mismatch, retain_norm)", None),
+    ([*FAST, "--method", "NPO+KL", "--retain-norm", "token"], "--retain-norm token does not apply: NPO+KL does not "
+                                                              "read retain_norm (it reads beta, lam)", None),
     ([*FAST, "--method", "NPO", "--set", "lam=2"], "--lam 2.0 does not apply: NPO does not read lam", None),
     ([*FAST, "--method", "SimNPO", "--mismatch", "2"], "--mismatch 2.0 does not apply", None),
     ([*FAST, "--mu", "1e-3"], "--mu 0.001 does not apply: WAGLE's Hessian scale, read only with --mask wagle:R",
@@ -320,8 +322,8 @@ def test_chunked_log_probs_train_a_hugging_face_model_as_full_logits_do(tmp_path
         weights.append(load_file(str(out / "hf" / "model.safetensors")))
     assert json.loads((tmp_path / "run1" / "run.json").read_text())["config"]["logprob_chunk"] == 3
     for key, value in weights[0].items():
-        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-6)
-    assert any(not torch.allclose(weights[2][key], value, rtol=1e-4, atol=1e-6) for key, value in weights[0].items())
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5)  # AdamW: ~3e-6 from sum order
+    assert any(not torch.allclose(weights[2][key], value, rtol=1e-4, atol=1e-5) for key, value in weights[0].items())
 
 
 def test_cached_logits_that_do_not_fit_are_refused_with_their_sizes():

@@ -86,12 +86,14 @@ def test_gradient_checkpointing_trains_every_lora_b(tofu_dir, tmp_path):
 def test_epochs_accumulation_and_warmup_follow_the_protocol(tofu_dir, tmp_path):
     """The TOFU protocol by default: 10 epochs of steps of 4 x 8 sequences (20 forget questions: one step of
     20 per epoch, in 8 micro-batches of 2 or 3), a warm-up of one epoch, weight decay 0.01, lr 1e-5, evaluated
-    every epoch; --batch-size 2 --grad-accum 5 gives two steps of 10 per epoch."""
+    every epoch, SimNPO+RT with its released forget10 values; --batch-size 2 --grad-accum 5 gives two steps of 10
+    per epoch."""
     out = tmp_path / "p"
-    assert main(tofu_run(tofu_dir, "--method", "GA", "--out", str(out))) == 0
+    assert main(tofu_run(tofu_dir, "--method", "SimNPO+RT", "--out", str(out))) == 0
     t = json.loads((out / "run.json").read_text())["training"]
     assert (t["epochs"], t["steps"], t["steps_per_epoch"], t["step_batch"], t["micro_batch"]) == (10, 10, 1, 20, 3)
     assert (t["warmup_steps"], t["weight_decay"], t["lr"], t["eval_every"]) == (1, 0.01, 1e-5, 1)
+    assert (t["beta"], t["gamma"], t["lam"], t["retain_norm"]) == (4.5, 0.0, 8.0, "token")
     out = tmp_path / "q"
     assert main(tofu_run(tofu_dir, "--method", "GA", "--epochs", "2", "--batch-size", "2", "--grad-accum", "5",
                          "--out", str(out))) == 0
@@ -103,8 +105,9 @@ def test_epochs_accumulation_and_warmup_follow_the_protocol(tofu_dir, tmp_path):
 def test_accumulated_micro_batches_of_unequal_sizes_make_the_step_of_the_whole_batch(tofu_dir, tmp_path):
     """Steps of 20 forget (and 20 retain) sequences in 8 micro-batches of 3 or 2 record the losses of one
     micro-batch of 20 and end at its weights (float32 sums in another order aside): each micro-batch's mean is
-    weighted by its size. Unweighted, every micro-batch 1/8, the recorded step loss would be the mean of the
-    micro-batch means instead (checked to differ here)."""
+    weighted by its size, the token-normalised retain term's by its response tokens. Unweighted, every
+    micro-batch 1/8, the recorded step loss would be the mean of the micro-batch means instead (checked to differ
+    here)."""
     docs, weights = {}, {}
     for name, extra in (("whole", ["--batch-size", "20", "--grad-accum", "1"]),
                         ("parts", ["--batch-size", "3", "--grad-accum", "8"])):
@@ -339,6 +342,78 @@ def test_the_tofu_protocol_on_a_7b_shape_plans_within_one_80_gb_gpu():
     kl = plan_run(RunConfig(model="llama-7b-shape", task="facts", method="NPO+KL", lora=32, precision="bf16-mixed"),
                   400, 3600, 128, None, 79 * 2**30)
     assert kl.reference == "adapter" and kl.bytes["reference_bytes"] == 0
+
+
+@pytest.mark.parametrize("method, model, split, want", [
+    ("NPO+RT", "tiny", "forget10", {"beta": 0.1, "lam": 1.0, "retain_norm": "token"}),
+    ("NPO+KL", "tiny", "forget05", {"beta": 0.1, "lam": 1.0}),
+    ("GA+RT", "tiny", "forget05", {"lam": 1.0, "retain_norm": "token"}),
+    ("SimNPO+RT", "tiny", "forget05", {"beta": 2.5, "gamma": 0.0, "lam": 1 / 0.1375, "retain_norm": "token"}),
+    ("SimNPO+RT", "tiny", "forget10", {"beta": 4.5, "gamma": 0.0, "lam": 8.0, "retain_norm": "token"}),
+    ("SimNPO+RT", "tiny", "forget01", {"beta": 4.5, "gamma": 0.0, "lam": 8.0, "retain_norm": "token"}),
+    ("SimNPO+KL", "tiny", "forget05", {"beta": 2.5, "gamma": 0.0, "lam": 1 / 0.1375}),
+    ("SimNPO", "tiny", "forget05", {"beta": 2.5, "gamma": 0.0}),
+    ("SimNPO+RT", "markov", None, {"beta": 0.1, "gamma": 0.0, "lam": 1.0, "retain_norm": "sequence"}),
+])
+def test_each_method_takes_its_published_hyperparameters(method, model, split, want, tofu_dir):
+    """Hugging Face models: beta 0.1 and weights 1 (the NPO paper's TOFU runs), the retain NLL per token; the
+    SimNPO methods SimNPO's released TOFU values (forget05: beta 2.5, forget weight 0.1375, so lam = 1/0.1375;
+    forget10 and forget01: 4.5, 0.125). The toy models keep MethodParams' defaults and per-sequence sums. The
+    method reads exactly these keys, and a given value wins."""
+    from recipes.run import HYPERPARAMETERS, RunConfig
+    from unlearn.objectives import MethodParams
+
+    data = {"task": "tofu", "data": str(tofu_dir), "split": split} if split else {}
+    cfg = RunConfig(model=model, method=method, **data)
+    protocol = cfg.protocol()
+    assert {key: protocol[key] for key in HYPERPARAMETERS if key in protocol} == pytest.approx(want)
+    assert cfg.params() == MethodParams(**want)
+    given = RunConfig(model=model, method=method, beta=3.0, **data) if "beta" in want else None
+    if given is not None:
+        assert given.params() == MethodParams(**{**want, "beta": 3.0})
+
+
+@pytest.mark.parametrize("optimizer, eps, rel, agree", [("adamw", 0.0, 1e-12, True), ("adamw", 1e-8, 1e-4, True),
+                                                       ("sgd", 0.0, 1e-2, False)])
+def test_adamw_steps_take_the_released_forget_weight_as_lam(optimizer, eps, rel, agree):
+    """SimNPO's release trains c_f L_f + L_RT; the protocol here trains L_f + (1/c_f) L_RT, the same loss over
+    c_f. AdamW's step m / (sqrt(v) + eps) does not see a constant factor when eps = 0, so 30 steps of the two
+    from the same start (warm-up and decay, weight decay 0.01, SimNPO+RT on a bigram model, unequal response
+    lengths) end at the same weights to 1e-12 of the largest move; with eps = 1e-8, the default, to 1e-4 here
+    (gradients of rarely seen bigrams come near eps); plain gradient descent, which the factor does change,
+    ends elsewhere."""
+    from unlearn.logprobs import sequence_logprobs
+    from unlearn.objectives import METHODS, MethodParams, SequenceStats, per_sequence_losses
+    from unlearn.train import TrainConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    vocab, forget_weight = 11, 0.1375
+    tokens = {split: torch.randint(vocab, (6, 9), generator=g) for split in ("forget", "retain")}
+    masks = {split: torch.arange(8) < torch.randint(2, 9, (6, 1), generator=g) for split in tokens}
+    start = torch.randn(vocab, vocab, generator=g, dtype=torch.float64)
+
+    def stats(model, split):
+        out = sequence_logprobs(model(tokens[split][:, :-1]), tokens[split][:, 1:], masks[split])
+        return SequenceStats(out.logp, out.n_tokens)
+
+    def run(forget_scale, lam):
+        model = torch.nn.Embedding(vocab, vocab, _weight=start.clone())
+        params = MethodParams(beta=2.5, lam=lam, retain_norm="token")
+
+        def losses(m, _):
+            terms = per_sequence_losses(METHODS["SimNPO+RT"], params, stats(m, "forget"), stats(m, "retain"))
+            return {"forget": forget_scale * terms["forget"], "retain": terms["retain"]}
+
+        cfg = TrainConfig(steps=30, lr=0.05 if optimizer == "adamw" else 2.0, optimizer=optimizer, adam_eps=eps,
+                          weight_decay=0.01, schedule="warmup_linear", warmup_steps=3, precision="float64",
+                          progress=False)
+        train(model, losses, lambda step: [None], cfg)
+        return model.weight.detach()
+
+    released, here = run(forget_weight, 1.0), run(1.0, 1 / forget_weight)
+    moved = float((released - start).abs().max())
+    assert moved > 0.5
+    assert (float((released - here).abs().max()) <= rel * moved) == agree
 
 
 @pytest.mark.parametrize("free_gib, chosen", [(None, "cached"), (1.0 + 1e-3, "adapter")])

@@ -86,6 +86,24 @@ def test_masked_weights_do_not_move(optimizer, tiny_problem):
     assert not torch.equal(model.emb, before.emb)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_no_decay_parameters_skip_the_weight_decay(optimizer, tiny_problem):
+    """With a zero loss only the decay moves the weights: 10 steps at lr 0.1, weight decay 0.1 scale ``out`` by
+    0.99^10 and leave ``emb``, named in no_decay, bitwise where it was (without no_decay it decays too); a name
+    that is not a trainable parameter is refused."""
+    TinyLM, make_data, nll = tiny_problem
+    zero = lambda m, batch: {key: 0.0 * value for key, value in nll(m, batch).items()}
+    cfg = TrainConfig(steps=10, lr=0.1, optimizer=optimizer, weight_decay=0.1, progress=False, precision="float64")
+    for no_decay in (("emb",), ()):
+        model = TinyLM().double()
+        before = copy.deepcopy(model)
+        train(model, zero, lambda s: [make_data()], cfg, no_decay=no_decay)
+        torch.testing.assert_close(model.out, before.out * 0.99**10, rtol=1e-12, atol=0)
+        assert torch.equal(model.emb, before.emb) == bool(no_decay)
+    with pytest.raises(ValueError, match=r"no_decay names \['missing'\]"):
+        train(TinyLM(), zero, lambda s: [make_data()], cfg, no_decay=("missing",))
+
+
 def test_mask_errors_name_the_parameter(tiny_problem):
     TinyLM, make_data, nll = tiny_problem
     model = TinyLM()

@@ -173,13 +173,19 @@ def member_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor
 class MemberParams(SimpleNamespace):
     """``MethodParams`` of G members as (G, 1) tensors, one attribute per ``MethodParams`` field (so a new
     hyperparameter needs nothing here): the objectives' arithmetic (beta * logp, 2 / beta, ...) broadcasts them
-    over per-sequence statistics (G, B), so one call serves G members with G betas."""
+    over per-sequence statistics (G, B), so one call serves G members with G betas. A choice (a str field, such
+    as retain_norm) is one value that the G members share."""
 
     @classmethod
     def stack(cls, params: Sequence[MethodParams], like: torch.Tensor) -> MemberParams:
         """From validated ``MethodParams``, in the dtype and on the device of ``like``."""
         def column(key):
-            return torch.tensor([[getattr(p, key)] for p in params], dtype=like.dtype, device=like.device)
+            values = [getattr(p, key) for p in params]
+            if isinstance(values[0], str):
+                if len(set(values)) > 1:
+                    raise ValueError(f"ensemble members run together must share {key}; got {sorted(set(values))}")
+                return values[0]
+            return torch.tensor([[v] for v in values], dtype=like.dtype, device=like.device)
 
         return cls(**{f.name: column(f.name) for f in dataclasses.fields(MethodParams)})
 

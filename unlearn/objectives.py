@@ -10,7 +10,8 @@ softplus(z) is written -log sigma(-z): torch's F.softplus switches to the identi
 make NPO's weight exactly 2 there instead of 2 sigma(z).
 
 Normalisation: every log-prob is a per-sequence SUM over response tokens. NPO's code uses sums
-too; TOFU-style GA uses a token mean, which differs from ours by a factor |y| per sequence.
+too; TOFU-style GA uses a token mean, which differs from ours by a factor |y| per sequence. The RT term can
+instead take the batch's NLL per token (``MethodParams.retain_norm``), as TOFU's retain loss does.
 
 Adding a method takes one pure function (a term below, if no existing term fits), one METHODS row (its terms,
 the hyperparameters they read, its colour in every figure, a line of help and its source) and one row of
@@ -48,6 +49,9 @@ class SequenceStats:
     kl: torch.Tensor | None = None
 
 
+RETAIN_NORMS = ("sequence", "token")  # MethodParams.retain_norm
+
+
 @dataclass(frozen=True)
 class MethodParams:
     """Hyperparameters shared by the objectives, with the papers' names.
@@ -56,12 +60,16 @@ class MethodParams:
     gamma: SimNPO margin in the paper's convention (>= 0; the released code's delta/gamma is gamma/beta)
     lam:   weight of the retain term (>= 0); eps3 / eps1 of Yao et al.
     mismatch: weight of the random-mismatch NLL in GA+Mismatch+KL (>= 0); eps2 / eps1 of Yao et al.
+    retain_norm: the RT term's NLL per sequence ("sequence": summed over its response tokens, as every other
+        log-prob here) or per token of the batch ("token": TOFU's retain loss, Hugging Face's token-mean
+        cross-entropy); ``nll``
     """
 
     beta: float = 0.1
     gamma: float = 0.0
     lam: float = 1.0
     mismatch: float = 1.0
+    retain_norm: str = "sequence"
 
     def __post_init__(self):
         if not (math.isfinite(self.beta) and self.beta > 0):
@@ -72,6 +80,8 @@ class MethodParams:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
+        if self.retain_norm not in RETAIN_NORMS:
+            raise ValueError(f"unknown retain_norm {self.retain_norm!r}; valid: {', '.join(RETAIN_NORMS)}")
 
 
 # ------------------------------------------------------------------ terms: (SequenceStats, params) -> (B,)
@@ -111,7 +121,11 @@ def ga_mismatch(s: SequenceStats, p: MethodParams) -> torch.Tensor:
 
 
 def nll(s: SequenceStats, p: MethodParams) -> torch.Tensor:
-    """RT: L = -lam logp on retain data (NPO paper Eq. 17, c_RT)."""
+    """RT: L = -lam logp on retain data (NPO paper Eq. 17, c_RT). retain_norm "token": L_b = -lam logp_b / mean|y|
+    over the batch, so that the batch mean is lam sum_b(-logp_b) / sum_b |y_b|, the NLL per response token of the
+    batch (TOFU's retain loss, Hugging Face's token-mean cross-entropy)."""
+    if p.retain_norm == "token":
+        return -p.lam * s.logp / s.n_tokens.to(s.logp.dtype).mean(-1, keepdim=True)
     return -p.lam * s.logp
 
 
@@ -169,29 +183,29 @@ SIMNPO_PAPER = "Fan et al. 2024, Simplicity Prevails (SimNPO), Eq. 4"
 METHODS: dict[str, Method] = {  # name: Method(forget, retain, hyperparameters, colour, help, paper)
     "GA": Method(GA, None, (), "#d62728",
                  "gradient ascent on the forget responses", "Jang et al. 2023; NPO paper Table 2"),
-    "GA+RT": Method(GA, RT, ("lam",), "#ff7f0e",
+    "GA+RT": Method(GA, RT, ("lam", "retain_norm"), "#ff7f0e",
                     "GA + NLL on retain data", "Maini et al. 2024 (TOFU grad_diff); NPO paper Table 2"),
     "GA+KL": Method(GA, KL, ("lam",), "#8c564b",
                     "GA + KL to the reference on retain data", "Maini et al. 2024 (TOFU KL); NPO paper Table 2"),
-    "IDK+RT": Method(IDK, RT, ("lam",), "#7f7f7f",
+    "IDK+RT": Method(IDK, RT, ("lam", "retain_norm"), "#7f7f7f",
                      "NLL of an 'I don't know' answer to the forget prompts + NLL on retain data",
                      "Maini et al. 2024 (TOFU idk); NPO paper Table 2"),
     "DPO": Method(DPO, None, ("beta",), "#9467bd",
                   "DPO with the forget response as loser, an alternative response as winner",
                   "Rafailov et al. 2023; NPO paper Eq. 2"),
-    "DPO+RT": Method(DPO, RT, ("beta", "lam"), "#9467bd",
+    "DPO+RT": Method(DPO, RT, ("beta", "lam", "retain_norm"), "#9467bd",
                      "DPO + NLL on retain data", "NPO paper Sec. 4"),
     "DPO+KL": Method(DPO, KL, ("beta", "lam"), "#c5b0d5",
                      "DPO + KL to the reference on retain data", "NPO paper Sec. 5"),
     "NPO": Method(NPO, None, ("beta",), "#1f77b4",
                   "negative preference optimisation: GA weighted by 2 sigma(beta (logp - logp_ref))", NPO_PAPER),
-    "NPO+RT": Method(NPO, RT, ("beta", "lam"), "#2ca02c",
+    "NPO+RT": Method(NPO, RT, ("beta", "lam", "retain_norm"), "#2ca02c",
                      "NPO + NLL on retain data", NPO_PAPER),
     "NPO+KL": Method(NPO, KL, ("beta", "lam"), "#17becf",
                      "NPO + KL to the reference on retain data", NPO_PAPER),
     "SimNPO": Method(SIMNPO, None, ("beta", "gamma"), "#e377c2",
                      "NPO without a reference, length-normalised, with margin gamma", SIMNPO_PAPER),
-    "SimNPO+RT": Method(SIMNPO, RT, ("beta", "gamma", "lam"), "#bcbd22",
+    "SimNPO+RT": Method(SIMNPO, RT, ("beta", "gamma", "lam", "retain_norm"), "#bcbd22",
                         "SimNPO + NLL on retain data", SIMNPO_PAPER + " and Eq. 6"),
     "SimNPO+KL": Method(SIMNPO, KL, ("beta", "gamma", "lam"), "#f7b6d2",
                         "SimNPO + KL to the reference on retain data", SIMNPO_PAPER),

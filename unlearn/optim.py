@@ -15,7 +15,7 @@ Limits: one parameter group, 2-norm clipping only, no AMSGrad/Nesterov/momentum 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -44,13 +44,14 @@ class _Optimizer:
 
         p *= 1 - lr * scale * weight_decay * mask
 
-    applied first in ``step`` to every parameter that has a gradient (torch.optim.AdamW skips the others too),
-    ``masks`` {id(p): 0/1 tensor in p's dtype} keeping a masked weight where it is, decay included."""
+    applied first in ``step`` to every parameter that has a gradient (torch.optim.AdamW skips the others too)
+    except those in ``no_decay`` {id(p)}, ``masks`` {id(p): 0/1 tensor in p's dtype} keeping a masked weight where
+    it is, decay included."""
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float, scales: Mapping[int, torch.Tensor] | None,
-                 weight_decay: float, masks: Mapping[int, torch.Tensor] | None):
+                 weight_decay: float, masks: Mapping[int, torch.Tensor] | None, no_decay: Collection[int] = ()):
         self.params, self.scales, self.param_groups = params, dict(scales or {}), [{"lr": lr}]
-        self.weight_decay, self.masks = weight_decay, dict(masks or {})
+        self.weight_decay, self.masks, self.no_decay = weight_decay, dict(masks or {}), set(no_decay)
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: {"steps": [t per parameter], "m": [...], "v": [...]} in
@@ -65,7 +66,7 @@ class _Optimizer:
     def _decay(self, lr: float) -> None:
         if not self.weight_decay:
             return
-        for p in (p for p in self.params if p.grad is not None):
+        for p in (p for p in self.params if p.grad is not None and id(p) not in self.no_decay):
             decay = lr * self.weight_decay
             decay = decay * self.scales[id(p)] if id(p) in self.scales else decay
             p.mul_(1 - decay * self.masks[id(p)] if id(p) in self.masks else 1 - decay)
@@ -76,8 +77,9 @@ class PlainSGD(_Optimizer):
     without torch.optim's per-call bookkeeping (which costs more than the update itself on the toy models)."""
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float, scales: Mapping[int, torch.Tensor] | None = None,
-                 weight_decay: float = 0.0, masks: Mapping[int, torch.Tensor] | None = None):
-        super().__init__(params, lr, scales, weight_decay, masks)
+                 weight_decay: float = 0.0, masks: Mapping[int, torch.Tensor] | None = None,
+                 no_decay: Collection[int] = ()):
+        super().__init__(params, lr, scales, weight_decay, masks, no_decay)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         return grad
@@ -126,8 +128,8 @@ class AdamW(_Optimizer):
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, scales: Mapping[int, torch.Tensor] | None = None, weight_decay: float = 0.0,
-                 masks: Mapping[int, torch.Tensor] | None = None):
-        super().__init__(params, lr, scales, weight_decay, masks)
+                 masks: Mapping[int, torch.Tensor] | None = None, no_decay: Collection[int] = ()):
+        super().__init__(params, lr, scales, weight_decay, masks, no_decay)
         self.betas, self.eps = betas, eps
         self.state: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}  # id(p) -> ([t], m, v)
 
@@ -183,15 +185,15 @@ class AdamW(_Optimizer):
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *,
                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                    scales: Mapping[int, torch.Tensor] | None = None,
-                   masks: Mapping[int, torch.Tensor] | None = None) -> PlainSGD | AdamW:
+                   masks: Mapping[int, torch.Tensor] | None = None, no_decay: Collection[int] = ()) -> PlainSGD | AdamW:
     """``name`` in OPTIMIZERS: "sgd" (PlainSGD), "adamw" (AdamW) or "signsgd" (SignSGD); ``betas`` and ``eps`` only
-    matter to AdamW."""
+    matter to AdamW; ``no_decay``: ids of the parameters that weight decay skips."""
     if name == "sgd":
-        return PlainSGD(params, lr, scales, weight_decay, masks)
+        return PlainSGD(params, lr, scales, weight_decay, masks, no_decay)
     if name == "signsgd":
-        return SignSGD(params, lr, scales, weight_decay, masks)
+        return SignSGD(params, lr, scales, weight_decay, masks, no_decay)
     if name == "adamw":
-        return AdamW(params, lr, betas, eps, scales, weight_decay, masks)
+        return AdamW(params, lr, betas, eps, scales, weight_decay, masks, no_decay)
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 

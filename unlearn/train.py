@@ -25,7 +25,7 @@ follows the trajectory it would follow alone (tests/test_ensemble.py: 1e-9 relat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,7 +187,7 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
           masks: Mapping[str, torch.Tensor] | None = None,
           lr_scale: Mapping[str, torch.Tensor] | torch.Tensor | Sequence[float] | None = None,
           members: int | None = None, resume: Checkpoint | None = None,
-          checkpoint: Callable[[Checkpoint], None] | None = None) -> History:
+          checkpoint: Callable[[Checkpoint], None] | None = None, no_decay: Collection[str] = ()) -> History:
     """Train ``model`` in place and return its History.
 
     Args:
@@ -206,6 +206,7 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
             must hold along its leading axes; None takes ``model.members`` if the model has it, else 0.
         resume: continue from this Checkpoint (the model must hold its weights); None starts at step 0.
         checkpoint: called with a Checkpoint every ``cfg.checkpoint_every`` updates.
+        no_decay: names of parameters that ``cfg.weight_decay`` skips (e.g. ``unlearn.models.hf.no_decay_names``).
     """
     device = resolve_device(cfg.device)
     if cfg.precision != "bf16-autocast":
@@ -213,12 +214,16 @@ def train(model: torch.nn.Module, losses_fn: LossesFn, micro_batches: Callable[[
     named = {name: p for name, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     masks = check_masks(model, masks or {})
+    unknown = sorted(set(no_decay) - set(named))
+    if unknown:
+        raise ValueError(f"no_decay names {unknown[:3]} that are not trainable parameters of the model")
     mask_of = {id(named[name]): m for name, m in masks.items() if name in named}
     keep_of = {key: m.bool() for key, m in mask_of.items()}  # for where(): once, not every step
     members = getattr(model, "members", 0) if members is None else members
     scales = optim.lr_scales(named, lr_scale, members)  # also checks that every parameter holds the members
     optimizer = optim.make_optimizer(cfg.optimizer, params, cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                     weight_decay=cfg.weight_decay, scales=scales, masks=mask_of)
+                                     weight_decay=cfg.weight_decay, scales=scales, masks=mask_of,
+                                     no_decay={id(named[name]) for name in no_decay})
     history, first = History(), 0
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)

@@ -142,7 +142,10 @@ def load_model(spec: ModelSpec) -> nn.Module:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True, dtype=dtype,
                                                      attn_implementation=spec.attn_implementation).to(device)
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if spec.lora is not None:
         with torch.random.fork_rng(devices=cuda, device_type="cuda"):
@@ -228,6 +231,20 @@ def ensure_pad_token(tokenizer):
             raise ValueError("the tokenizer has neither a pad nor an EOS token; add one before unlearning")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# parameter names the Hugging Face Trainer keeps out of weight decay (Trainer.get_decay_parameter_names)
+NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """The trainable parameters of ``model`` that the Hugging Face Trainer (TOFU's, NPO's and SimNPO's runs)
+    exempts from weight decay: biases and the weights of normalisation layers (``nn.LayerNorm``, or a name that
+    says norm), by ``transformers.trainer_pt_utils.get_parameter_names``."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decayed = set(get_parameter_names(model, [nn.LayerNorm], list(NO_DECAY_PATTERNS)))
+    return {name for name, p in model.named_parameters() if p.requires_grad and name not in decayed}
 
 
 def n_parameters(model: nn.Module, trainable_only: bool = False) -> int:
