@@ -197,7 +197,8 @@ def run_aliases() -> tuple[Alias, ...]:
         Alias("--mismatch", "mismatch", "GA+Mismatch+KL's mismatch weight", {"type": float}, none=method_default),
         Alias("--retain-norm", "retain_norm", "the RT term's retain NLL: summed over each sequence, or the batch's "
                                               "mean per token", {"choices": RETAIN_NORMS},
-              none="the protocol's: sequence for toy models, token (TOFU's) for Hugging Face models"),
+              none="the method's: token for NPO, SimNPO and DPO + RT on Hugging Face models (as TOFU's code pairs "
+                   "them), else sequence"),
         Alias("--steps", "steps", "unlearning steps (toy models: 50; Hugging Face models count --epochs unless "
                                   "this is given)", {"type": int}, none="the protocol's"),
         Alias("--epochs", "epochs", "Hugging Face models: passes over the forget set (TOFU: 10)", {"type": int},
@@ -397,10 +398,10 @@ DIR/model.safetensors.
 A Hugging Face model (a directory, or tiny / llama-...-shape) trains on --task's data (markov, facts, jsonl with
 --forget/--retain, or tofu with --data/--split) under the TOFU protocol of the NPO and SimNPO papers unless told
 otherwise: AdamW at lr 1e-5, weight decay 0.01, 10 epochs of steps of 8 accumulated micro-batches of 4, a linear
-warm-up over the first epoch, then linear decay, no clipping, the RT term's retain NLL per token. Each method
-takes its published hyperparameters (docs/methods.md): beta 0.1 and weights 1 (the NPO paper's); for SimNPO the
-released TOFU values, beta 2.5 and forget weight 0.1375 on forget05, 4.5 and 0.125 on forget10 (and elsewhere),
-as lam = 1/weight. --show-config prints them under "protocol".
+warm-up over the first epoch, then linear decay, no clipping. Each method takes its published hyperparameters
+(docs/methods.md): beta 0.1 and weights 1 (the NPO paper's), the retain NLL per token beside NPO, SimNPO and
+DPO; for SimNPO the released TOFU values, beta 2.5 and forget weight 0.1375 on forget05, 4.5 and 0.125 on
+forget10 (and elsewhere), as lam = 1/weight. --show-config prints them under "protocol".
 
 A run prints its plan first (precision, reference, memory, steps; --dry-run stops there, having allocated
 nothing), records forget/retain NLL per token at every epoch (with --steps, every tenth of them; with --eval

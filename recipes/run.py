@@ -59,7 +59,7 @@ from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
 from unlearn.metrics.tokens import nll_per_token
 from unlearn.models import hf
 from unlearn.models.transformer import Transformer
-from unlearn.objectives import RETAIN_NORMS, SIMNPO, MethodParams, get_method
+from unlearn.objectives import DPO, NPO, RETAIN_NORMS, SIMNPO, MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
 from unlearn.rng import generator
 from unlearn.train import History, NonFiniteLossError, resolve_device
@@ -72,12 +72,14 @@ RUN_FILES = ("run.json", "model.safetensors", "hf", "mask.safetensors", "relearn
 CHECKPOINT = "run.ckpt"  # OUT/run.ckpt: the last epoch's state while a Hugging Face run is unfinished
 HYPERPARAMETERS = ("beta", "gamma", "lam", "mismatch", "retain_norm")  # MethodParams: a method reads some of them
 # Hugging Face models: the TOFU unlearning protocol of the NPO and SimNPO papers (AdamW, lr 1e-5, weight decay
-# 0.01, effective batch 32 = 4 x 8 accumulated, linear warm-up over the first epoch then linear decay, 10 epochs,
-# the retain NLL per token; no clipping: their DeepSpeed config sets no gradient_clipping, and DeepSpeed's default
-# was none)
+# 0.01, effective batch 32 = 4 x 8 accumulated, linear warm-up over the first epoch then linear decay, 10 epochs;
+# no clipping: TOFU's DeepSpeed config sets no gradient_clipping, and DeepSpeed's default was none)
 TOFU_PROTOCOL = {"epochs": 10, "lr": 1e-5, "grad_accum": 8, "warmup_epochs": 1.0, "weight_decay": 0.01,
-                 "schedule": "warmup_linear", "retain_norm": "token"}
-TOY_PROTOCOL = {"steps": 50, "lr": 5e-4, "retain_norm": "sequence"}
+                 "schedule": "warmup_linear"}
+TOY_PROTOCOL = {"steps": 50, "lr": 5e-4}
+# forget terms that the released TOFU code sums per sequence beside a retain NLL per token (Hugging Face .loss);
+# its GA and IDK terms are token means like its retain term, which per-sequence sums of both keep in proportion
+TOKEN_RETAIN_BESIDE = (NPO, SIMNPO, DPO)
 # SimNPO's released TOFU settings by split (README and model cards): (beta, forget weight c_f). The release
 # weights the forget term, c_f L_f + L_RT; AdamW's step does not change when the loss is scaled (up to its eps),
 # so that is L_f + (1/c_f) L_RT, lam = 1/c_f here. forget01 has no released value: the forget10 pair, which
@@ -242,25 +244,28 @@ class RunConfig:
         return MethodParams(**{key: protocol[key] for key in HYPERPARAMETERS if key in protocol})
 
     def method_defaults(self) -> dict:
-        """The defaults of the hyperparameters the method reads: MethodParams' (beta 0.1 and every weight 1, the NPO
-        paper's TOFU values) with the protocol's retain_norm, except for the SimNPO methods on Hugging Face models,
-        which take SIMNPO_TOFU's beta and lam = 1/c_f for the split (forget10's for other tasks)."""
+        """The defaults of the hyperparameters the method reads: MethodParams' (beta 0.1, every weight 1 and the
+        retain NLL per sequence; the NPO paper's TOFU values) except on Hugging Face models, where the SimNPO
+        methods take SIMNPO_TOFU's beta and lam = 1/c_f for the split (forget10's for other tasks), and an RT term
+        beside a forget term of TOKEN_RETAIN_BESIDE takes the retain NLL per token, as the released code pairs
+        them."""
         method = get_method(self.method)
         out = {key: getattr(MethodParams, key) for key in method.hyperparameters}
-        if self.model not in MODELS and method.forget is SIMNPO:
+        if self.model in MODELS:
+            return out
+        if method.forget is SIMNPO:
             beta, forget_weight = SIMNPO_TOFU[self.split if self.task == "tofu" else "forget10"]
             out["beta"] = beta
             if "lam" in out:
                 out["lam"] = 1.0 / forget_weight
-        if "retain_norm" in out:
-            out["retain_norm"] = (TOY_PROTOCOL if self.model in MODELS else TOFU_PROTOCOL)["retain_norm"]
+        if "retain_norm" in out and method.forget in TOKEN_RETAIN_BESIDE:
+            out["retain_norm"] = "token"
         return out
 
     def protocol(self) -> dict:
         """The values of the fields left at None: TOY_PROTOCOL or TOFU_PROTOCOL, by model, and the method's
         hyperparameters (``method_defaults``); a Hugging Face run given --steps counts steps (epochs None)."""
-        training = TOY_PROTOCOL if self.model in MODELS else {"steps": None, **TOFU_PROTOCOL}
-        base = {key: value for key, value in training.items() if key != "retain_norm"} | self.method_defaults()
+        base = (TOY_PROTOCOL if self.model in MODELS else {"steps": None, **TOFU_PROTOCOL}) | self.method_defaults()
         out = {key: getattr(self, key) if getattr(self, key) is not None else value for key, value in base.items()}
         if self.model not in MODELS and self.steps is not None:
             out["epochs"] = None
@@ -521,8 +526,9 @@ def watched_training(cfg: RunConfig, out: Path, model, monitor: CollapseMonitor,
 
 
 def _resumable(cfg: RunConfig) -> dict:
-    """The settings a checkpoint must share with the run that resumes it (all but --overwrite)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"}
+    """The settings a checkpoint must share with the run that resumes it: all but --overwrite, those left at None
+    as the protocol resolves them (so that a value given equals the same value by default)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"} | cfg.protocol()
 
 
 def read_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
@@ -535,12 +541,13 @@ def read_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
     except Exception as err:  # noqa: BLE001 - any unreadable file is named, with the remedy
         raise ValueError(f"{path}: unreadable checkpoint ({' '.join(str(err).split())[:200]}); delete it to start "
                          "over, or rerun with --overwrite") from None
-    differ = [k for k, v in _resumable(cfg).items() if state["config"].get(k) != v]
+    now = _resumable(cfg)
+    differ = [k for k, v in now.items() if state["config"].get(k) != v]
     if differ and cfg.overwrite:
         path.unlink()
         return None
     if differ:
-        shown = ", ".join(f"{k} {state['config'].get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ[:4])
+        shown = ", ".join(f"{k} {state['config'].get(k)!r} there, {now[k]!r} now" for k in differ[:4])
         raise ValueError(f"{path}: a checkpoint of a run with other settings ({shown}); rerun those settings to "
                          "resume it, or give --overwrite to start over")
     return state
@@ -676,7 +683,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         retain_batches, _ = shuffled_batches(len(retain), min(plan.step_batch, len(retain)), cfg.seed, "run",
                                              "retain")
 
-        retain_tokens = retain.mask.sum(-1)
+        retain_tokens = retain.mask.sum(-1).cpu()  # the batches' indices are on the CPU: no device sync per part
         retain_size = (lambda rows: float(retain_tokens[rows].sum())) if cfg.params().retain_norm == "token" else len
 
         def micro_batches(step):
@@ -685,7 +692,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             times parts x world x |slice| / |batch| (1 when the parts and slices are equal), where a
             token-normalised retain term counts response tokens, not sequences."""
             f, r = forget_batches(step)[0], retain_batches(step)[0]
-            parts = min(accum, len(f))
+            parts, r_size = min(accum, len(f)), retain_size(r)
             r_parts = parts if len(r) >= parts else 1  # a retain set smaller than the parts: all of it in each
             fs, rs = f.tensor_split(parts), r.tensor_split(parts) if r_parts > 1 else [r] * parts
             out = []
@@ -694,7 +701,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                 pick = lambda index: distributed.rank_slice(index, rank, world)
                 f_rank, r_rank = pick(fi), pick(ri)
                 scale = {"forget": parts * world * len(f_rank) / len(f),
-                         "retain": r_parts * world * retain_size(r_rank) / retain_size(r)}
+                         "retain": r_parts * world * retain_size(r_rank) / r_size}
                 out.append((f_rank, r_rank, None if rows is None else pick(rows), scale))
             return out
 
@@ -802,11 +809,22 @@ def read_run_config(folder: Path) -> RunConfig:
     if not (folder / "run.json").is_file():
         raise ValueError(f"{folder}: no run.json; is this a folder written by `unlearn run`?")
     try:
-        return RunConfig(**json.loads((folder / "run.json").read_text())["config"])
+        return RunConfig(**_current(json.loads((folder / "run.json").read_text())["config"]))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{folder / 'run.json'}: not a run record ({err})") from None
     except ValueError as err:
         raise ValueError(f"{folder / 'run.json'}: its config is refused ({err})") from None
+
+
+def _current(config: dict) -> dict:
+    """A run.json config in today's terms. Runs written before the hyperparameters defaulted to None (by method)
+    recorded all of them, those their method does not read at the old fixed values: these become None; and an RT
+    term without retain_norm summed its NLL per sequence."""
+    method = get_method(config.get("method", RunConfig.method))
+    out = {**config, **{key: None for key in HYPERPARAMETERS if key not in method.hyperparameters}}
+    if "retain_norm" in method.hyperparameters and "retain_norm" not in config:
+        out["retain_norm"] = "sequence"
+    return out
 
 
 def load_run(folder: Path, device) -> tuple[RunConfig, Transformer]:

@@ -90,8 +90,9 @@ def load(path: str | Path) -> Result:
 def method_params(cfg: Any, method: str, **given: float) -> MethodParams:
     """``method``'s hyperparameters in an experiment: each one it reads (``Method.hyperparameters``) from
     ``given``, else from the config: beta from the field of its family (``npo_beta`` for NPO, NPO+RT and NPO+KL,
-    ``simnpo_beta`` for the SimNPO family, ...; required), lam, gamma and mismatch from the field of that name
-    where the config has one. The rest keep MethodParams' defaults (the method does not read them)."""
+    ``simnpo_beta`` for the SimNPO family, ...; required), the others (lam, gamma, mismatch, retain_norm) from the
+    field of that name where the config has one. The rest keep MethodParams' defaults (the method does not read
+    them)."""
     values = {}
     for key in get_method(method).hyperparameters:
         field_name = f"{method.split('+')[0].lower()}_beta" if key == "beta" else key

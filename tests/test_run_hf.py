@@ -112,8 +112,8 @@ def test_accumulated_micro_batches_of_unequal_sizes_make_the_step_of_the_whole_b
     for name, extra in (("whole", ["--batch-size", "20", "--grad-accum", "1"]),
                         ("parts", ["--batch-size", "3", "--grad-accum", "8"])):
         out = tmp_path / name
-        assert main(tofu_run(tofu_dir, "--method", "GA+RT", "--steps", "3", "--lr", "1e-2", *extra,
-                             "--out", str(out))) == 0
+        assert main(tofu_run(tofu_dir, "--method", "GA+RT", "--retain-norm", "token", "--steps", "3", "--lr", "1e-2",
+                             *extra, "--out", str(out))) == 0
         weights[name] = load_file(str(out / "hf" / "model.safetensors"))
         docs[name] = json.loads((out / "run.json").read_text())
         assert docs[name]["training"]["step_batch"] == 20
@@ -347,7 +347,9 @@ def test_the_tofu_protocol_on_a_7b_shape_plans_within_one_80_gb_gpu():
 @pytest.mark.parametrize("method, model, split, want", [
     ("NPO+RT", "tiny", "forget10", {"beta": 0.1, "lam": 1.0, "retain_norm": "token"}),
     ("NPO+KL", "tiny", "forget05", {"beta": 0.1, "lam": 1.0}),
-    ("GA+RT", "tiny", "forget05", {"lam": 1.0, "retain_norm": "token"}),
+    ("GA+RT", "tiny", "forget05", {"lam": 1.0, "retain_norm": "sequence"}),
+    ("IDK+RT", "tiny", "forget05", {"lam": 1.0, "retain_norm": "sequence"}),
+    ("DPO+RT", "tiny", "forget05", {"beta": 0.1, "lam": 1.0, "retain_norm": "token"}),
     ("SimNPO+RT", "tiny", "forget05", {"beta": 2.5, "gamma": 0.0, "lam": 1 / 0.1375, "retain_norm": "token"}),
     ("SimNPO+RT", "tiny", "forget10", {"beta": 4.5, "gamma": 0.0, "lam": 8.0, "retain_norm": "token"}),
     ("SimNPO+RT", "tiny", "forget01", {"beta": 4.5, "gamma": 0.0, "lam": 8.0, "retain_norm": "token"}),
@@ -356,10 +358,11 @@ def test_the_tofu_protocol_on_a_7b_shape_plans_within_one_80_gb_gpu():
     ("SimNPO+RT", "markov", None, {"beta": 0.1, "gamma": 0.0, "lam": 1.0, "retain_norm": "sequence"}),
 ])
 def test_each_method_takes_its_published_hyperparameters(method, model, split, want, tofu_dir):
-    """Hugging Face models: beta 0.1 and weights 1 (the NPO paper's TOFU runs), the retain NLL per token; the
-    SimNPO methods SimNPO's released TOFU values (forget05: beta 2.5, forget weight 0.1375, so lam = 1/0.1375;
-    forget10 and forget01: 4.5, 0.125). The toy models keep MethodParams' defaults and per-sequence sums. The
-    method reads exactly these keys, and a given value wins."""
+    """Hugging Face models: beta 0.1 and weights 1 (the NPO paper's TOFU runs), the retain NLL per token beside
+    NPO, SimNPO and DPO (per sequence beside GA and IDK, whose released terms are token means too); the SimNPO
+    methods SimNPO's released TOFU values (forget05: beta 2.5, forget weight 0.1375, so lam = 1/0.1375; forget10
+    and forget01: 4.5, 0.125). The toy models keep MethodParams' defaults. The method reads exactly these keys,
+    and a given value wins."""
     from recipes.run import HYPERPARAMETERS, RunConfig
     from unlearn.objectives import MethodParams
 
@@ -368,9 +371,29 @@ def test_each_method_takes_its_published_hyperparameters(method, model, split, w
     protocol = cfg.protocol()
     assert {key: protocol[key] for key in HYPERPARAMETERS if key in protocol} == pytest.approx(want)
     assert cfg.params() == MethodParams(**want)
-    given = RunConfig(model=model, method=method, beta=3.0, **data) if "beta" in want else None
-    if given is not None:
-        assert given.params() == MethodParams(**{**want, "beta": 3.0})
+    other = {"beta": 3.0, "lam": 0.5, "retain_norm": {"token": "sequence", "sequence": "token"}.get(
+        want.get("retain_norm"))}
+    given = {key: value for key, value in other.items() if key in want}
+    assert RunConfig(model=model, method=method, **given, **data).params() == MethodParams(**{**want, **given})
+
+
+def test_a_run_folder_of_an_older_config_still_reads(tmp_path):
+    """run.json of a run made when every hyperparameter had one fixed default (beta 0.1, gamma 0, lam 1,
+    mismatch 1, no retain_norm): those its method does not read are dropped rather than refused, and its RT term
+    reads as what it was, summed per sequence."""
+    import dataclasses
+
+    from recipes.run import RunConfig, read_run_config
+    from unlearn.objectives import MethodParams
+
+    for method, want in (("GA", MethodParams()), ("NPO+RT", MethodParams(retain_norm="sequence"))):
+        old = dataclasses.asdict(RunConfig(model="tiny", method=method))
+        old.update(beta=0.1, gamma=0.0, lam=1.0, mismatch=1.0)
+        del old["retain_norm"]
+        folder = tmp_path / method
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"config": old}))
+        assert read_run_config(folder).params() == want
 
 
 @pytest.mark.parametrize("optimizer, eps, rel, agree", [("adamw", 0.0, 1e-12, True), ("adamw", 1e-8, 1e-4, True),
