@@ -176,7 +176,7 @@ def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
 
 
 def run_aliases() -> tuple[Alias, ...]:
-    from recipes.run import MODELS, PRECISIONS, REFERENCES, SAVES
+    from recipes.run import MODELS, PRECISION_CHOICES, REFERENCES, SAVES
     from unlearn.models.hf import ARCHITECTURES
     from unlearn.objectives import METHODS, RETAIN_NORMS
     from unlearn.optim import SCHEDULES
@@ -218,7 +218,7 @@ def run_aliases() -> tuple[Alias, ...]:
               {"type": float}),
         Alias("--precision", "precision", "Hugging Face models: float32, bf16 (bf16 weights and moments), "
                                           "bf16-mixed (float32 weights, bf16 autocast) or auto (on CUDA the first "
-                                          "of bf16-mixed, bf16 that fits)", {"choices": PRECISIONS}),
+                                          "of bf16-mixed, bf16 that fits)", {"choices": PRECISION_CHOICES}),
         Alias("--lora", "lora", "Hugging Face models: train a LoRA adapter of this rank (peft) instead of every "
                                 "weight", {"type": int, "metavar": "RANK"}, none="every weight trains"),
         Alias("--lora-alpha", "lora_alpha", "the LoRA adapter's alpha", {"type": float}),

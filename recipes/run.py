@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from sims import markov
-from unlearn import alternatives, attribution, distributed, memory, optim
+from unlearn import alternatives, attribution, distributed, memory, optim, tofu
 from unlearn.config import config_dict, format_value, require_at_least_one, require_positive
 from unlearn.data import ByteTokenizer
 from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
@@ -59,14 +59,14 @@ from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
 from unlearn.metrics.tokens import nll_per_token
 from unlearn.models import hf
 from unlearn.models.transformer import Transformer
-from unlearn.objectives import DPO, NPO, RETAIN_NORMS, SIMNPO, MethodParams, get_method
+from unlearn.objectives import RETAIN_NORMS, MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
 from unlearn.rng import generator
 from unlearn.train import History, NonFiniteLossError, resolve_device
 
 MODELS = {"markov": markov.Setup(), "markov-fast": markov.Setup(**markov.FAST_SETUP)}
 REFERENCES = ("auto", *REFERENCE_ORDER)  # auto: the memory plan's choice (unlearn.memory.plan_reference)
-PRECISIONS = ("float32", "bf16", "bf16-mixed", "auto")  # recipes.validate.PRECISION_MODES, and auto
+PRECISION_CHOICES = ("float32", "bf16", "bf16-mixed", "auto")  # --precision: validate.PRECISION_MODES, and auto
 SAVES = ("adapter", "merged")
 RUN_FILES = ("run.json", "model.safetensors", "hf", "mask.safetensors", "relearn.json")  # what marks a run folder
 CHECKPOINT = "run.ckpt"  # OUT/run.ckpt: the last epoch's state while a Hugging Face run is unfinished
@@ -77,14 +77,6 @@ HYPERPARAMETERS = ("beta", "gamma", "lam", "mismatch", "retain_norm")  # MethodP
 TOFU_PROTOCOL = {"epochs": 10, "lr": 1e-5, "grad_accum": 8, "warmup_epochs": 1.0, "weight_decay": 0.01,
                  "schedule": "warmup_linear"}
 TOY_PROTOCOL = {"steps": 50, "lr": 5e-4}
-# forget terms that the released TOFU code sums per sequence beside a retain NLL per token (Hugging Face .loss);
-# its GA and IDK terms are token means like its retain term, which per-sequence sums of both keep in proportion
-TOKEN_RETAIN_BESIDE = (NPO, SIMNPO, DPO)
-# SimNPO's released TOFU settings by split (README and model cards): (beta, forget weight c_f). The release
-# weights the forget term, c_f L_f + L_RT; AdamW's step does not change when the loss is scaled (up to its eps),
-# so that is L_f + (1/c_f) L_RT, lam = 1/c_f here. forget01 has no released value: the forget10 pair, which
-# open-unlearning takes for every split (and this protocol for the tasks other than tofu).
-SIMNPO_TOFU = {"forget01": (4.5, 0.125), "forget05": (2.5, 0.1375), "forget10": (4.5, 0.125)}
 HF_ONLY = ("epochs", "grad_accum", "warmup_epochs", "weight_decay", "schedule", "clip_norm", "precision", "lora",
            "lora_alpha", "gradient_checkpointing", "alternatives", "template", "save", "logprob_chunk")
 
@@ -118,7 +110,7 @@ class RunConfig:
     weight_decay: float | None = None  # Hugging Face models: AdamW's decoupled decay
     schedule: str | None = None  # Hugging Face models: after the warm-up, constant or warmup_linear (decay to 0)
     clip_norm: float = 0.0  # Hugging Face models: gradient-norm clipping; 0: none
-    precision: str = "float32"  # Hugging Face models: PRECISIONS (validate's modes; auto: what fits on CUDA)
+    precision: str = "float32"  # Hugging Face models: PRECISION_CHOICES (auto: what fits on CUDA)
     lora: int | None = None  # Hugging Face models: the LoRA adapter's rank; None: every weight trains
     lora_alpha: float = 16.0
     gradient_checkpointing: bool = False
@@ -153,7 +145,7 @@ class RunConfig:
             self.as_validate_config()  # an architecture name or a model directory, and a valid task
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
-        for key, valid in (("precision", PRECISIONS), ("save", (None, *SAVES)),
+        for key, valid in (("precision", PRECISION_CHOICES), ("save", (None, *SAVES)),
                            ("schedule", (None, *optim.SCHEDULES)), ("retain_norm", (None, *RETAIN_NORMS))):
             if getattr(self, key) not in valid:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(map(str, valid))}")
@@ -245,21 +237,12 @@ class RunConfig:
 
     def method_defaults(self) -> dict:
         """The defaults of the hyperparameters the method reads: MethodParams' (beta 0.1, every weight 1 and the
-        retain NLL per sequence; the NPO paper's TOFU values) except on Hugging Face models, where the SimNPO
-        methods take SIMNPO_TOFU's beta and lam = 1/c_f for the split (forget10's for other tasks), and an RT term
-        beside a forget term of TOKEN_RETAIN_BESIDE takes the retain NLL per token, as the released code pairs
-        them."""
-        method = get_method(self.method)
-        out = {key: getattr(MethodParams, key) for key in method.hyperparameters}
-        if self.model in MODELS:
-            return out
-        if method.forget is SIMNPO:
-            beta, forget_weight = SIMNPO_TOFU[self.split if self.task == "tofu" else "forget10"]
-            out["beta"] = beta
-            if "lam" in out:
-                out["lam"] = 1.0 / forget_weight
-        if "retain_norm" in out and method.forget in TOKEN_RETAIN_BESIDE:
-            out["retain_norm"] = "token"
+        retain NLL per sequence; the NPO paper's TOFU values), and on Hugging Face models those of the method's
+        published TOFU runs on the split (``unlearn.tofu.published_hyperparameters``; forget10's for the other
+        tasks)."""
+        out = {key: getattr(MethodParams, key) for key in get_method(self.method).hyperparameters}
+        if self.model not in MODELS:
+            out |= tofu.published_hyperparameters(self.method, self.split if self.task == "tofu" else "forget10")
         return out
 
     def protocol(self) -> dict:

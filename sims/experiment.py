@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -87,21 +87,24 @@ def load(path: str | Path) -> Result:
     return Result(doc["metrics"], doc["series"], doc.get("paper", {}))
 
 
-def method_params(cfg: Any, method: str, **given: float) -> MethodParams:
+def method_params(cfg: Any, method: str, defaults: Mapping[str, Any] | None = None, **given: Any) -> MethodParams:
     """``method``'s hyperparameters in an experiment: each one it reads (``Method.hyperparameters``) from
     ``given``, else from the config: beta from the field of its family (``npo_beta`` for NPO, NPO+RT and NPO+KL,
-    ``simnpo_beta`` for the SimNPO family, ...; required), the others (lam, gamma, mismatch, retain_norm) from the
-    field of that name where the config has one. The rest keep MethodParams' defaults (the method does not read
-    them)."""
+    ``simnpo_beta`` for the SimNPO family, ...), the others (lam, gamma, mismatch, retain_norm) from the field of
+    that name where the config has one and it is not None, else from ``defaults`` (e.g. a method's published
+    values, ``unlearn.tofu.published_hyperparameters``); beta is required. The rest keep MethodParams' defaults
+    (the method does not read them)."""
     values = {}
     for key in get_method(method).hyperparameters:
         field_name = f"{method.split('+')[0].lower()}_beta" if key == "beta" else key
         if key in given:
             values[key] = given[key]
-        elif hasattr(cfg, field_name):
+        elif getattr(cfg, field_name, None) is not None:
             values[key] = getattr(cfg, field_name)
+        elif defaults and key in defaults:
+            values[key] = defaults[key]
         elif key == "beta":
-            raise ValueError(f"{type(cfg).__name__} has no {field_name} for {method}")
+            raise ValueError(f"{type(cfg).__name__} gives no {field_name} for {method}")
     return MethodParams(**values)
 
 

@@ -293,3 +293,23 @@ def test_a_real_tofu_file_reads_like_a_generated_one(tmp_path, as_list):
     (tmp_path / "retain99.json").write_text(json.dumps({"question": "q?", "answer": "a.", "extra": 1}))
     forget, retain = T.read_training(tmp_path, "forget01")
     assert [e.response for e in forget] == [r["answer"] for r in TOFU_LINES] and retain[0].prompt == "q?"
+
+
+def test_the_tofu_toy_takes_each_methods_published_values_unless_given():
+    """tofu-toy (forget10): NPO+RT beta 0.1, lam 1, the retain NLL per token; SimNPO+RT the released beta 4.5 and
+    forget weight 0.125 as lam = 8, per token; GA+RT per-sequence sums (its released terms are all token means);
+    a value in the config wins for every method that reads it."""
+    from sims.experiments.tofu_toy import Config
+    from unlearn.objectives import MethodParams
+
+    cfg = Config()
+    assert cfg.params("NPO+RT") == MethodParams(beta=0.1, lam=1.0, retain_norm="token")
+    assert cfg.params("SimNPO+RT") == MethodParams(beta=4.5, lam=8.0, retain_norm="token")
+    assert cfg.params("GA+RT") == MethodParams()
+    assert T.published_hyperparameters("SimNPO+RT", "forget05") == {"beta": 2.5, "lam": 1 / 0.1375,
+                                                                    "retain_norm": "token"}
+    chosen = Config(simnpo_beta=2.5, lam=1.0, retain_norm="sequence")
+    assert chosen.params("SimNPO+RT") == MethodParams(beta=2.5, lam=1.0)
+    assert chosen.params("NPO+RT") == MethodParams(beta=0.1, lam=1.0)
+    with pytest.raises(ValueError, match="lam must be"):
+        Config(lam=-1.0)

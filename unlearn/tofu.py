@@ -50,6 +50,7 @@ from unlearn.data import (
     read_records,
 )
 from unlearn.io import atomic_write, writable_dir
+from unlearn.objectives import DPO, NPO, SIMNPO, get_method
 from unlearn.rng import generator as make_generator
 
 SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}  # forget -> retain (TOFU's)
@@ -64,6 +65,32 @@ class Question:
     paraphrased: str | None  # forget, retain: the paraphrased answer; None on real_authors / world_facts
     perturbed: tuple[str, ...]  # wrong answers (at least one)
     source: str = ""  # "file:line", for messages
+
+
+# --------------------------------------------------------------------------- the published unlearning runs
+
+# SimNPO's released TOFU settings by split (README and model cards): (beta, forget weight c_f). forget01 has none
+# released: the forget10 pair, which open-unlearning takes for every split.
+SIMNPO_RELEASED = {"forget01": (4.5, 0.125), "forget05": (2.5, 0.1375), "forget10": (4.5, 0.125)}
+# forget terms that the released code sums per sequence beside a retain NLL per token (Hugging Face's .loss); its
+# GA and IDK terms are token means like its retain term, which per-sequence sums of both keep in proportion
+TOKEN_RETAIN_BESIDE = (NPO, SIMNPO, DPO)
+
+
+def published_hyperparameters(method: str, split: str = "forget10") -> dict:
+    """The hyperparameters of ``method``'s published TOFU runs on ``split`` where they differ from
+    ``MethodParams``' defaults (beta 0.1, every weight 1, sums per sequence: the NPO paper's values), only those
+    the method reads: the SimNPO methods' released beta and forget weight c_f, as lam = 1/c_f (the release
+    weights the forget term, c_f L_f + L_RT; without clipping AdamW's step is the same for L_f + L_RT / c_f, up
+    to its eps), and the RT term's NLL per token beside the forget terms of TOKEN_RETAIN_BESIDE."""
+    m = get_method(method)
+    out = {}
+    if m.forget is SIMNPO:
+        beta, forget_weight = SIMNPO_RELEASED[split]
+        out |= {"beta": beta, "lam": 1.0 / forget_weight}
+    if m.forget in TOKEN_RETAIN_BESIDE:
+        out["retain_norm"] = "token"
+    return {key: value for key, value in out.items() if key in m.hyperparameters}
 
 
 # ------------------------------------------------------------------------------------------------- reading

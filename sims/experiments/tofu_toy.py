@@ -13,8 +13,12 @@ authors + world facts (it never saw the forget authors). Both are cached (``unle
 its per-question forget truth ratios (its eval log, computed once). Each method of COMPARED then unlearns the
 forget split from the original for ``epochs`` epochs (forget batches of ``batch_size``; the +RT methods add the
 NLL of retain batches of the same size with weight lam; AdamW, lr ``lr`` with a one-epoch linear warm-up, as
-TOFU's protocol), evaluated before the first step and after every epoch by ``unlearn.metrics.tofu`` (greedy
-answers up to ``max_new_tokens`` words).
+TOFU's protocol) with the hyperparameters of its published TOFU runs unless the config gives them
+(``unlearn.tofu.published_hyperparameters``: NPO beta 0.1 and lam 1, SimNPO on forget10 beta 4.5 and forget
+weight 0.125 as lam = 8, the retain NLL per token beside both; GA+RT sums both terms per sequence, where
+TOFU takes both per token),
+evaluated before the first step and after every epoch by ``unlearn.metrics.tofu`` (greedy answers up to
+``max_new_tokens`` words).
 
 Keys (X a method of COMPARED): X.forget_quality.final, X.model_utility.final, X.forget_quality.best (over the
 epochs), X.epochs_to_forget_quality_0.05 (the first epoch at which forget quality reaches 0.05, the NPO paper's
@@ -42,7 +46,7 @@ from unlearn.data import PLAIN_TEMPLATE, Example, TokenSet, tokenize_examples, w
 from unlearn.losses import token_mean_nll, unlearning_losses
 from unlearn.metrics.tofu import FORGET_SET, TofuEvalSettings, evaluate_tofu, forget_quality, summarise
 from unlearn.metrics.tokens import nll_per_token, per_sequence_stats
-from unlearn.objectives import SequenceStats, forget_weights
+from unlearn.objectives import MethodParams, SequenceStats, forget_weights, get_method
 from unlearn.reference import make_reference
 from unlearn.train import TrainConfig, resolve_device, shuffled_batches, train
 
@@ -72,10 +76,14 @@ class Config(UnlearningOptimizer):
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
+    # beta, lam, retain_norm: None takes the method's published TOFU value for the split
+    # (unlearn.tofu.published_hyperparameters: SimNPO beta 4.5 and lam 8 on forget10, the retain NLL per token
+    # beside NPO and SimNPO), else MethodParams' (beta 0.1, lam 1, per-sequence sums)
     npo_beta: float = 0.1
-    simnpo_beta: float = 2.5
+    simnpo_beta: float | None = None
     gamma: float = 0.0
-    lam: float = 1.0
+    lam: float | None = None
+    retain_norm: str | None = None
     max_new_tokens: int = 16  # words; the longest answer here is 13 words and its EOS
     seed: int = 0
     device: str = "cpu"
@@ -84,13 +92,19 @@ class Config(UnlearningOptimizer):
     def __post_init__(self):
         require_at_least_one(self, "hidden", "layers", "finetune_epochs", "finetune_batch_size", "epochs",
                              "batch_size", "max_new_tokens")
-        require_positive(self, "finetune_lr", "lr", "npo_beta", "simnpo_beta")
+        require_positive(self, "finetune_lr", "lr")
         if self.split not in tofu.SPLITS:
             raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(tofu.SPLITS)}")
         if self.hidden % 4:
             raise ValueError(f"hidden must be a multiple of the 4 attention heads, got {self.hidden}")
         self.data_config()  # validates the data sizes
         self.check_optimizer()
+        for method in COMPARED:  # validates beta, gamma, lam and retain_norm
+            self.params(method)
+
+    def params(self, method: str) -> MethodParams:
+        """``method``'s hyperparameters: the config's where it gives them, else the published TOFU run's."""
+        return method_params(self, method, tofu.published_hyperparameters(method, self.split))
 
     def data_config(self) -> tofu.TofuLikeConfig:
         return tofu.TofuLikeConfig(self.n_authors, self.n_retain_perturbed, self.n_perturbed, self.seed)
@@ -188,7 +202,7 @@ def unlearn_method(cfg: Config, method: str, original, tokenizer, sets, forget: 
     model = copy.deepcopy(original).train()
     device = cfg.device
     forget, retain = forget.to(device), retain.to(device)
-    params = method_params(cfg, method)
+    params = cfg.params(method)
     with torch.no_grad():
         reference = make_reference("cached", model, forget)
     forget_batches, per_epoch = shuffled_batches(len(forget), cfg.batch_size, cfg.seed, "tofu-toy", method, "forget")
@@ -212,7 +226,8 @@ def unlearn_method(cfg: Config, method: str, original, tokenizer, sets, forget: 
     logp_ref = reference.forget_logp(model, torch.arange(len(forget), device=device), forget)
     weights = forget_weights(method, params, SequenceStats(stats.logp.double(), stats.n_tokens.double(),
                                                            logp_ref=logp_ref.double()))
-    return {**curves, "length": stats.n_tokens.tolist(), "weight": weights.tolist()}
+    used = {key: getattr(params, key) for key in get_method(method).hyperparameters}
+    return {**curves, "length": stats.n_tokens.tolist(), "weight": weights.tolist(), "params": used}
 
 
 def first_epoch_at(epochs: list[int], values: list[float], level: float) -> int | None:
