@@ -16,9 +16,8 @@ NLL of retain batches of the same size with weight lam; AdamW, lr ``lr`` with a 
 TOFU's protocol) with the hyperparameters of its published TOFU runs unless the config gives them
 (``unlearn.tofu.published_hyperparameters``: NPO beta 0.1 and lam 1, SimNPO on forget10 beta 4.5 and forget
 weight 0.125 as lam = 8, the retain NLL per token beside both; GA+RT sums both terms per sequence, where
-TOFU takes both per token),
-evaluated before the first step and after every epoch by ``unlearn.metrics.tofu`` (greedy answers up to
-``max_new_tokens`` words).
+TOFU takes both per token), evaluated before the first step and after every epoch by ``unlearn.metrics.tofu``
+(greedy answers up to ``max_new_tokens`` words).
 
 Keys (X a method of COMPARED): X.forget_quality.final, X.model_utility.final, X.forget_quality.best (over the
 epochs), X.epochs_to_forget_quality_0.05 (the first epoch at which forget quality reaches 0.05, the NPO paper's
