@@ -109,6 +109,8 @@ def test_tofus_own_sizes_by_default():
         "full.json": 4000, "forget01.json": 40, "forget05.json": 200, "forget10.json": 400, "retain90.json": 3600,
         "retain_perturbed.json": 400, "holdout10.json": 400}
     assert all(len(r["perturbed_answer"]) == 5 for r in files["forget10_perturbed.json"])
+    # fewer authors: retain_perturbed keeps TOFU's tenth of them (at least one), inside the authors of no split
+    assert [T.TofuLikeConfig(n_authors=n).n_retain_perturbed for n in (10, 15, 20, 64)] == [1, 2, 2, 6]
 
 
 @settings(max_examples=20)

@@ -255,7 +255,9 @@ MAX_PERTURBED = min([len(a.choices) for a in ATTRIBUTES] + [len(k) for t in REAL
 @dataclass(frozen=True)
 class TofuLikeConfig:
     n_authors: int = 200  # fictitious authors in full.json, 20 facts each (4000 QA, as TOFU)
-    n_retain_perturbed: int = 20  # the last authors (in no forget split): retain_perturbed.json (400 QA, as TOFU)
+    # the last authors (in no forget split): retain_perturbed.json; None: a tenth of the authors, at least 1
+    # (TOFU: 20 of 200, 400 QA)
+    n_retain_perturbed: int | None = None
     n_perturbed: int = 5  # perturbed answers per question
     seed: int = 0
 
@@ -265,6 +267,8 @@ class TofuLikeConfig:
             raise ValueError(f"n_authors must be >= 10 and leave room in the pool of {N_NAMES} names for its "
                              f"holdout authors (n_authors + round(0.1 n_authors) <= {N_NAMES}), got {self.n_authors}")
         free = self.n_authors - n_forget10
+        if self.n_retain_perturbed is None:
+            object.__setattr__(self, "n_retain_perturbed", max(1, round(self.n_authors / 10)))
         if not 1 <= self.n_retain_perturbed <= free:
             raise ValueError(f"n_retain_perturbed must lie in [1, {free}] (the authors in no forget split), "
                              f"got {self.n_retain_perturbed}")
