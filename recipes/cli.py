@@ -170,7 +170,7 @@ def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
                   "Prob, ROUGE-L, truth ratio, model utility) or mia (membership-inference AUCs against the split's "
                   "holdout file); needs --task tofu", {"choices": ("tofu", "mia")}, none="none"),
             Alias("--eval-every", "eval_every", "steps between evaluations", {"type": int, "metavar": "N"},
-                  none="a tenth of the steps"),
+                  none="every epoch of a Hugging Face run counted in epochs, else a tenth of the steps"),
             Alias("--retain-logs", "retain_logs", "with --eval tofu: the retain model's eval.json of `unlearn eval "
                   "tofu`, for forget quality", {"metavar": "FILE"}, none="no forget quality"))
 
@@ -217,8 +217,9 @@ def run_aliases() -> tuple[Alias, ...]:
         Alias("--clip-norm", "clip_norm", "Hugging Face models: gradient-norm clipping (0: none, as TOFU's runs)",
               {"type": float}),
         Alias("--precision", "precision", "Hugging Face models: float32, bf16 (bf16 weights and moments), "
-                                          "bf16-mixed (float32 weights, bf16 autocast) or auto (on CUDA the first "
-                                          "of bf16-mixed, bf16 that fits)", {"choices": PRECISION_CHOICES}),
+                                          "bf16-mixed (float32 weights, bf16 autocast) or auto (float32 on the CPU; "
+                                          "on CUDA the first of bf16-mixed, bf16 that fits)",
+              {"choices": PRECISION_CHOICES}),
         Alias("--lora", "lora", "Hugging Face models: train a LoRA adapter of this rank (peft) instead of every "
                                 "weight", {"type": int, "metavar": "RANK"}, none="every weight trains"),
         Alias("--lora-alpha", "lora_alpha", "the LoRA adapter's alpha", {"type": float}),

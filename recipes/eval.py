@@ -115,6 +115,25 @@ class MiaEvalConfig(ModelConfig):
 # ---------------------------------------------------------------------------------------------------- model
 
 
+def run_record(name: str) -> dict | None:
+    """The run.json of ``name`` when it is a run folder of `unlearn run` (not a model directory), else None."""
+    path = Path(name)
+    if (path / "run.json").is_file() and not (path / "config.json").is_file():
+        return json.loads((path / "run.json").read_text())
+    return None
+
+
+def asked_as_trained(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with a run folder's prompt (run.json's prompt format and plain template) in place of the defaults,
+    so that a model trained on '[INST] {prompt} [/INST]' is asked that way; a prompt given explicitly stays."""
+    record = run_record(cfg.model)
+    prompt = record.get("template") if record else None
+    defaults = ModelConfig()
+    if not prompt or (cfg.prompt_format, cfg.template) != (defaults.prompt_format, defaults.template):
+        return cfg
+    return dataclasses.replace(cfg, prompt_format=prompt["prompt_format"], template=prompt["plain_template"])
+
+
 def load_for_eval(name: str, cfg: ModelConfig):
     """(model in eval mode, tokenizer, {"path", "identity"}) of a directory, a run folder or an architecture."""
     from unlearn.data import BYTE_VOCAB, byte_tokenizer
@@ -122,10 +141,11 @@ def load_for_eval(name: str, cfg: ModelConfig):
     from unlearn.train import resolve_device
 
     path = Path(name)
-    if (path / "run.json").is_file() and not (path / "config.json").is_file():
+    record = run_record(name)
+    if record is not None:
         from recipes.run import load_hf_run
 
-        run = json.loads((path / "run.json").read_text())["config"]
+        run = record["config"]
         if run.get("task") == "markov":
             raise ValueError(f"{path}: a run on the markov task reads state ids, not text; evaluate runs on text "
                              "tasks (facts, jsonl, tofu)")
@@ -136,6 +156,12 @@ def load_for_eval(name: str, cfg: ModelConfig):
         architecture = hf.ModelSpec(name).is_architecture
         model = load_hf_run(path, resolve_device(cfg.device))
     else:
+        in_run = run_record(str(path.parent)) is not None
+        if (path / "adapter_config.json").is_file() or (in_run and not (path / "tokenizer_config.json").is_file()):
+            what = "a peft adapter" if (path / "adapter_config.json").is_file() else "a model without its tokenizer"
+            where = f"the run folder {path.parent}" if in_run else "a run folder of `unlearn run` or a full model"
+            raise ValueError(f"--model {path}: {what}; evaluate {where}, which names the base model, tokenizer and "
+                             "precision")
         spec = hf.ModelSpec(name, dtype=_dtype(name, cfg.dtype), device=cfg.device, seed=cfg.seed,
                             vocab_size=BYTE_VOCAB if name == "tiny" else None)
         architecture, model = spec.is_architecture, hf.load_model(spec)
@@ -206,6 +232,7 @@ def run_eval_tofu(cfg: TofuEvalConfig, out: Path, progress: bool | None = None) 
     from unlearn.metrics.tofu import FORGET_SET, evaluate_tofu, retain_truth_ratios, summarise
 
     start = time.perf_counter()
+    cfg = asked_as_trained(cfg)
     if cfg.data is None:
         raise ValueError("--data TOFU_DIR is required (a TOFU directory, or one written by `unlearn data tofu-like`)")
     sets = limited(tofu.read_eval_sets(cfg.data, cfg.split), cfg.limit)
@@ -278,6 +305,7 @@ def run_eval_mia(cfg: MiaEvalConfig, out: Path) -> dict:
     from unlearn.metrics.mia import mia_scores
 
     start = time.perf_counter()
+    cfg = asked_as_trained(cfg)
     for path in cfg.files():
         if not path.is_file():
             raise ValueError(f"{path}: no such file")

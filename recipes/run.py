@@ -110,7 +110,7 @@ class RunConfig:
     weight_decay: float | None = None  # Hugging Face models: AdamW's decoupled decay
     schedule: str | None = None  # Hugging Face models: after the warm-up, constant or warmup_linear (decay to 0)
     clip_norm: float = 0.0  # Hugging Face models: gradient-norm clipping; 0: none
-    precision: str = "float32"  # Hugging Face models: PRECISION_CHOICES (auto: what fits on CUDA)
+    precision: str = "auto"  # Hugging Face models: PRECISION_CHOICES (auto: float32 on the CPU, what fits on CUDA)
     lora: int | None = None  # Hugging Face models: the LoRA adapter's rank; None: every weight trains
     lora_alpha: float = 16.0
     gradient_checkpointing: bool = False
@@ -352,6 +352,8 @@ def plan_run(cfg: RunConfig, n_forget: int, n_retain: int, retain_width: int, vo
             error = err
     else:
         raise error
+    if not reads_reference(cfg.method):
+        why = f"{cfg.method} reads no reference model"
     protocol = cfg.protocol()
     accum = protocol["grad_accum"]
     step_batch = min(cfg.batch_size * accum, n_forget)
@@ -427,6 +429,11 @@ def save_hf(model, folder: Path, save: str, tokenizer, state: dict | None = None
     tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=folder.parent))
     try:
         lora = hasattr(model, "peft_config")
+        if isinstance(tokenizer, ByteTokenizer):  # an architecture's config holds a Llama tokenizer's ids, not these
+            base = model.get_base_model() if lora else model
+            for config in (base.config, base.generation_config):
+                for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+                    setattr(config, key, getattr(tokenizer, key))
         if lora and save == "merged":
             model, state = model.merge_and_unload(), None  # the merged weights are the model's own now
         # a peft model writes its adapter only; ``state``: the gathered weights of a sharded model
@@ -470,7 +477,8 @@ def load_hf_run(folder: Path, device, trainable: bool = False):
     if (hf_dir / "adapter_config.json").is_file():
         spec = hf.ModelSpec(config["model"], dtype=dtype, device=str(device), seed=config["seed"],
                             vocab_size=doc["training"].get("vocab_size"))
-        model = PeftModel.from_pretrained(hf.load_model(spec), hf_dir, is_trainable=trainable).to(device)
+        with hf.peft_quietly():
+            model = PeftModel.from_pretrained(hf.load_model(spec), hf_dir, is_trainable=trainable).to(device)
     elif (hf_dir / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(
             hf_dir, local_files_only=True, dtype=hf.DTYPES[dtype],
@@ -856,6 +864,9 @@ class RelearnConfig:
         if not 0 < self.frac <= 1:
             raise ValueError(f"frac must lie in (0, 1], got {self.frac!r}")
         require_at_least_one(self, "draws", "epochs", "batch_size")
+        if self.subset == "shortest" and self.draws != RelearnConfig.draws:
+            raise ValueError(f"--draws {self.draws} does not apply: the shortest responses are one subset; draws "
+                             "are of --subset random")
         if self.lr is not None:
             require_positive(self, "lr")
 

@@ -190,6 +190,7 @@ def test_a_mask_file_for_another_model_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--subset", "random", "--draws", "0"], "draws must be >= 1, got 0"),
+    (["--draws", "5"], "--draws 5 does not apply: the shortest responses are one subset"),
     (["--epochs", "0"], "epochs must be >= 1, got 0"),
     (["--set", "frac=1.5"], "frac must lie in (0, 1], got 1.5"),
     (["--set", "subset=longest"], "unknown relearning subset 'longest'"),

@@ -56,6 +56,8 @@ def test_the_run_folder_is_a_hugging_face_model(save, tofu_dir, tmp_path):
     assert doc["hf"]["save"] == save and doc["training"]["steps"] == 3 and doc["training"]["epochs"] == 3
     assert {"torch", "transformers", "peft", "git_sha"} <= set(doc["environment"])
     assert doc["seconds"] > 0 and doc["peak_memory_bytes"] > 0
+    config = json.loads((out / "hf" / "config.json").read_text())
+    assert (config["pad_token_id"], config["eos_token_id"], config["bos_token_id"]) == (0, 1, None)  # bytes
     before, after = doc["before"]["retain_nll"], doc["after"]["retain_nll"]
     assert abs(after - before) > 0.05  # the adapter moved the model: a loader of the base model would be caught
     if save == "adapter":
@@ -375,6 +377,27 @@ def test_each_method_takes_its_published_hyperparameters(method, model, split, w
         want.get("retain_norm"))}
     given = {key: value for key, value in other.items() if key in want}
     assert RunConfig(model=model, method=method, **given, **data).params() == MethodParams(**{**want, **given})
+
+
+def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_path, capsys):
+    """A run on TOFU's Llama-2 template: `unlearn eval tofu|mia --model RUN` asks its model the same way (eval.json
+    records the template); a template given to eval explicitly stays. RUN/hf alone (an architecture's weights,
+    without a tokenizer) is refused, naming the run folder to give instead."""
+    run = tmp_path / "run"
+    template = "[INST] {prompt} [/INST]"
+    assert main(tofu_run(tofu_dir, "--method", "NPO", "--steps", "1", "--template", template, "--out", str(run))) == 0
+    for benchmark, extra in (("tofu", ["--data", str(tofu_dir), "--limit", "2"]),
+                             ("mia", ["--data", str(tofu_dir), "--limit", "4"]),
+                             ("tofu", ["--data", str(tofu_dir), "--limit", "2", "--template", "Q: {prompt} A:"])):
+        out = tmp_path / f"eval-{benchmark}-{len(extra)}"
+        assert main(["eval", benchmark, "--model", str(run), *extra, "--out", str(out)]) == 0
+        config = json.loads((out / "eval.json").read_text())["config"]
+        asked = extra[-1] if "--template" in extra else template
+        assert (config["prompt_format"], config["template"]) == ("plain" if asked == template else "auto", asked)
+    capsys.readouterr()
+    weights_alone = ["eval", "tofu", "--model", str(run / "hf"), "--data", str(tofu_dir), "--out", str(tmp_path / "x")]
+    assert main(weights_alone) == 2
+    assert f"a model without its tokenizer; evaluate the run folder {run}," in capsys.readouterr().err
 
 
 def test_a_run_folder_of_an_older_config_still_reads(tmp_path):

@@ -28,6 +28,8 @@ weights would not be exactly 1 at step 0.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +209,17 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     conv1d = any(isinstance(m, Conv1D) for name, m, _ in _projections(model) if name in targets)  # (in, out) weights
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
                         fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with peft_quietly():
+        return get_peft_model(model, config)
+
+
+@contextmanager
+def peft_quietly():
+    """peft's wrappers ask transformers' ``is_gradient_checkpointing``, which transformers 5 deprecates with a
+    FutureWarning on every call, whatever the model; that one warning is dropped, nothing else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def load_tokenizer(name: str):
