@@ -644,7 +644,7 @@ def cmd_eval(args) -> int:
 
     cls, run = {"tofu": (evaluation.TofuEvalConfig, evaluation.run_eval_tofu),
                 "mia": (evaluation.MiaEvalConfig, evaluation.run_eval_mia)}[args.benchmark]
-    cfg = resolve_config(args, cls)
+    cfg = evaluation.asked_as_trained(resolve_config(args, cls))  # a run folder's prompt, shown by --show-config
     if show_config(args, f"eval {args.benchmark}", cfg):
         return 0
     if not args.out:

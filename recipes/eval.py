@@ -125,7 +125,8 @@ def run_record(name: str) -> dict | None:
 
 def asked_as_trained(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with a run folder's prompt (run.json's prompt format and plain template) in place of the defaults,
-    so that a model trained on '[INST] {prompt} [/INST]' is asked that way; a prompt given explicitly stays."""
+    so that a model trained on '[INST] {prompt} [/INST]' is asked that way. A prompt other than the defaults
+    stays (the default template itself: --prompt-format plain)."""
     record = run_record(cfg.model)
     prompt = record.get("template") if record else None
     defaults = ModelConfig()
@@ -156,8 +157,10 @@ def load_for_eval(name: str, cfg: ModelConfig):
         architecture = hf.ModelSpec(name).is_architecture
         model = load_hf_run(path, resolve_device(cfg.device))
     else:
-        in_run = run_record(str(path.parent)) is not None
-        if (path / "adapter_config.json").is_file() or (in_run and not (path / "tokenizer_config.json").is_file()):
+        in_run = path.is_dir() and run_record(str(path.parent)) is not None
+        tokenizer_saved = any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json",
+                                                             "tokenizer.model"))
+        if (path / "adapter_config.json").is_file() or (in_run and not tokenizer_saved):
             what = "a peft adapter" if (path / "adapter_config.json").is_file() else "a model without its tokenizer"
             where = f"the run folder {path.parent}" if in_run else "a run folder of `unlearn run` or a full model"
             raise ValueError(f"--model {path}: {what}; evaluate {where}, which names the base model, tokenizer and "

@@ -518,8 +518,10 @@ def watched_training(cfg: RunConfig, out: Path, model, monitor: CollapseMonitor,
 
 def _resumable(cfg: RunConfig) -> dict:
     """The settings a checkpoint must share with the run that resumes it: all but --overwrite, those left at None
-    as the protocol resolves them (so that a value given equals the same value by default)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"} | cfg.protocol()
+    as the protocol resolves them (so that a value given equals the same value by default), and not precision
+    and reference, whose resolved values the checkpoint's plan holds (checked against the new plan)."""
+    given = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "precision", "reference")}
+    return given | cfg.protocol()
 
 
 def read_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
@@ -809,12 +811,15 @@ def read_run_config(folder: Path) -> RunConfig:
 
 def _current(config: dict) -> dict:
     """A run.json config in today's terms. Runs written before the hyperparameters defaulted to None (by method)
-    recorded all of them, those their method does not read at the old fixed values: these become None; and an RT
-    term without retain_norm summed its NLL per sequence."""
+    recorded all of them, those their method does not read at the old fixed values: these become None; an RT
+    term without retain_norm summed its NLL per sequence; and a toy run's precision float32 was the default
+    then."""
     method = get_method(config.get("method", RunConfig.method))
     out = {**config, **{key: None for key in HYPERPARAMETERS if key not in method.hyperparameters}}
     if "retain_norm" in method.hyperparameters and "retain_norm" not in config:
         out["retain_norm"] = "sequence"
+    if config.get("model", RunConfig.model) in MODELS and config.get("precision") == "float32":
+        out["precision"] = RunConfig.precision  # the former default, which the toy models do not read
     return out
 
 

@@ -96,7 +96,7 @@ def test_unlearn_run_under_torchrun_on_the_gpu_follows_the_plain_run(tmp_path):
     import sys
 
     argv = ["-m", "recipes.cli", "run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4",
-            "--lr", "1e-2", "--device", "cuda"]
+            "--lr", "1e-2", "--device", "cuda", "--precision", "float32"]
     launch = ["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29533"]
     docs = []
     for prefix, name in (([], "plain"), (launch, "torchrun")):

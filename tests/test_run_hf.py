@@ -379,10 +379,11 @@ def test_each_method_takes_its_published_hyperparameters(method, model, split, w
     assert RunConfig(model=model, method=method, **given, **data).params() == MethodParams(**{**want, **given})
 
 
-def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_path, capsys):
+def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_path, capsys, monkeypatch):
     """A run on TOFU's Llama-2 template: `unlearn eval tofu|mia --model RUN` asks its model the same way (eval.json
-    records the template); a template given to eval explicitly stays. RUN/hf alone (an architecture's weights,
-    without a tokenizer) is refused, naming the run folder to give instead."""
+    and --show-config show the template); a template given to eval explicitly stays. RUN/hf alone (an
+    architecture's weights, without a tokenizer) is refused, naming the run folder to give instead; an
+    architecture's name is not a folder, also where the working directory is a run folder."""
     run = tmp_path / "run"
     template = "[INST] {prompt} [/INST]"
     assert main(tofu_run(tofu_dir, "--method", "NPO", "--steps", "1", "--template", template, "--out", str(run))) == 0
@@ -398,22 +399,30 @@ def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_p
     weights_alone = ["eval", "tofu", "--model", str(run / "hf"), "--data", str(tofu_dir), "--out", str(tmp_path / "x")]
     assert main(weights_alone) == 2
     assert f"a model without its tokenizer; evaluate the run folder {run}," in capsys.readouterr().err
+    assert main(["eval", "tofu", "--model", str(run), "--data", str(tofu_dir), "--show-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["template"] == template
+    from recipes.eval import ModelConfig, load_for_eval
+
+    monkeypatch.chdir(run)
+    assert load_for_eval("tiny", ModelConfig(device="cpu"))[0] is not None
 
 
 def test_a_run_folder_of_an_older_config_still_reads(tmp_path):
     """run.json of a run made when every hyperparameter had one fixed default (beta 0.1, gamma 0, lam 1,
-    mismatch 1, no retain_norm): those its method does not read are dropped rather than refused, and its RT term
-    reads as what it was, summed per sequence."""
+    mismatch 1, no retain_norm) and precision defaulted to float32: those its method does not read are dropped
+    rather than refused, its RT term reads as what it was, summed per sequence, and a toy run's float32 (which
+    the toys do not read) is not refused."""
     import dataclasses
 
     from recipes.run import RunConfig, read_run_config
     from unlearn.objectives import MethodParams
 
-    for method, want in (("GA", MethodParams()), ("NPO+RT", MethodParams(retain_norm="sequence"))):
-        old = dataclasses.asdict(RunConfig(model="tiny", method=method))
-        old.update(beta=0.1, gamma=0.0, lam=1.0, mismatch=1.0)
+    for model, method, want in (("tiny", "GA", MethodParams()), ("tiny", "NPO+RT", MethodParams()),
+                                ("markov-fast", "NPO+RT", MethodParams())):
+        old = dataclasses.asdict(RunConfig(model=model, method=method))
+        old.update(beta=0.1, gamma=0.0, lam=1.0, mismatch=1.0, precision="float32")  # the defaults then
         del old["retain_norm"]
-        folder = tmp_path / method
+        folder = tmp_path / f"{model}-{method}"
         folder.mkdir()
         (folder / "run.json").write_text(json.dumps({"config": old}))
         assert read_run_config(folder).params() == want

@@ -53,7 +53,7 @@ def check_layout(files: dict[str, list[dict]], cfg: T.TofuLikeConfig) -> None:
         assert not authors(holdout) & authors(full)
         forget_authors |= authors(forget)
     retain_perturbed = files["retain_perturbed.json"]
-    assert len(retain_perturbed) == 20 * cfg.n_retain_perturbed
+    assert len(retain_perturbed) == 20 * cfg.retain_perturbed_authors
     assert not authors(retain_perturbed) & forget_authors
     assert set(questions(retain_perturbed)) <= set(questions(files["retain90.json"]))
     for name in ("real_authors", "world_facts"):
@@ -110,7 +110,7 @@ def test_tofus_own_sizes_by_default():
         "retain_perturbed.json": 400, "holdout10.json": 400}
     assert all(len(r["perturbed_answer"]) == 5 for r in files["forget10_perturbed.json"])
     # fewer authors: retain_perturbed keeps TOFU's tenth of them (at least one), inside the authors of no split
-    assert [T.TofuLikeConfig(n_authors=n).n_retain_perturbed for n in (10, 15, 20, 64)] == [1, 2, 2, 6]
+    assert [T.TofuLikeConfig(n_authors=n).retain_perturbed_authors for n in (10, 15, 20, 64)] == [1, 2, 2, 6]
 
 
 @settings(max_examples=20)

@@ -261,17 +261,20 @@ class TofuLikeConfig:
     n_perturbed: int = 5  # perturbed answers per question
     seed: int = 0
 
+    @property
+    def retain_perturbed_authors(self) -> int:
+        """n_retain_perturbed, or a tenth of the authors (at least 1) when it is None."""
+        return self.n_retain_perturbed if self.n_retain_perturbed is not None else max(1, round(self.n_authors / 10))
+
     def __post_init__(self):
         n_forget10 = n_forget_authors(self.n_authors, "forget10")  # also the holdout authors drawn
         if self.n_authors < 10 or self.n_authors + n_forget10 > N_NAMES:
             raise ValueError(f"n_authors must be >= 10 and leave room in the pool of {N_NAMES} names for its "
                              f"holdout authors (n_authors + round(0.1 n_authors) <= {N_NAMES}), got {self.n_authors}")
         free = self.n_authors - n_forget10
-        if self.n_retain_perturbed is None:
-            object.__setattr__(self, "n_retain_perturbed", max(1, round(self.n_authors / 10)))
-        if not 1 <= self.n_retain_perturbed <= free:
+        if not 1 <= self.retain_perturbed_authors <= free:
             raise ValueError(f"n_retain_perturbed must lie in [1, {free}] (the authors in no forget split), "
-                             f"got {self.n_retain_perturbed}")
+                             f"got {self.retain_perturbed_authors}")
         if not 1 <= self.n_perturbed <= MAX_PERTURBED:
             raise ValueError(f"n_perturbed must lie in [1, {MAX_PERTURBED}] (the fewest choices of any attribute "
                              f"or kind of real fact, less the true one), got {self.n_perturbed}")
@@ -325,7 +328,7 @@ def tofu_like(cfg: TofuLikeConfig) -> dict[str, list[dict]]:
         k = n_forget_authors(n, split)
         files |= {f"{split}.json": _qa(flat(full[:k])), f"{retain}.json": _qa(flat(full[k:])),
                   f"{split}_perturbed.json": flat(full[:k]), holdout_file(split): _qa(flat(holdout[:k]))}
-    files["retain_perturbed.json"] = flat(full[n - cfg.n_retain_perturbed:])
+    files["retain_perturbed.json"] = flat(full[n - cfg.retain_perturbed_authors:])
     for name, table in REAL_TABLES.items():
         records = [_real_record(fact, kind, g, cfg.n_perturbed) for kind in table for fact in kind]
         files |= {f"{name}.json": _qa(records), f"{name}_perturbed.json": records}
