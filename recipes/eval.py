@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from unlearn.data import PLAIN_TEMPLATE, PROMPT_FORMATS
-from unlearn.io import atomic_write, environment, to_jsonable
+from unlearn.io import atomic_write, environment, package_versions, to_jsonable
 
 DTYPES = ("auto", "float32", "bf16")
 FORGET_QUALITY_NEEDS = ("forget quality needs the retain model's per-question forget truth ratios: run `unlearn eval "
@@ -190,23 +190,11 @@ def model_identity(model: torch.nn.Module) -> str:
     return hashlib.sha256((text + repr(shapes)).encode()).hexdigest()
 
 
-def versions() -> dict:
-    """Versions of the libraries an evaluation reads (beside ``unlearn.io.environment``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("transformers", "peft", "rouge-score"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
-
-
 def _record(command: str, cfg, identity: dict, metrics: dict, values: dict, notes: list[str], start: float) -> dict:
     return to_jsonable({"command": command, "config": dataclasses.asdict(cfg), "model": identity,
                         "metrics": metrics, **values, "notes": notes, "env": environment(cfg.device),
-                        "versions": versions(), "wall_s": time.perf_counter() - start})
+                        "versions": package_versions("transformers", "peft", "rouge-score"),
+                        "wall_s": time.perf_counter() - start})
 
 
 def write_eval(doc: dict, out: Path) -> Path:

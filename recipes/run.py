@@ -52,7 +52,7 @@ from sims import markov
 from unlearn import alternatives, attribution, distributed, memory, optim, tofu
 from unlearn.config import config_dict, format_value, require_at_least_one, require_positive
 from unlearn.data import ByteTokenizer
-from unlearn.io import atomic_write, environment, failed_record, to_jsonable, write_failed
+from unlearn.io import atomic_write, environment, failed_record, package_versions, to_jsonable, write_failed
 from unlearn.losses import token_mean_nll
 from unlearn.memory import REFERENCE_ORDER
 from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
@@ -488,13 +488,6 @@ def load_hf_run(folder: Path, device, trainable: bool = False):
     return model.train(trainable)
 
 
-def library_versions() -> dict:
-    import peft
-    import transformers
-
-    return {"transformers": transformers.__version__, "peft": peft.__version__}
-
-
 def watched_training(cfg: RunConfig, out: Path, model, monitor: CollapseMonitor, before: dict,
                      fit: Callable[[], History]) -> tuple[History, dict]:
     """(history, the evaluation the run ends with) of ``fit()``, a ``train`` call that evaluates through
@@ -750,7 +743,7 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                "training": {**protocol, **dataclasses.asdict(plan), "vocab_size": spec.vocab_size},
                "template": vcfg.prompt(), "world_size": world, "seconds": time.perf_counter() - began,
                "peak_memory_bytes": memory.peak_bytes(device),
-               "environment": {**environment(str(device)), **library_versions()},
+               "environment": {**environment(str(device)), **package_versions("transformers", "peft")},
                "before": before, "after": after, **monitor.summary(), "history": vars(history)}
         # the adapter or model is written where the run folder's model goes, on rank 0 after the gather
         doc = _save(out, model, masks, start, cfg, doc, lambda state: doc.setdefault(

@@ -407,6 +407,20 @@ def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_p
     assert load_for_eval("tiny", ModelConfig(device="cpu"))[0] is not None
 
 
+def test_weight_decay_skips_the_biases_and_norm_weights_of_a_run(tofu_dir, tmp_path, monkeypatch):
+    """Full fine-tuning: the loop is told to keep the tiny Llama's RMSNorm gains out of weight decay (the
+    Trainer's rule, ``hf.no_decay_names``); with LoRA, nothing (the adapter decays whole)."""
+    import unlearn.train
+    from unlearn.models import hf
+
+    told, train = [], unlearn.train.train
+    monkeypatch.setattr(unlearn.train, "train", lambda *a, **kw: told.append(set(kw["no_decay"])) or train(*a, **kw))
+    for name, extra in (("full", []), ("lora", ["--lora", "4"])):
+        assert main(tofu_run(tofu_dir, "--method", "GA", "--steps", "1", *extra, "--out", str(tmp_path / name))) == 0
+    norms = hf.no_decay_names(hf.load_model(hf.ModelSpec("tiny", vocab_size=258)))
+    assert len(norms) == 5 and told == [norms, set()]
+
+
 def test_a_run_folder_of_an_older_config_still_reads(tmp_path):
     """run.json of a run made when every hyperparameter had one fixed default (beta 0.1, gamma 0, lam 1,
     mismatch 1, no retain_norm) and precision defaulted to float32: those its method does not read are dropped

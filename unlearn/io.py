@@ -66,6 +66,19 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """{package: its installed version, or None}: the libraries a result read beside ``environment``'s."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 def _new_file_mode() -> int:
     """The mode open() gives a new file: 0666 less the process's umask."""
     umask = os.umask(0)
