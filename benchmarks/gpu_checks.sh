@@ -17,9 +17,11 @@
 #                                            llama-7b-shape at TOKENS (4096,16384,65536) tokens per step of
 #                                            2048-token sequences for PERF_CASES (LoRA NPO cached, NPO+KL adapter,
 #                                            full fine-tuning), log-probs in chunks of 4096 positions, and the
-#                                            log-prob step's peak memory both ways; then, if LoRA NPO's best MFU
-#                                            is under 40%, a profile of one step at its best batch. Sized at 9
-#                                            cases of ~40 s plus ~2 min of tests: ~8 min on an H100, not yet run
+#                                            log-prob step's peak memory both ways; LoRA NPO at its best batch
+#                                            with cut-cross-entropy's fused log-probs (when the gpu extra is
+#                                            there: see .whl below); then, if LoRA NPO's best MFU is under 40%, a
+#                                            profile of one step at its best batch. Sized at 10 cases of ~40 s
+#                                            plus ~2 min of tests: ~9 min on an H100, not yet run
 #   bash benchmarks/gpu_checks.sh tofu       unlearn run under the TOFU protocol's shape: llama-7b-shape, NPO+RT,
 #                                            LoRA 32, bf16-mixed, gradient checkpointing, --reference auto, 2
 #                                            epochs of a generated tofu-like forget10 (400 questions; retain90
@@ -35,7 +37,9 @@
 # MODEL, DEVICE, STEPS, CEILING_STEPS, PRECISION (ceiling and tofu stages), EPOCHS (tofu stage), TOKENS, SEQ_LEN, PERF_CASES (perf stage),
 # MEMORISE_EPOCHS, RESULTS and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu PRECISION=float32
 # TOKENS=64,128 SEQ_LEN=32 RESULTS=/tmp/r to try it on a CPU). The package is used from this checkout
-# (PYTHONPATH), so a machine with torch, transformers and peft needs no install. The exit status is that of the first failing step.
+# (PYTHONPATH), so a machine with torch, transformers and peft needs no install; wheels in .whl/ (for the gpu
+# extra: `pip download --no-deps -d .whl cut-cross-entropy==25.1.1`, a pure-Python wheel; the machine has Triton)
+# are installed into /tmp/site first. The exit status is that of the first failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
@@ -53,6 +57,10 @@ MEMORISE_EPOCHS=${MEMORISE_EPOCHS:-150}
 EPOCHS=${EPOCHS:-2}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit
+  PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 tag=$MODEL-$DEVICE
 log=$RESULTS/gpu-checks-$stage-$tag.log
@@ -109,17 +117,24 @@ case $stage in
     if [ "$DEVICE" = cuda ]; then
       run "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_distributed.py
     fi
-    files=("$RESULTS/llm-perf-$tag.json" "$RESULTS/llm-perf-profile-$tag.json")
+    files=("$RESULTS/llm-perf-$tag.json" "$RESULTS/llm-perf-fused-$tag.json" "$RESULTS/llm-perf-profile-$tag.json")
     common=(--model "$MODEL" --dtype bf16 --lora 16 --gradient-checkpointing --seq-len "$SEQ_LEN"
-            --logprob-chunk 4096 --set eval_questions=0 --device "$DEVICE")
-    run unlearn bench llm "${common[@]}" --tokens-per-step "$TOKENS" --cases "$PERF_CASES" \
+            --set eval_questions=0 --device "$DEVICE")
+    run unlearn bench llm "${common[@]}" --logprob-chunk 4096 --tokens-per-step "$TOKENS" --cases "$PERF_CASES" \
       --set logprob_seq_len="$SEQ_LEN" --out "${files[0]}"
     [ -z "${OUT:-}" ] || cp "${files[0]}" "$OUT/" 2>/dev/null
-    best=$("$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); n = d.get('npo.cached.best_tokens_per_step')
-print(n if n and d['npo.cached.best_mfu'] < 0.4 else '')" "${files[0]}" 2>/dev/null)
-    if [ -n "$best" ]; then  # under the 40% goal: where does a step at its best batch spend its time?
-      run unlearn bench llm "${common[@]}" --cases npo.cached --batch-size $((best / SEQ_LEN)) --profile \
+    best=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('npo.cached.best_tokens_per_step') or '')" \
+      "${files[0]}" 2>/dev/null)
+    if [ -n "$best" ] && "$PY" -c "import cut_cross_entropy" 2>/dev/null; then  # the gpu extra: its fused kernel
+      run unlearn bench llm "${common[@]}" --fused-logprobs --cases npo.cached --tokens-per-step "$best" \
         --set logprob_seq_len=0 --out "${files[1]}"
+      [ -z "${OUT:-}" ] || cp "${files[1]}" "$OUT/" 2>/dev/null
+    fi
+    under=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('npo.cached.best_mfu', 1) < 0.4)" \
+      "${files[0]}" 2>/dev/null)
+    if [ "$under" = True ]; then  # under the 40% goal: where does a step at its best batch spend its time?
+      run unlearn bench llm "${common[@]}" --logprob-chunk 4096 --cases npo.cached --batch-size $((best / SEQ_LEN)) \
+        --profile --set logprob_seq_len=0 --out "${files[2]}"
     fi
     ;;
   tofu)

@@ -25,7 +25,8 @@ is ``training_flops_per_token`` x tokens per second over this device's measured 
 dtype (large square products, measured in the same run). Also the time and peak memory of building a WAGLE mask
 (ratio 0.8) over every weight. A setting that runs out of GPU memory is recorded (``out_of_memory``; on CUDA
 also ``fits_80gib`` for every setting) and the comparisons that need it are skipped. The results record the
-attention implementation that ran ("sdpa": ``torch.nn.functional.scaled_dot_product_attention``).
+attention implementation that ran ("sdpa": ``torch.nn.functional.scaled_dot_product_attention``) and the kernels
+SDPA chose for the case's batch (``sdpa_kernels``: flash, memory-efficient, cuDNN or math).
 
 Throughput options: ``tokens_per_step`` runs every case at each token batch instead (batch_size = tokens /
 seq_len) and names the batch of highest MFU; ``logprob_chunk`` takes the log-probs from the hidden states in
@@ -234,6 +235,7 @@ class LLMBench:
     eval_questions: int = 16  # TOFU evaluation throughput on this many forget questions (0: not measured)
     tokens_per_step: tuple[int, ...] = ()  # token batches to sweep, each a multiple of seq_len (): batch_size only
     logprob_chunk: int = 0  # response positions per log-prob chunk (unlearn.logprobs.head_token_logprobs); 0: logits
+    fused_logprobs: bool = False  # log-probs by cut-cross-entropy's kernel (CUDA, bf16; the gpu extra)
     logprob_seq_len: int = 2048  # sequence length of the log-prob memory case (0: not measured)
     compile: bool = False  # also run LoRA NPO (cached) under torch.compile ("npo.compiled"), against its eager step
     cases: tuple[str, ...] = ()  # labels of CASES (and "mask.wagle") to run; (): all of them
@@ -251,6 +253,10 @@ class LLMBench:
         if unknown:
             valid = ", ".join([c[0] for c in CASES] + ["mask.wagle"])
             raise ValueError(f"unknown case {sorted(unknown)[0]!r}; valid: {valid}")
+        if self.fused_logprobs and self.logprob_chunk:
+            raise ValueError("fused_logprobs and logprob_chunk are two ways to the same log-probs; give one")
+        if self.fused_logprobs and self.dtype != "bf16":
+            raise ValueError(f"fused_logprobs runs a bf16 kernel; give --dtype bf16 (got {self.dtype})")
         if self.compile and self.tokens_per_step:
             raise ValueError("compile applies to the comparison at batch_size, not to a tokens_per_step sweep")
         for n in self.tokens_per_step:
@@ -315,12 +321,11 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     precision = "float32" if cfg.dtype == "float32" else "bf16-autocast"
     with forward_precision(device, precision):  # a cached reference as the loss computes log pi
         ref = make_reference(reference, model, forget)
+        kernels = sdpa_kernels(lambda: model(forget.input_ids, attention_mask=forget.attention_mask))
     losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref,
-                               logprob_chunk=cfg.logprob_chunk or None)
-    if cfg.compile:  # in place: the loss calls these modules (the decoder alone on the chunked log-prob path)
-        model.compile()
-        if cfg.logprob_chunk:
-            hf.decoder_and_head(model)[0].compile()
+                               logprob_chunk=cfg.logprob_chunk or None, fused_logprobs=cfg.fused_logprobs)
+    if cfg.compile:
+        hf.compile_in_place(model)
     stamps = []
 
     steps = cfg.warmup + cfg.steps
@@ -347,6 +352,7 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     found = {"peak_bytes": peak_bytes(device) - before, "step_s": step_s, "tokens_per_s": trained_tokens / step_s,
              "model_flops_per_s": per_token * trained_tokens / step_s, "n_parameters": n_params,
              "trainable_parameters": n_trainable, "attention": _attention_kernel(model),
+             "attention_kernels": kernels,
              "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
     if profiler is not None:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -370,12 +376,31 @@ def _attention_kernel(model) -> str:
     return str(getattr(model.config, "_attn_implementation", "unknown"))
 
 
+SDPA_OP = "aten::_scaled_dot_product_"
+
+
+def sdpa_kernels(forward: Callable[[], object]) -> list[str]:
+    """The kernels that scaled_dot_product_attention chose in one call of ``forward``: the names of the aten ops
+    that torch's profiler saw, less the ``aten::_scaled_dot_product_`` prefix. On CUDA ``flash_attention``,
+    ``efficient_attention`` or ``cudnn_attention``; on the CPU ``flash_attention_for_cpu``; ``attention_math``
+    for the unfused fallback (matmuls and a softmax, memory O(T^2) per head). [] when nothing called SDPA (eager
+    attention). The choice depends on the device, the dtype, the head size and the mask, so the probe runs the
+    case's own batch under its own precision."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        forward()
+    return sorted({e.key.removeprefix(SDPA_OP) for e in prof.key_averages()
+                   if e.key.startswith(SDPA_OP) and not e.key.endswith("_backward")})
+
+
 def logprob_case(cfg: LLMBench, model, before: int, device: torch.device) -> dict:
     """Peak memory of one log-prob step alone: per-token log-probs of batch_size x logprob_seq_len response tokens
     from random final hidden states through the model's head, and their backward (to the hidden states and the
-    head), by the logits path (logprob_chunk 0: B x T x V logits and their log-softmax) or in chunks
-    (``unlearn.logprobs.head_token_logprobs``). The model's other layers play no part."""
-    from unlearn.logprobs import head_token_logprobs, token_logprobs
+    head), by the logits path (logprob_chunk 0: B x T x V logits and their log-softmax), in chunks
+    (``unlearn.logprobs.head_token_logprobs``) or fused (``fused_head_token_logprobs``). The model's other layers
+    play no part."""
+    from unlearn.logprobs import fused_head_token_logprobs, head_token_logprobs, token_logprobs
 
     _, head = hf.decoder_and_head(model)
     g = torch.Generator().manual_seed(0)
@@ -384,7 +409,9 @@ def logprob_case(cfg: LLMBench, model, before: int, device: torch.device) -> dic
         hidden = torch.randn(B, T, head.shape[1], generator=g).to(device, head.dtype).requires_grad_()
         labels = torch.randint(0, head.shape[0], (B, T), generator=g).to(device)
         mask = torch.ones(B, T, dtype=torch.bool, device=device)
-        if cfg.logprob_chunk:
+        if cfg.fused_logprobs:
+            token_logp, _ = fused_head_token_logprobs(hidden, head, labels, mask)
+        elif cfg.logprob_chunk:
             token_logp, _ = head_token_logprobs(hidden, head, labels, mask, chunk=cfg.logprob_chunk)
         else:
             token_logp, _ = token_logprobs(hidden @ head.T, labels, mask)
@@ -397,7 +424,7 @@ def logprob_case(cfg: LLMBench, model, before: int, device: torch.device) -> dic
     t0 = time.perf_counter()
     step(cfg.batch_size, cfg.logprob_seq_len)
     return {"peak_bytes": peak_bytes(device) - start, "seconds": time.perf_counter() - t0,
-            "tokens": cfg.batch_size * cfg.logprob_seq_len, "path": "chunked" if cfg.logprob_chunk else "logits"}
+            "tokens": cfg.batch_size * cfg.logprob_seq_len, "path": logprob_path(cfg)}
 
 
 def mask_case(model, forget, retain, before: int, device: torch.device) -> dict:
@@ -509,8 +536,7 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the settings run in their own processes: leave them this one's memory
     report(f"matmul rate ({cfg.dtype}, {device}): {peak / 1e12:.2f} TFLOP/s, the MFU denominator")
-    results: dict = {"matmul_tflops": peak / 1e12,
-                     "logprob_path": f"chunks of {cfg.logprob_chunk}" if cfg.logprob_chunk else "logits"}
+    results: dict = {"matmul_tflops": peak / 1e12, "logprob_path": logprob_path(cfg, detail=True)}
     cases_run: dict = {}
     if cfg.tokens_per_step:
         results.update(token_sweep(dataclasses.replace(cfg, compile=False), cases, peak, device, cases_run, report))
@@ -519,6 +545,8 @@ def bench_llm(cfg: LLMBench, device: torch.device, report: Callable[[str], None]
     fitted = [r for r in cases_run.values() if not r.get("out_of_memory")]
     if fitted:
         results["n_parameters"], results["attention"] = fitted[0]["n_parameters"], fitted[0].get("attention")
+        results["attention_kernels"] = fitted[0].get("attention_kernels")
+        report(f"attention: {results['attention']}, kernels {', '.join(results['attention_kernels'] or ['none'])}")
     with_lora = [r for label, r in cases_run.items() if not label.startswith("full.") and r in fitted]
     if with_lora:
         results["lora.trainable_parameters"] = with_lora[0]["trainable_parameters"]
@@ -607,21 +635,42 @@ def token_sweep(cfg: LLMBench, cases: list[tuple], peak: float, device: torch.de
     return results
 
 
+def logprob_path(cfg: LLMBench, detail: bool = False) -> str:
+    """Which log-prob path a case ran: "logits", "chunked" or "fused" (with ``detail``: the chunk, or the
+    kernel's package and version)."""
+    if cfg.fused_logprobs:
+        from unlearn.io import package_versions
+        from unlearn.logprobs import FUSED_PACKAGE
+
+        return f"fused ({FUSED_PACKAGE} {package_versions(FUSED_PACKAGE)[FUSED_PACKAGE]})" if detail else "fused"
+    if cfg.logprob_chunk:
+        return f"chunks of {cfg.logprob_chunk}" if detail else "chunked"
+    return "logits"
+
+
 def logprob_memory(cfg: LLMBench, device: torch.device, cases_run: dict, report: Callable[[str], None]) -> dict:
-    """``logprob_case`` by the logits path and in chunks (``logprob_chunk``, or 1024 when it is 0), each in its own
-    process: logprobs.{logits,chunked}.peak_bytes and their ratio."""
+    """``logprob_case`` by the logits path, in chunks (``logprob_chunk``, or 1024 when it is 0) and, with
+    ``fused_logprobs``, fused, each in its own process: logprobs.PATH.peak_bytes and each one's ratio to the
+    logits path's, logprobs.PATH_over_logits_peak."""
     chunk = cfg.logprob_chunk or 1024
     results: dict = {"logprobs.chunk": chunk, "logprobs.tokens": cfg.batch_size * cfg.logprob_seq_len}
-    for path, c in (("logits", 0), ("chunked", chunk)):
-        cases_run[f"logprobs.{path}"] = r = _case_in_subprocess(dataclasses.replace(cfg, logprob_chunk=c),
-                                                                (f"logprobs.{path}", "NPO", "logprobs", False), device)
+    paths = {"logits": dataclasses.replace(cfg, logprob_chunk=0, fused_logprobs=False),
+             "chunked": dataclasses.replace(cfg, logprob_chunk=chunk, fused_logprobs=False)}
+    if cfg.fused_logprobs:
+        paths["fused"] = dataclasses.replace(cfg, logprob_chunk=0)
+    for path, path_cfg in paths.items():
+        cases_run[f"logprobs.{path}"] = r = _case_in_subprocess(path_cfg, (f"logprobs.{path}", "NPO", "logprobs",
+                                                                           False), device)
         results[f"logprobs.{path}.out_of_memory"] = bool(r.get("out_of_memory"))
         if not r.get("out_of_memory"):
             results[f"logprobs.{path}.peak_bytes"] = r["peak_bytes"]
-    if "logprobs.logits.peak_bytes" in results and "logprobs.chunked.peak_bytes" in results:
-        ratio = results["logprobs.chunked_over_logits_peak"] = (results["logprobs.chunked.peak_bytes"]
-                                                                / results["logprobs.logits.peak_bytes"])
-        report(f"log-prob step, {cfg.batch_size} x {cfg.logprob_seq_len} tokens: logits path "
-               f"{results['logprobs.logits.peak_bytes'] / 2**20:.0f} MiB, chunks of {chunk} "
-               f"{results['logprobs.chunked.peak_bytes'] / 2**20:.0f} MiB (x{ratio:.3f})")
+    if "logprobs.logits.peak_bytes" not in results:
+        return results
+    found = [f"logits path {results['logprobs.logits.peak_bytes'] / 2**20:.0f} MiB"]
+    for path, what in (("chunked", f"chunks of {chunk}"), ("fused", "fused")):
+        if f"logprobs.{path}.peak_bytes" in results:
+            ratio = results[f"logprobs.{path}_over_logits_peak"] = (results[f"logprobs.{path}.peak_bytes"]
+                                                                    / results["logprobs.logits.peak_bytes"])
+            found.append(f"{what} {results[f'logprobs.{path}.peak_bytes'] / 2**20:.0f} MiB (x{ratio:.3f})")
+    report(f"log-prob step, {cfg.batch_size} x {cfg.logprob_seq_len} tokens: {', '.join(found)}")
     return results

@@ -257,6 +257,13 @@ def run_aliases() -> tuple[Alias, ...]:
                                                   "response positions at a time (memory N x vocabulary instead of "
                                                   "batch x length x vocabulary)", {"type": int, "metavar": "N"},
               none="full logits"),
+        Alias("--fused-logprobs", "fused_logprobs", "Hugging Face models on CUDA, bf16 or bf16-mixed: take log-probs "
+                                                    "from the hidden states with cut-cross-entropy's fused kernel (no "
+                                                    "logits in GPU memory; pip install 'unlearn-mechanics[gpu]')",
+              {"action": "store_true"}),
+        Alias("--compile", "compile", "Hugging Face models, one process: torch.compile the model's forward (the same "
+                                      "run, compiled at the first step; `unlearn bench llm --compile` measures the "
+                                      "gain)", {"action": "store_true"}),
     )
 
 
@@ -336,6 +343,9 @@ def bench_llm_aliases() -> tuple[Alias, ...]:
               {"metavar": "N,N,..."}, convert=_positive_ints("--tokens-per-step")),
         Alias("--logprob-chunk", "logprob_chunk", "response positions per log-prob chunk (0: full logits)",
               {"type": int}),
+        Alias("--fused-logprobs", "fused_logprobs", "log-probs by cut-cross-entropy's fused kernel (CUDA, --dtype "
+                                                    "bf16; pip install 'unlearn-mechanics[gpu]'), and the log-prob "
+                                                    "case measures that path too", {"action": "store_true"}),
         Alias("--compile", "compile", "also time LoRA NPO (cached) under torch.compile", {"action": "store_true"}),
         Alias("--cases", "cases", "settings to run, comma-separated: npo.cached, npo.copy, npo+kl.adapter, "
                                   "npo+kl.copy, full.npo.cached, full.npo.copy, mask.wagle", {"metavar": "A,B,..."},
@@ -546,12 +556,15 @@ benchmark: nothing is asserted.
 
 def cmd_bench_llm(args) -> int:
     from recipes import bench
+    from unlearn.logprobs import check_fused_logprobs
     from unlearn.train import resolve_device
 
     cfg = resolve_config(args, bench.QUICK_LLM if args.quick else bench.LLMBench)
     if show_config(args, "bench llm", cfg):
         return 0
     device = resolve_device(cfg.device)
+    if cfg.fused_logprobs:
+        check_fused_logprobs(device)
     _check_out_file(args)
     return _bench_report(bench.bench_llm(cfg, device), cfg, device, args)
 

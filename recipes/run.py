@@ -53,6 +53,7 @@ from unlearn import alternatives, attribution, distributed, memory, optim, tofu
 from unlearn.config import config_dict, format_value, require_at_least_one, require_positive
 from unlearn.data import ByteTokenizer
 from unlearn.io import atomic_write, environment, failed_record, package_versions, to_jsonable, write_failed
+from unlearn.logprobs import check_fused_logprobs
 from unlearn.losses import token_mean_nll
 from unlearn.memory import REFERENCE_ORDER
 from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
@@ -78,7 +79,8 @@ TOFU_PROTOCOL = {"epochs": 10, "lr": 1e-5, "grad_accum": 8, "warmup_epochs": 1.0
                  "schedule": "warmup_linear"}
 TOY_PROTOCOL = {"steps": 50, "lr": 5e-4}
 HF_ONLY = ("epochs", "grad_accum", "warmup_epochs", "weight_decay", "schedule", "clip_norm", "precision", "lora",
-           "lora_alpha", "gradient_checkpointing", "alternatives", "template", "save", "logprob_chunk")
+           "lora_alpha", "gradient_checkpointing", "alternatives", "template", "save", "logprob_chunk",
+           "fused_logprobs", "compile")
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ class RunConfig:
     # Hugging Face models: log-probs from the hidden states, this many response positions at a time
     # (unlearn.logprobs.head_token_logprobs: memory O(chunk x vocabulary)); None: from full logits
     logprob_chunk: int | None = None
+    # Hugging Face models on CUDA: log-probs from the hidden states by cut-cross-entropy's fused kernel
+    # (unlearn.logprobs.fused_head_token_logprobs; the gpu extra), in bf16 or bf16-mixed
+    fused_logprobs: bool = False
+    compile: bool = False  # Hugging Face models: torch.compile the model's forward (unlearn.models.hf.compile_in_place)
 
     def __post_init__(self):
         for key in ("steps", "epochs", "grad_accum", "lora"):
@@ -168,6 +174,10 @@ class RunConfig:
         if self.logprob_chunk is not None and self.logprob_chunk < 1:
             raise ValueError(f"logprob_chunk must be >= 1 (positions), or none for full logits, got "
                              f"{self.logprob_chunk}")
+        if self.fused_logprobs and self.logprob_chunk is not None:
+            raise ValueError("--fused-logprobs and --logprob-chunk are two ways to the same log-probs; give one")
+        if self.fused_logprobs and self.precision == "float32":
+            raise ValueError("--fused-logprobs runs a bf16 kernel; give --precision bf16 or bf16-mixed (or auto)")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1 (sequences of each evaluation set), or none for all of them, "
                              f"got {self.eval_limit}")
@@ -510,10 +520,12 @@ def watched_training(cfg: RunConfig, out: Path, model, monitor: CollapseMonitor,
 
 
 def _resumable(cfg: RunConfig) -> dict:
-    """The settings a checkpoint must share with the run that resumes it: all but --overwrite, those left at None
+    """The settings a checkpoint must share with the run that resumes it: all but --overwrite and --compile
+    (which change how, not what, the run computes), those left at None
     as the protocol resolves them (so that a value given equals the same value by default), and not precision
     and reference, whose resolved values the checkpoint's plan holds (checked against the new plan)."""
-    given = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "precision", "reference")}
+    given = {k: v for k, v in dataclasses.asdict(cfg).items()
+             if k not in ("overwrite", "compile", "precision", "reference")}
     return given | cfg.protocol()
 
 
@@ -570,6 +582,8 @@ def check_micro_batches(n: int, step_batch: int, accum: int, world: int, name: s
 def _refuse_under_torchrun(cfg: RunConfig, world: int) -> None:
     refused = {"--mask": (cfg.mask, "selects weights of the whole model"),
                "--logprob-chunk": (cfg.logprob_chunk, "applies the output head outside the model's forward"),
+               "--fused-logprobs": (cfg.fused_logprobs, "applies the output head outside the model's forward"),
+               "--compile": (cfg.compile, "compiles the whole model's forward"),
                "--stop-on collapse": (cfg.stop_on, "keeps the last healthy weights"),
                "--save merged": (cfg.save == "merged" and cfg.lora, "merges the adapter into the whole model")}
     for option, (given, what) in refused.items():
@@ -608,6 +622,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         began = time.perf_counter()
         if world > 1:
             _refuse_under_torchrun(cfg, world)
+        if cfg.fused_logprobs:
+            check_fused_logprobs(device)
         ckpt = out / CHECKPOINT / "state.pt"
         if cfg.overwrite and distributed.is_main():  # a finished run is replaced now, so that a rerun resumes
             _clear(out, None, True)  # a mask of the old run too
@@ -627,6 +643,10 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                         world)
         if distributed.is_main():
             print(f"{cfg.model}: {plan.describe()}")
+        protocol = cfg.protocol()
+        accum = protocol["grad_accum"]
+        check_micro_batches(len(forget), plan.step_batch, accum, world, "the forget set")
+        check_micro_batches(len(retain), min(plan.step_batch, len(retain)), accum, world, "the retain set")
         if dry_run:
             return {"config": dataclasses.asdict(cfg), "plan": dataclasses.asdict(plan)}
         chosen = {"precision": plan.precision, "reference": plan.reference}
@@ -634,10 +654,6 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             raise ValueError(f"{ckpt}: the checkpoint ran with {resumed['plan']}, and this plan chose {chosen} (the "
                              "free memory changed); give --precision and --reference as the checkpoint has them, or "
                              "--overwrite to start over")
-        protocol = cfg.protocol()
-        accum = protocol["grad_accum"]
-        check_micro_batches(len(forget), plan.step_batch, accum, world, "the forget set")
-        check_micro_batches(len(retain), min(plan.step_batch, len(retain)), accum, world, "the retain set")
         forget, retain = forget.to(device), retain.to(device)
         alt_data = alt.data.to(device) if alt is not None else None
         spec = dataclasses.replace(vcfg, precision=plan.precision).model_spec(vocab, lora=True)
@@ -663,7 +679,9 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
                                        alternatives=alt_ref)
         losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference,  # refuses what it can't run
                                    alternative=(lambda f, rows: alt_data.take(rows)) if alt is not None else None,
-                                   logprob_chunk=cfg.logprob_chunk)
+                                   logprob_chunk=cfg.logprob_chunk, fused_logprobs=cfg.fused_logprobs)
+        if cfg.compile:
+            hf.compile_in_place(model)
         start = parameter_snapshot(model) if distributed.is_main() else None
         forget_batches, _ = shuffled_batches(len(forget), plan.step_batch, cfg.seed, "run", "forget")
         retain_batches, _ = shuffled_batches(len(retain), min(plan.step_batch, len(retain)), cfg.seed, "run",

@@ -1,6 +1,8 @@
 """unlearn bench toy / llm run end to end and write the promised keys; their numbers are measurements, so only
 their consistency is tested (ratios are the ratios of the recorded values), never a speed."""
 
+import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -73,6 +75,7 @@ def test_bench_llm_writes_the_ratios_of_every_comparison(tmp_path, capsys):
     assert doc["eval.tofu.scored_tokens_per_s"] == evaluated["scored_tokens_per_s"] > 0
     assert doc["eval.tofu.answers_per_s"] == evaluated["answers_per_s"] > 0
     assert doc["attention"] == "sdpa" and doc["logprob_path"] == "logits"
+    assert doc["attention_kernels"] == ["flash_attention_for_cpu"]  # what SDPA picks on the CPU, probed per case
     assert doc["logprobs.chunk"] == 1024 and doc["logprobs.tokens"] == 2 * 2048  # batch 2 x logprob_seq_len
     assert doc["logprobs.chunked_over_logits_peak"] == pytest.approx(
         doc["logprobs.chunked.peak_bytes"] / doc["logprobs.logits.peak_bytes"])
@@ -101,10 +104,49 @@ def test_bench_llm_sweeps_token_batches_through_chunked_log_probs(tmp_path):
     (["--logprob-chunk", "-1"], "logprob_chunk must be >= 0, got -1"),
     (["--cases", "npo.cached,npo.foo"], "unknown case 'npo.foo'; valid: npo.cached, npo.copy"),
     (["--compile", "--tokens-per-step", "256"], "compile applies to the comparison at batch_size"),
+    (["--fused-logprobs", "--logprob-chunk", "8"], "two ways to the same log-probs; give one"),
+    (["--fused-logprobs"], "fused_logprobs runs a bf16 kernel; give --dtype bf16 (got float32)"),
+    (["--fused-logprobs", "--dtype", "bf16"], "on CUDA only; the device is cpu"),
 ])
 def test_bench_llm_refuses_token_batches_it_cannot_make(argv, message, capsys):
     assert main(["bench", "llm", "--quick", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_llm_cases_take_the_fused_path_when_asked(monkeypatch):
+    """--fused-logprobs reaches the training step and the log-prob case: here on the CPU, the CUDA kernel
+    replaced by the cross entropy it computes, counting the response positions it is given (a training step:
+    the forget batch's, 2 x 12; the log-prob case: 2 x 32)."""
+    from unlearn import logprobs
+
+    calls = []
+
+    def kernel(h, head, y):
+        calls.append(len(y))
+        return torch.nn.functional.cross_entropy(h.float() @ head.float().T, y, reduction="none")
+
+    monkeypatch.setattr(logprobs, "_fused_nll", kernel)
+    cfg = bench.LLMBench(model="tiny", dtype="bf16", fused_logprobs=True, seq_len=16, steps=1, warmup=0,
+                         logprob_seq_len=32)
+    found = bench.llm_case(cfg, "NPO", "cached", True, torch.device("cpu"))
+    assert calls == [2 * 12] and found["tokens_per_s"] > 0  # the response: the last 3/4 of each sequence
+    assert bench.llm_case(cfg, "NPO", "logprobs", False, torch.device("cpu"))["path"] == "fused"
+    assert calls[1:] == [1 * 8, 2 * 32]  # the case's warm-up call, then the measured one
+    assert bench.logprob_path(dataclasses.replace(cfg, fused_logprobs=False, logprob_chunk=8), detail=True) \
+        == "chunks of 8"
+
+
+@pytest.mark.parametrize("attention, backend, kernels", [
+    ("sdpa", None, ["flash_attention_for_cpu"]), ("sdpa", "MATH", ["attention_math"]), ("eager", None, [])])
+def test_sdpa_kernels_names_the_kernel_attention_ran(attention, backend, kernels):
+    """The probe reads the kernel off the run, not off the config: forcing SDPA's math fallback changes it, and
+    eager attention calls no SDPA kernel at all."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = hf.load_model(hf.ModelSpec("tiny", attn_implementation=attention))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
+        assert bench.sdpa_kernels(lambda: model(ids)) == kernels
 
 
 @pytest.mark.parametrize("lora, rel", [(None, 0.01), (hf.LoraSpec(2, 4.0), 0.05)])

@@ -108,8 +108,9 @@ def test_unlearn_run_under_torchrun_refuses_masks_and_uneven_batches(tmp_path):
     out = _run(*RUN, "--mask", "wagle:0.5", "--out", str(tmp_path / "m"), ranks=2)
     assert out.returncode != 0 and "--mask selects weights of the whole model, which FSDP2 shards over the 2 ranks; " \
         "run it in one process" in out.stderr
-    out = _run(*RUN[:-4], "--batch-size", "3", "--out", str(tmp_path / "b"), ranks=2)
-    assert out.returncode != 0 and "does not split evenly over 2 ranks" in out.stderr
+    for dry_run in ([], ["--dry-run"]):  # a dry run refuses what the run would
+        out = _run(*RUN[:-4], "--batch-size", "3", *dry_run, "--out", str(tmp_path / "b"), ranks=2)
+        assert out.returncode != 0 and "does not split evenly over 2 ranks" in out.stderr
     assert not (tmp_path / "m").exists() and not (tmp_path / "b").exists()
 
 

@@ -1,5 +1,5 @@
 """GPU checks (``-m gpu``; skipped without a CUDA device): bf16 numerics of the log-prob path and the
-references on a GPU, chunked log-probs against full logits (values, gradients, peak memory), the toy ensemble
+references on a GPU, chunked and fused log-probs against full logits (values, gradients, peak memory), the toy ensemble
 on a GPU against the CPU, ``unlearn validate`` on a GPU (the path of the 7B check, at a small size), and
 ``unlearn run`` under torchrun with nccl."""
 
@@ -50,6 +50,41 @@ def test_chunked_logprobs_on_the_gpu_match_full_logits_in_a_fraction_of_the_memo
     for ours, theirs in zip(found["chunked"][1], found["logits"][1], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
     assert found["chunked"][2] < found["logits"][2] / 3
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_logprobs_on_the_gpu_match_full_logits_without_holding_them(autocast):
+    """cut-cross-entropy's kernel (the ``gpu`` extra; skipped without it) on 4 x 2048 response tokens and a 32k
+    vocabulary: the values of log-softmax over the float32 logits of the same bf16 values, to float32 summation
+    order, and gradients to bf16's rounding (the kernel keeps them in bf16); the step's peak allocation below a
+    tenth of the logits path's. With ``autocast``, float32 hidden states and head (bf16-mixed weights) go in."""
+    pytest.importorskip("cut_cross_entropy")
+    from unlearn.logprobs import fused_head_token_logprobs, token_logprobs
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    dtype = torch.float32 if autocast else torch.bfloat16
+    hidden = torch.randn(4, 2048, 256, device="cuda", generator=g).to(dtype).requires_grad_()
+    head = (torch.randn(32000, 256, device="cuda", generator=g) / 16).to(dtype).requires_grad_()
+    labels = torch.randint(0, 32000, (4, 2048), device="cuda", generator=g)
+    mask = torch.rand(4, 2048, device="cuda", generator=g) < 0.8
+    exact = [t.detach().bfloat16().float().requires_grad_() for t in (hidden, head)]  # the values the kernel sees
+    found = {}
+    for name, fn, inputs in (("logits", lambda: token_logprobs(exact[0] @ exact[1].T, labels, mask)[0], exact),
+                             ("fused", lambda: fused_head_token_logprobs(hidden, head, labels, mask)[0],
+                              (hidden, head))):
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.autocast("cuda", torch.bfloat16, enabled=autocast and name == "fused"):
+            token_logp = fn()
+        grads = torch.autograd.grad(token_logp.sum(), inputs)
+        found[name] = (token_logp.detach(), [g.float() for g in grads], torch.cuda.max_memory_allocated() - start)
+        del token_logp, grads
+    torch.testing.assert_close(found["fused"][0], found["logits"][0], rtol=1e-5, atol=1e-4)
+    (d_hidden, d_head), (d_hidden_plain, d_head_plain) = found["fused"][1], found["logits"][1]
+    torch.testing.assert_close(d_hidden, d_hidden_plain, rtol=2e-2, atol=1e-3)
+    assert (d_head - d_head_plain).norm() < 3e-2 * d_head_plain.norm()  # sums over 6.5k positions, kept in bf16
+    assert found["fused"][2] < found["logits"][2] / 10
 
 
 def test_markov_ensemble_on_the_gpu_matches_the_cpu():

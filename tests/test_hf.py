@@ -227,6 +227,46 @@ def test_chunked_log_probs_give_the_logits_paths_losses_and_gradients(tokenizer,
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method, retain_calls", [("NPO+RT", 1), ("NPO+KL", 0)])
+def test_fused_log_probs_take_the_kernels_values_where_the_logits_path_reads_logits(tokenizer, method,
+                                                                                   retain_calls):
+    """fused_logprobs: the forget (and, without KL, retain) log-probs come from the fused kernel, here replaced by
+    the cross entropy it computes, on a bf16 model: the losses and gradients of the logits path, up to the bf16
+    rounding of its logits, which the kernel does not round. The kernel itself is checked on a GPU."""
+    from unittest import mock
+
+    from unlearn import logprobs
+
+    calls = []
+
+    def kernel(h, head, y):
+        calls.append(len(y))
+        return torch.nn.functional.cross_entropy(h.float() @ head.float().T, y, reduction="none")
+
+    forget, retain = _tokens(tokenizer), _tokens(tokenizer).take(slice(0, 2))
+    model = hf.load_model(hf.ModelSpec("tiny", vocab_size=len(tokenizer), dtype="bf16", lora=hf.LoraSpec(4)))
+    reference = make_reference("copy", hf.load_model(hf.ModelSpec("tiny", vocab_size=len(tokenizer), dtype="bf16")),
+                               forget)
+    with torch.no_grad():  # move the model off its reference so that every term is non-trivial
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    results = []
+    for fused in (False, True):
+        with mock.patch.object(logprobs, "_fused_nll", kernel):
+            terms = unlearning_losses(method, MethodParams(beta=0.5), forget, retain, reference,
+                                      fused_logprobs=fused)(model, (torch.arange(3), torch.arange(2), None))
+        grads = torch.autograd.grad(sum(t.mean() for t in terms.values()),
+                                    [p for p in model.parameters() if p.requires_grad])
+        results.append((torch.cat([t.detach() for t in terms.values()]), torch.cat([g.flatten() for g in grads])))
+    assert calls == [int(forget.mask.sum())] + [int(retain.mask.sum())] * retain_calls
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-3, atol=2e-3)
+    assert (results[1][1] - results[0][1]).float().norm() < 3e-2 * results[0][1].float().norm()
+    with pytest.raises(ValueError, match="two ways to the same log-probs"):
+        unlearning_losses(method, MethodParams(beta=0.5), forget, retain, reference, logprob_chunk=2,
+                          fused_logprobs=True)
+
+
 def test_chunked_log_probs_are_refused_where_they_do_not_apply(tokenizer):
     from unlearn.models.transformer import Transformer, TransformerConfig
 
@@ -237,7 +277,7 @@ def test_chunked_log_probs_are_refused_where_they_do_not_apply(tokenizer):
     with pytest.raises(ValueError, match="positive number of positions"):
         unlearning_losses("NPO", MethodParams(beta=0.5), forget, None, reference, logprob_chunk=0)
     toy = Transformer(TransformerConfig(vocab_size=len(tokenizer)))
-    with pytest.raises(ValueError, match="logprob_chunk needs a causal LM"):
+    with pytest.raises(ValueError, match="log-probs from the hidden states need a causal LM"):
         unlearning_losses("NPO", MethodParams(beta=0.5), forget, None, reference, logprob_chunk=4)(
             toy, (torch.arange(3), None, None))
 

@@ -120,9 +120,10 @@ def test_bench_ratios_follow_from_their_recorded_values(path):
         step_key = key.replace("peak_mem_ratio", "step_time_ratio")
         assert doc[step_key] == pytest.approx(a["step_s"] / b["step_s"])
         assert a["tokens_per_s"] > 0 and b["tokens_per_s"] > 0
-    if "logprobs.chunked_over_logits_peak" in doc:
-        assert doc["logprobs.chunked_over_logits_peak"] == pytest.approx(
-            cases["logprobs.chunked"]["peak_bytes"] / cases["logprobs.logits"]["peak_bytes"])
+    for path in ("chunked", "fused"):
+        if f"logprobs.{path}_over_logits_peak" in doc:
+            assert doc[f"logprobs.{path}_over_logits_peak"] == pytest.approx(
+                cases[f"logprobs.{path}"]["peak_bytes"] / cases["logprobs.logits"]["peak_bytes"])
     for key in (k for k in doc if k.endswith(".best_tokens_per_step")):
         case = key.removesuffix(".best_tokens_per_step")
         swept = {int(k.split("tokens=")[1]): cases[k]["mfu"] for k in cases if k.startswith(f"{case}.tokens=")

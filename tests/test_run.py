@@ -110,6 +110,12 @@ REFUSALS = [
     (["run", "--method", "NPOO"], "unknown method 'NPOO'", None),
     (["run", "--logprob-chunk", "64"], "--logprob-chunk 64 does not apply: the toy model markov", None),
     ([*TINY, "--logprob-chunk", "0"], "logprob_chunk must be >= 1 (positions)", None),
+    (["run", "--fused-logprobs"], "--fused-logprobs true does not apply: the toy model markov", None),
+    ([*TINY, "--fused-logprobs"], "fused log-probs run cut-cross-entropy's Triton kernel, on CUDA only; the device "
+                                  "is cpu", None),
+    ([*TINY, "--fused-logprobs", "--logprob-chunk", "4"], "two ways to the same log-probs; give one", None),
+    ([*TINY, "--fused-logprobs", "--precision", "float32"], "runs a bf16 kernel; give --precision bf16", None),
+    (["run", "--compile"], "--compile true does not apply: the toy model markov", None),
     (["run", "--beta", "0"], "beta must be a finite number > 0", None),
     (["run", "--model", "llama"], "model 'llama': not a toy model (markov, markov-fast)", None),
     # 1. settings that do not apply to the model, task, method or mask
@@ -325,6 +331,29 @@ def test_chunked_log_probs_train_a_hugging_face_model_as_full_logits_do(tmp_path
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5)  # AdamW: ~3e-6 from sum order
     assert any(not torch.allclose(weights[2][key], value, rtol=1e-4, atol=1e-5) for key, value in weights[0].items())
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
+    """--compile: the same run under torch.compile (its model and its decoder, for --logprob-chunk) ends at the
+    eager run's weights, to the reordering of float32 sums that compiled kernels bring."""
+    from safetensors.torch import load_file
+
+    from torch._dynamo.utils import counters
+
+    weights, frames = [], []
+    for extra in ([], ["--compile"]):
+        out = tmp_path / f"run{len(weights)}"
+        argv = [*TINY, "--method", "NPO+RT", "--steps", "3", "--lr", "1e-2", "--logprob-chunk", "5", *extra]
+        counters.clear()
+        assert main([*argv, "--out", str(out)]) == 0
+        weights.append(load_file(str(out / "hf" / "model.safetensors")))
+        frames.append(counters["frames"]["ok"])  # frames that dynamo compiled
+    assert frames[0] == 0 and frames[1] > 0
+    assert json.loads((tmp_path / "run1" / "run.json").read_text())["config"]["compile"] is True
+    assert weights[1].keys() == weights[0].keys()  # compiled in place: the state dict's names are the model's
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_cached_logits_that_do_not_fit_are_refused_with_their_sizes():

@@ -19,7 +19,8 @@ Memory: the logits path holds B x T x V logits, and their float32 log-softmax, f
 tokens and a 32k vocabulary, 4 GiB each). ``head_token_logprobs`` starts one layer earlier, from the final
 hidden states and a bias-free output head, and takes the response positions ``chunk`` at a time, recomputing
 each chunk's logits in the backward: its extra memory is chunk x V floats, whatever B and T are, and prompt and
-padding positions never get logits at all.
+padding positions never get logits at all. ``fused_head_token_logprobs`` computes the same on CUDA with
+cut-cross-entropy's kernel (the optional ``gpu`` extra), which keeps each block of logits in on-chip memory.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ def _chunk_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tens
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _check_head_shapes(hidden, head, labels, mask) -> None:
+    if hidden.shape[:2] != labels.shape or labels.shape != mask.shape or head.shape[-1] != hidden.shape[-1]:
+        raise ValueError(f"hidden (B, T, d), head (V, d), labels and mask (B, T) do not match: got "
+                         f"{tuple(hidden.shape)}, {tuple(head.shape)}, {tuple(labels.shape)}, {tuple(mask.shape)}")
+
+
 def head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                         chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_logprobs`` of the logits hidden @ head^T, without ever holding them for more than ``chunk`` positions.
@@ -93,9 +100,7 @@ def head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of positions, got {chunk}")
-    if hidden.shape[:2] != labels.shape or labels.shape != mask.shape or head.shape[-1] != hidden.shape[-1]:
-        raise ValueError(f"hidden (B, T, d), head (V, d), labels and mask (B, T) do not match: got "
-                         f"{tuple(hidden.shape)}, {tuple(head.shape)}, {tuple(labels.shape)}, {tuple(mask.shape)}")
+    _check_head_shapes(hidden, head, labels, mask)
     mask = mask.bool()
     h, y = hidden[mask], labels[mask]  # (N, d), (N,): response positions only
     recompute = torch.is_grad_enabled() and (h.requires_grad or head.requires_grad)
@@ -105,6 +110,59 @@ def head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.
     values = torch.cat(pieces)
     token_logp = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
     return token_logp.masked_scatter(mask, values), mask
+
+
+FUSED_PACKAGE = "cut-cross-entropy"  # pip install 'unlearn-mechanics[gpu]'
+
+
+def check_fused_logprobs(device: torch.device | str) -> None:
+    """Refuse, with what is missing, a fused log-prob path that cannot run: it needs a CUDA device and the
+    cut_cross_entropy package (the ``gpu`` extra; Triton kernels)."""
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"fused log-probs run {FUSED_PACKAGE}'s Triton kernel, on CUDA only; the device is "
+                         f"{device} (--logprob-chunk N bounds memory on any device)")
+    try:
+        import cut_cross_entropy  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"fused log-probs need the {FUSED_PACKAGE} package: pip install 'unlearn-mechanics[gpu]' "
+                         f"({error})") from None
+
+
+def fused_head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``head_token_logprobs`` by cut-cross-entropy's fused linear cross-entropy (Wijmans et al., "Cut Your
+    Losses in Large-Vocabulary Language Models", ICLR 2025): the matmul h_bt . w_v, the log-sum-exp over v and
+    their backward run blockwise in on-chip memory, so no logits reach GPU memory at all:
+
+        token_logp[b, t] = -CE(h_bt @ head^T, y) = h_bt . w_y - logsumexp_v (h_bt . w_v),   where mask[b, t]
+
+    CUDA only (callers check first with ``check_fused_logprobs``). The kernel's backward takes bf16 or fp16
+    inputs: float32 hidden states and head (bf16-mixed weights) are cast to autocast's dtype first, as autocast
+    casts the head's matmul; plain float32 is refused. Its products accumulate in float32 without rounding the
+    logits to bf16 (the chunked path rounds them, as the model's own head does), and gradient filtering is off
+    (filter_eps None), so every vocabulary entry enters the gradient as on the other paths. Returns
+    (token_logp float32, mask) as ``token_logprobs`` does."""
+    _check_head_shapes(hidden, head, labels, mask)
+    dtype = hidden.dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        if not torch.is_autocast_enabled("cuda"):
+            raise ValueError(f"fused log-probs need bf16 or fp16 hidden states (the kernel's backward), got {dtype}; "
+                             "run in bf16 or bf16-mixed")
+        dtype = torch.get_autocast_dtype("cuda")
+    mask = mask.bool()
+    h, y = hidden[mask].to(dtype), labels[mask]  # (N, d), (N,): response positions only
+    w = head.to(dtype)
+    nll = _fused_nll(h, w, y) if len(y) else (h @ w.T).sum(-1).float()  # none: an empty piece, in the graph
+    token_logp = torch.zeros(mask.shape, dtype=nll.dtype, device=nll.device)
+    return token_logp.masked_scatter(mask, -nll), mask
+
+
+def _fused_nll(h: torch.Tensor, head: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """-log softmax(h @ head^T)[y] for h (N, d), head (V, d), y (N,), by cut-cross-entropy's CUDA kernel: (N,)
+    float32."""
+    from cut_cross_entropy import linear_cross_entropy
+
+    return linear_cross_entropy(h, head, y, reduction="none", filter_eps=None, impl="cce")
 
 
 def token_logprob_moments(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
@@ -144,8 +202,11 @@ def sequence_logprobs(
 
 
 def head_sequence_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                           chunk: int = 1024) -> SequenceLogprobs:
-    """``sequence_logprobs`` of the logits hidden @ head^T, through ``head_token_logprobs`` (memory O(chunk x V))."""
+                           chunk: int = 1024, fused: bool = False) -> SequenceLogprobs:
+    """``sequence_logprobs`` of the logits hidden @ head^T, through ``head_token_logprobs`` (memory O(chunk x V))
+    or, with ``fused``, ``fused_head_token_logprobs`` (CUDA; no logits in GPU memory)."""
+    if fused:
+        return _per_sequence(*fused_head_token_logprobs(hidden, head, labels, mask))
     return _per_sequence(*head_token_logprobs(hidden, head, labels, mask, chunk=chunk))
 
 

@@ -21,6 +21,7 @@ member m runs ``method[m]`` with ``params[m]`` on its own batches, indices shape
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from unlearn.ensemble import member_kl, member_logprobs, member_losses
 from unlearn.logprobs import head_sequence_logprobs, sequence_kl, sequence_logprobs
@@ -29,17 +30,24 @@ from unlearn.objectives import MethodParams, SequenceStats, get_method, per_sequ
 
 
 def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequence[MethodParams], forget, retain,
-                      reference, alternative: Callable | None = None, logprob_chunk: int | None = None) -> Callable:
+                      reference, alternative: Callable | None = None, logprob_chunk: int | None = None,
+                      fused_logprobs: bool = False) -> Callable:
     """losses_fn for ``unlearn.train`` (module docstring).
 
     ``logprob_chunk``: take log-probs from the final hidden states and the output head, that many response
     positions at a time (``unlearn.logprobs.head_token_logprobs``: memory O(chunk x V) instead of O(B T V)), for
-    every batch whose logits are not needed otherwise (the retain batches of KL methods still need them). Only for
-    a model that ``unlearn.models.hf.decoder_and_head`` can split; None: the logits path."""
+    every batch whose logits are not needed otherwise (the retain batches of KL methods still need them).
+    ``fused_logprobs``: the same from the hidden states by cut-cross-entropy's CUDA kernel
+    (``unlearn.logprobs.fused_head_token_logprobs``). Either only for a model that
+    ``unlearn.models.hf.decoder_and_head`` can split; neither: the logits path."""
     members = not isinstance(method, str)
-    if logprob_chunk is not None and (members or logprob_chunk < 1):
-        raise ValueError("logprob_chunk applies to one model, not an ensemble" if members else
-                         f"logprob_chunk must be a positive number of positions, got {logprob_chunk}")
+    from_hidden = fused_logprobs or logprob_chunk is not None
+    if fused_logprobs and logprob_chunk is not None:
+        raise ValueError("logprob_chunk and fused_logprobs are two ways to the same log-probs; give one")
+    if from_hidden and members:
+        raise ValueError("log-probs from the hidden states apply to one model, not an ensemble")
+    if logprob_chunk is not None and logprob_chunk < 1:
+        raise ValueError(f"logprob_chunk must be a positive number of positions, got {logprob_chunk}")
     methods = list(method) if members else [method]
     checked = [get_method(name) for name in methods]
     for name, m in zip(methods, checked, strict=True):
@@ -55,13 +63,15 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
     with_kl = any("kl" in m.needs["retain"] for m in checked)
     logprobs, kl_of = (member_logprobs, member_kl) if members else (sequence_logprobs, sequence_kl)
     kwargs = {"per_member": True} if members else {}
+    hidden_logprobs = (partial(head_sequence_logprobs, fused=True) if fused_logprobs
+                       else partial(head_sequence_logprobs, chunk=logprob_chunk))
 
     def stats_of(model, batch, with_logits: bool = False):
         batch = batch.trim()  # every field (b, ...), or (M, b, ...) for an ensemble
-        if logprob_chunk is not None and not with_logits:
+        if from_hidden and not with_logits:
             decoder, head = _decoder_and_head(model)
             hidden = decoder(batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-            return batch, None, head_sequence_logprobs(hidden, head, batch.labels, batch.mask, chunk=logprob_chunk)
+            return batch, None, hidden_logprobs(hidden, head, batch.labels, batch.mask)
         logits = model(batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
         return batch, logits, logprobs(logits, batch.labels, batch.mask)
 
@@ -92,8 +102,9 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
 def _decoder_and_head(model):
     split = decoder_and_head(model)
     if split is None:
-        raise ValueError(f"logprob_chunk needs a causal LM whose logits are a bias-free head over its decoder's last "
-                         f"hidden states (Llama, Mistral, Qwen; not sharded with FSDP2); got {type(model).__name__}")
+        raise ValueError(f"log-probs from the hidden states need a causal LM whose logits are a bias-free head over "
+                         f"its decoder's last hidden states (Llama, Mistral, Qwen; not sharded with FSDP2); got "
+                         f"{type(model).__name__}")
     return split
 
 

@@ -263,6 +263,16 @@ def n_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def compile_in_place(model: nn.Module) -> None:
+    """torch.compile the model's forward in place (``nn.Module.compile``: its parameters and state-dict names stay
+    as they are, so saving and checkpoints are unchanged), and its decoder's, which the log-prob paths from the
+    hidden states call alone (``decoder_and_head``). Compilation happens at the first call of each."""
+    model.compile()
+    split = decoder_and_head(model)
+    if split is not None:
+        split[0].compile()
+
+
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, torch.Tensor] | None:
     """(decoder, head weight (V, d)) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``
     with a bias-free linear head and nothing after it (no soft-capping, no logit scale), LoRA wrappers followed to
