@@ -37,9 +37,10 @@
 # MODEL, DEVICE, STEPS, CEILING_STEPS, PRECISION (ceiling and tofu stages), EPOCHS (tofu stage), TOKENS, SEQ_LEN, PERF_CASES (perf stage),
 # MEMORISE_EPOCHS, RESULTS and PYTHON override the defaults (e.g. MODEL=tiny DEVICE=cpu PRECISION=float32
 # TOKENS=64,128 SEQ_LEN=32 RESULTS=/tmp/r to try it on a CPU). The package is used from this checkout
-# (PYTHONPATH), so a machine with torch, transformers and peft needs no install; wheels in .whl/ (for the gpu
-# extra: `pip download --no-deps -d .whl cut-cross-entropy==25.1.1`, a pure-Python wheel; the machine has Triton)
-# are installed into /tmp/site first. The exit status is that of the first failing step.
+# (PYTHONPATH), so a machine with torch, transformers and peft needs no install; wheels in .whl/ are installed
+# into /tmp/site first. For the gpu extra: `pip download --no-deps -d .whl cut-cross-entropy==25.1.1` (a
+# pure-Python wheel; the GPU machine has Triton), and .whl, which git ignores, carried to the GPU machine with the
+# checkout. The exit status is that of the first failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-}
@@ -57,10 +58,7 @@ MEMORISE_EPOCHS=${MEMORISE_EPOCHS:-150}
 EPOCHS=${EPOCHS:-2}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit
-  PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+if compgen -G ".whl/*.whl" > /dev/null; then PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 tag=$MODEL-$DEVICE
 log=$RESULTS/gpu-checks-$stage-$tag.log
@@ -88,6 +86,9 @@ finish() {
 trap finish EXIT
 
 date -u | logged
+if compgen -G ".whl/*.whl" > /dev/null; then  # carried wheels, installed where PYTHONPATH looks first
+  run "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit
+fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } 2>&1 | logged
 run "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" || exit
@@ -118,21 +119,26 @@ case $stage in
       run "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_distributed.py
     fi
     files=("$RESULTS/llm-perf-$tag.json" "$RESULTS/llm-perf-fused-$tag.json" "$RESULTS/llm-perf-profile-$tag.json")
+    rm -f "${files[@]}"  # the follow-ups read this run's sweep, never an earlier one's
     common=(--model "$MODEL" --dtype bf16 --lora 16 --gradient-checkpointing --seq-len "$SEQ_LEN"
             --set eval_questions=0 --device "$DEVICE")
     run unlearn bench llm "${common[@]}" --logprob-chunk 4096 --tokens-per-step "$TOKENS" --cases "$PERF_CASES" \
       --set logprob_seq_len="$SEQ_LEN" --out "${files[0]}"
     [ -z "${OUT:-}" ] || cp "${files[0]}" "$OUT/" 2>/dev/null
-    best=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('npo.cached.best_tokens_per_step') or '')" \
-      "${files[0]}" 2>/dev/null)
-    if [ -n "$best" ] && "$PY" -c "import cut_cross_entropy" 2>/dev/null; then  # the gpu extra: its fused kernel
+    # LoRA NPO's best batch (0 when the sweep wrote none), and 1 when its MFU there is under the 40% goal
+    read -r best under < <("$PY" -c "import json, sys; d = json.load(open(sys.argv[1]))
+n = d.get('npo.cached.best_tokens_per_step') or 0; print(n, int(n > 0 and d['npo.cached.best_mfu'] < 0.4))" \
+      "${files[0]}" 2>/dev/null || echo 0 0)
+    if [ "$best" = 0 ]; then
+      echo "no best batch for npo.cached: the fused and profiled steps are skipped" | logged
+    elif ! why=$("$PY" -c "import cut_cross_entropy" 2>&1); then  # not carried, or no Triton
+      echo "the fused step is skipped: import cut_cross_entropy says ${why##*$'\n'}" | logged
+    else  # the gpu extra's fused kernel at the best batch of the chunked sweep (its memory: pytest above)
       run unlearn bench llm "${common[@]}" --fused-logprobs --cases npo.cached --tokens-per-step "$best" \
         --set logprob_seq_len=0 --out "${files[1]}"
       [ -z "${OUT:-}" ] || cp "${files[1]}" "$OUT/" 2>/dev/null
     fi
-    under=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('npo.cached.best_mfu', 1) < 0.4)" \
-      "${files[0]}" 2>/dev/null)
-    if [ "$under" = True ]; then  # under the 40% goal: where does a step at its best batch spend its time?
+    if [ "$under" = 1 ]; then  # under the 40% goal: where does a step at its best batch spend its time?
       run unlearn bench llm "${common[@]}" --logprob-chunk 4096 --cases npo.cached --batch-size $((best / SEQ_LEN)) \
         --profile --set logprob_seq_len=0 --out "${files[2]}"
     fi

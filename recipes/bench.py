@@ -25,8 +25,9 @@ is ``training_flops_per_token`` x tokens per second over this device's measured 
 dtype (large square products, measured in the same run). Also the time and peak memory of building a WAGLE mask
 (ratio 0.8) over every weight. A setting that runs out of GPU memory is recorded (``out_of_memory``; on CUDA
 also ``fits_80gib`` for every setting) and the comparisons that need it are skipped. The results record the
-attention implementation that ran ("sdpa": ``torch.nn.functional.scaled_dot_product_attention``) and the kernels
-SDPA chose for the case's batch (``sdpa_kernels``: flash, memory-efficient, cuDNN or math).
+attention implementation that ran ("sdpa": ``torch.nn.functional.scaled_dot_product_attention``) and, under
+``attention_kernels``, the kernels SDPA chose for the case's sequences (``sdpa_kernels``: flash,
+memory-efficient, cuDNN or math).
 
 Throughput options: ``tokens_per_step`` runs every case at each token batch instead (batch_size = tokens /
 seq_len) and names the batch of highest MFU; ``logprob_chunk`` takes the log-probs from the hidden states in
@@ -319,11 +320,11 @@ def llm_case(cfg: LLMBench, method: str, reference: str, lora: bool, device: tor
     if reference == "logprobs":
         return logprob_case(cfg, model, before, device)
     precision = "float32" if cfg.dtype == "float32" else "bf16-autocast"
+    path = {"logprob_chunk": cfg.logprob_chunk or None, "fused_logprobs": cfg.fused_logprobs}
     with forward_precision(device, precision):  # a cached reference as the loss computes log pi
-        ref = make_reference(reference, model, forget)
-        kernels = sdpa_kernels(lambda: model(forget.input_ids, attention_mask=forget.attention_mask))
-    losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref,
-                               logprob_chunk=cfg.logprob_chunk or None, fused_logprobs=cfg.fused_logprobs)
+        kernels = sdpa_kernels(lambda: hf.decoder_and_head(model)[0](forget.input_ids[:1], use_cache=False))
+        ref = make_reference(reference, model, forget, **path)
+    losses = unlearning_losses(method, MethodParams(beta=0.1), forget, retain, ref, **path)
     if cfg.compile:
         hf.compile_in_place(model)
     stamps = []
@@ -384,8 +385,9 @@ def sdpa_kernels(forward: Callable[[], object]) -> list[str]:
     that torch's profiler saw, less the ``aten::_scaled_dot_product_`` prefix. On CUDA ``flash_attention``,
     ``efficient_attention`` or ``cudnn_attention``; on the CPU ``flash_attention_for_cpu``; ``attention_math``
     for the unfused fallback (matmuls and a softmax, memory O(T^2) per head). [] when nothing called SDPA (eager
-    attention). The choice depends on the device, the dtype, the head size and the mask, so the probe runs the
-    case's own batch under its own precision."""
+    attention). The choice depends on the device, the dtype, the head size and the mask, so a case probes one
+    sequence of its own batch (no padding, as in training) through the decoder under its own precision, without
+    gradients or a cache: one sequence's activations, a layer at a time, inside the case's peak-memory window."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -540,12 +540,13 @@ def read_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
         raise ValueError(f"{path}: unreadable checkpoint ({' '.join(str(err).split())[:200]}); delete it to start "
                          "over, or rerun with --overwrite") from None
     now = _resumable(cfg)
-    differ = [k for k, v in now.items() if state["config"].get(k) != v]
+    then = {f.name: f.default for f in dataclasses.fields(RunConfig)} | state["config"]  # newer keys: defaults
+    differ = [k for k, v in now.items() if then.get(k) != v]
     if differ and cfg.overwrite:
         path.unlink()
         return None
     if differ:
-        shown = ", ".join(f"{k} {state['config'].get(k)!r} there, {now[k]!r} now" for k in differ[:4])
+        shown = ", ".join(f"{k} {then.get(k)!r} there, {now[k]!r} now" for k in differ[:4])
         raise ValueError(f"{path}: a checkpoint of a run with other settings ({shown}); rerun those settings to "
                          "resume it, or give --overwrite to start over")
     return state
@@ -676,7 +677,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         alt_ref = alt_data if "alt_logp_ref" in get_method(cfg.method).needs["forget"] else None  # DPO's
         with torch.no_grad(), autocast:
             reference = make_reference(plan.reference, model, forget, retain, with_logits=with_logits,
-                                       alternatives=alt_ref)
+                                       alternatives=alt_ref, logprob_chunk=cfg.logprob_chunk,
+                                       fused_logprobs=cfg.fused_logprobs)
         losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference,  # refuses what it can't run
                                    alternative=(lambda f, rows: alt_data.take(rows)) if alt is not None else None,
                                    logprob_chunk=cfg.logprob_chunk, fused_logprobs=cfg.fused_logprobs)

@@ -72,3 +72,20 @@ def tiny_problem():
     """(TinyLM, make_data, nll): a small next-token problem for the training loop and the optimizers (a model
     class, a seeded (inputs, labels) batch, and its per-sequence NLL as a losses_fn)."""
     return TinyLM, make_data, nll
+
+
+@pytest.fixture
+def fused_kernel_on_cpu(monkeypatch) -> list[int]:
+    """``unlearn.logprobs._fused_nll`` (cut-cross-entropy's CUDA kernel) replaced by what it computes, each
+    position's NLL of its label from float32 logits, in plain torch, so that everything around the kernel runs on
+    the CPU. Returns the list of each call's number of positions."""
+    from unlearn import logprobs
+
+    calls = []
+
+    def kernel(h, head, y):
+        calls.append(len(y))
+        return torch.nn.functional.cross_entropy(h.float() @ head.float().T, y, reduction="none")
+
+    monkeypatch.setattr(logprobs, "_fused_nll", kernel)
+    return calls

@@ -113,25 +113,17 @@ def test_bench_llm_refuses_token_batches_it_cannot_make(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_bench_llm_cases_take_the_fused_path_when_asked(monkeypatch):
+def test_bench_llm_cases_take_the_fused_path_when_asked(fused_kernel_on_cpu):
     """--fused-logprobs reaches the training step and the log-prob case: here on the CPU, the CUDA kernel
-    replaced by the cross entropy it computes, counting the response positions it is given (a training step:
-    the forget batch's, 2 x 12; the log-prob case: 2 x 32)."""
-    from unlearn import logprobs
-
-    calls = []
-
-    def kernel(h, head, y):
-        calls.append(len(y))
-        return torch.nn.functional.cross_entropy(h.float() @ head.float().T, y, reduction="none")
-
-    monkeypatch.setattr(logprobs, "_fused_nll", kernel)
+    replaced by the cross entropy it computes, counting the response positions it is given (the cached
+    reference and a training step: the forget batch's, 2 x 12 each; the log-prob case: 2 x 32)."""
+    calls = fused_kernel_on_cpu
     cfg = bench.LLMBench(model="tiny", dtype="bf16", fused_logprobs=True, seq_len=16, steps=1, warmup=0,
                          logprob_seq_len=32)
     found = bench.llm_case(cfg, "NPO", "cached", True, torch.device("cpu"))
-    assert calls == [2 * 12] and found["tokens_per_s"] > 0  # the response: the last 3/4 of each sequence
+    assert calls == [2 * 12, 2 * 12] and found["tokens_per_s"] > 0  # the response: the last 3/4 of each sequence
     assert bench.llm_case(cfg, "NPO", "logprobs", False, torch.device("cpu"))["path"] == "fused"
-    assert calls[1:] == [1 * 8, 2 * 32]  # the case's warm-up call, then the measured one
+    assert calls[2:] == [1 * 8, 2 * 32]  # the case's warm-up call, then the measured one
     assert bench.logprob_path(dataclasses.replace(cfg, fused_logprobs=False, logprob_chunk=8), detail=True) \
         == "chunks of 8"
 

@@ -114,6 +114,20 @@ def test_unlearn_run_under_torchrun_refuses_masks_and_uneven_batches(tmp_path):
     assert not (tmp_path / "m").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("option, setting", [
+    ("--mask", {"mask": "wagle:0.5"}), ("--logprob-chunk", {"logprob_chunk": 8}),
+    ("--fused-logprobs", {"fused_logprobs": True}), ("--compile", {"compile": True})])
+def test_options_that_apply_to_one_process_are_refused_under_torchrun(option, setting):
+    """Each option whose work FSDP2's sharding would break is refused before any work, naming it; in one process
+    the same settings pass."""
+    from recipes.run import RunConfig, _refuse_under_torchrun
+
+    cfg = RunConfig(model="tiny", **setting)
+    with pytest.raises(ValueError, match=f"^{option} .*, which FSDP2 shards over the 2 ranks; run it in one process"):
+        _refuse_under_torchrun(cfg, 2)
+    _refuse_under_torchrun(RunConfig(model="tiny"), 2)
+
+
 def test_rank_slices_and_warmup():
     import torch
 

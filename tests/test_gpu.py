@@ -143,6 +143,28 @@ def test_unlearn_run_under_torchrun_on_the_gpu_follows_the_plain_run(tmp_path):
     assert docs[1]["history"]["loss"] == pytest.approx(docs[0]["history"]["loss"], rel=1e-5)
 
 
+def test_unlearn_run_on_the_gpu_with_fused_log_probs_follows_the_chunked_run(tmp_path):
+    """`unlearn run --fused-logprobs` (the gpu extra; skipped without it) in bf16-mixed: NPO+RT starts at NPO's
+    (2/beta) log 2 (the cached reference on the fused path too, computed in batches of another shape, whose bf16
+    matmuls may round otherwise: 1e-3; exact on the CPU, tests/test_hf.py) and follows the --logprob-chunk run's
+    losses to the bf16 rounding of the logits that the chunked path takes and the kernel does not."""
+    pytest.importorskip("cut_cross_entropy")
+    import json
+    import math
+
+    from recipes.cli import main
+
+    argv = ["run", "--model", "tiny", "--method", "NPO+RT", "--steps", "4", "--batch-size", "4", "--lr", "1e-2",
+            "--device", "cuda", "--precision", "bf16-mixed"]
+    docs = []
+    for name, path in (("chunked", ["--logprob-chunk", "16"]), ("fused", ["--fused-logprobs"])):
+        assert main([*argv, *path, "--out", str(tmp_path / name)]) == 0
+        docs.append(json.loads((tmp_path / name / "run.json").read_text()))
+    for doc in docs:
+        assert doc["history"]["terms"]["forget"][0] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-3)
+    assert docs[1]["history"]["loss"] == pytest.approx(docs[0]["history"]["loss"], rel=2e-2)
+
+
 def test_loading_a_model_on_the_gpu_leaves_the_global_cuda_generator_alone():
     from unlearn.models import hf
 

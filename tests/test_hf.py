@@ -229,20 +229,11 @@ def test_chunked_log_probs_give_the_logits_paths_losses_and_gradients(tokenizer,
 
 @pytest.mark.parametrize("method, retain_calls", [("NPO+RT", 1), ("NPO+KL", 0)])
 def test_fused_log_probs_take_the_kernels_values_where_the_logits_path_reads_logits(tokenizer, method,
-                                                                                   retain_calls):
+                                                                                   retain_calls,
+                                                                                   fused_kernel_on_cpu):
     """fused_logprobs: the forget (and, without KL, retain) log-probs come from the fused kernel, here replaced by
     the cross entropy it computes, on a bf16 model: the losses and gradients of the logits path, up to the bf16
     rounding of its logits, which the kernel does not round. The kernel itself is checked on a GPU."""
-    from unittest import mock
-
-    from unlearn import logprobs
-
-    calls = []
-
-    def kernel(h, head, y):
-        calls.append(len(y))
-        return torch.nn.functional.cross_entropy(h.float() @ head.float().T, y, reduction="none")
-
     forget, retain = _tokens(tokenizer), _tokens(tokenizer).take(slice(0, 2))
     model = hf.load_model(hf.ModelSpec("tiny", vocab_size=len(tokenizer), dtype="bf16", lora=hf.LoraSpec(4)))
     reference = make_reference("copy", hf.load_model(hf.ModelSpec("tiny", vocab_size=len(tokenizer), dtype="bf16")),
@@ -253,18 +244,48 @@ def test_fused_log_probs_take_the_kernels_values_where_the_logits_path_reads_log
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     results = []
     for fused in (False, True):
-        with mock.patch.object(logprobs, "_fused_nll", kernel):
-            terms = unlearning_losses(method, MethodParams(beta=0.5), forget, retain, reference,
-                                      fused_logprobs=fused)(model, (torch.arange(3), torch.arange(2), None))
+        terms = unlearning_losses(method, MethodParams(beta=0.5), forget, retain, reference, fused_logprobs=fused)(
+            model, (torch.arange(3), torch.arange(2), None))
         grads = torch.autograd.grad(sum(t.mean() for t in terms.values()),
                                     [p for p in model.parameters() if p.requires_grad])
         results.append((torch.cat([t.detach() for t in terms.values()]), torch.cat([g.flatten() for g in grads])))
-    assert calls == [int(forget.mask.sum())] + [int(retain.mask.sum())] * retain_calls
+    assert fused_kernel_on_cpu == [int(forget.mask.sum())] + [int(retain.mask.sum())] * retain_calls
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-3, atol=2e-3)
     assert (results[1][1] - results[0][1]).float().norm() < 3e-2 * results[0][1].float().norm()
     with pytest.raises(ValueError, match="two ways to the same log-probs"):
         unlearning_losses(method, MethodParams(beta=0.5), forget, retain, reference, logprob_chunk=2,
                           fused_logprobs=True)
+
+
+@pytest.mark.parametrize("mode", ["cached", "adapter", "copy"])
+def test_a_reference_on_the_fused_path_starts_npo_exactly_ga_like(tokenizer, mode, fused_kernel_on_cpu):
+    """log pi_ref on the losses' own log-prob path: with fused log-probs (the kernel replaced by what it
+    computes), every reference of the model at step 0 gives NPO's (2/beta) log 2 exactly; a reference on the
+    logits path misses it by the bf16 rounding of the logits, which the kernel does not round (checked to be
+    visible here, so the test can fail)."""
+    forget = _tokens(tokenizer)
+    model = hf.load_model(hf.ModelSpec("tiny", vocab_size=len(tokenizer), dtype="bf16", lora=hf.LoraSpec(4)))
+    index = torch.arange(len(forget))
+
+    def npo_losses(reference):
+        return unlearning_losses("NPO", MethodParams(beta=0.5), forget, None, reference, fused_logprobs=True)(
+            model, (index, None, None))["forget"].detach()
+
+    same_path = npo_losses(make_reference(mode, model, forget, fused_logprobs=True))
+    assert torch.equal(same_path, torch.full((len(forget),), 4 * math.log(2)))
+    logits_path = npo_losses(make_reference(mode, model, forget))
+    assert (logits_path - 4 * math.log(2)).abs().max() > 1e-4
+
+
+def test_compile_in_place_compiles_the_model_and_the_decoder_that_hidden_state_log_probs_call(tokenizer):
+    """Both forwards that a training step may call are compiled (nn.Module.compile sets _compiled_call_impl), and
+    the parameters keep their names, so that saving and checkpoints do not change."""
+    model = tiny(len(tokenizer), lora=hf.LoraSpec(4))
+    names = [name for name, _ in model.named_parameters()]
+    hf.compile_in_place(model)
+    decoder, _ = hf.decoder_and_head(model)
+    assert model._compiled_call_impl is not None and decoder._compiled_call_impl is not None
+    assert [name for name, _ in model.named_parameters()] == names
 
 
 def test_chunked_log_probs_are_refused_where_they_do_not_apply(tokenizer):

@@ -1,11 +1,10 @@
 """unlearn.logprobs: the one logits -> per-sequence statistics path."""
 
 import sys
-from unittest import mock
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unlearn import logprobs
@@ -191,27 +190,31 @@ def test_chunked_head_logprobs_refuse_a_bad_chunk_or_shapes():
 # ------------------------------------------------------- fused_head_token_logprobs: cut-cross-entropy's kernel
 
 
-def _cross_entropy_in_float32(h, head, y):
-    """What the fused kernel computes (its products accumulate in float32), here by plain torch on the CPU."""
-    return torch.nn.functional.cross_entropy(h.float() @ head.float().T, y, reduction="none")
-
-
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 3), T=st.integers(1, 9), V=st.integers(2, 12))
-def test_fused_head_logprobs_place_the_kernels_values_and_gradients_where_the_logits_path_does(seed, B, T, V):
+def test_fused_head_logprobs_place_the_kernels_values_and_gradients_where_the_logits_path_does(
+        seed, B, T, V, fused_kernel_on_cpu):
     """The wrapper around the kernel, on the CPU: with cut-cross-entropy's CUDA kernel replaced by the cross
-    entropy it computes, values and gradients (bf16 hidden states and head, any mask, rows without a response
-    token included) equal the logits path's on the same values in float32. The kernel itself is checked against
-    the logits path on a GPU (tests/test_gpu.py)."""
+    entropy it computes, values and gradients (bf16 hidden states and head, any mask) equal the logits path's on
+    the same values in float32. The kernel itself is checked against the logits path on a GPU
+    (tests/test_gpu.py)."""
     hidden, head, labels, mask = _hidden_problem(seed, B, T, 8, V, dtype=torch.bfloat16)
-    with mock.patch.object(logprobs, "_fused_nll", _cross_entropy_in_float32):
-        fused = _values_and_grads(fused_head_token_logprobs, hidden, head, labels, mask)
+    fused = _values_and_grads(fused_head_token_logprobs, hidden, head, labels, mask)
     upcast = [t.detach().float().requires_grad_() for t in (hidden, head)]
     plain = _values_and_grads(_through_logits, *upcast, labels, mask)
     assert fused[0].dtype == torch.float32 and fused[1][0].dtype == torch.bfloat16
     torch.testing.assert_close(fused[0], plain[0], rtol=1e-6, atol=1e-6)
     for ours, theirs in zip(fused[1], plain[1], strict=True):
         torch.testing.assert_close(ours.float(), theirs.to(torch.bfloat16).float(), rtol=1e-2, atol=1e-3)
+
+
+def test_fused_head_logprobs_without_a_response_token_keep_both_inputs_in_the_graph(fused_kernel_on_cpu):
+    """No kernel call without a response position; the values are 0 and both inputs get (zero) gradients, as on
+    the chunked path, so that a backward through such a batch does not fail."""
+    hidden, head, labels, _ = _hidden_problem(0, 2, 3, 4, 5, dtype=torch.bfloat16)
+    token_logp, grads = _values_and_grads(fused_head_token_logprobs, hidden, head, labels, torch.zeros(2, 3))
+    assert fused_kernel_on_cpu == [] and torch.equal(token_logp, torch.zeros(2, 3))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
 def test_fused_head_logprobs_refuse_what_the_kernel_cannot_take(monkeypatch):
@@ -223,5 +226,5 @@ def test_fused_head_logprobs_refuse_what_the_kernel_cannot_take(monkeypatch):
     with pytest.raises(ValueError, match="on CUDA only; the device is cpu"):
         logprobs.check_fused_logprobs("cpu")
     monkeypatch.setitem(sys.modules, "cut_cross_entropy", None)  # as if not installed
-    with pytest.raises(ValueError, match=r"need the cut-cross-entropy package: pip install 'unlearn-mechanics\[gpu\]'"):
+    with pytest.raises(ValueError, match=r"cut-cross-entropy package and Triton: pip install 'unlearn-mechanics\[gpu"):
         logprobs.check_fused_logprobs("cuda")

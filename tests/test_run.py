@@ -338,7 +338,6 @@ def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
     """--compile: the same run under torch.compile (its model and its decoder, for --logprob-chunk) ends at the
     eager run's weights, to the reordering of float32 sums that compiled kernels bring."""
     from safetensors.torch import load_file
-
     from torch._dynamo.utils import counters
 
     weights, frames = [], []

@@ -195,6 +195,31 @@ def test_a_checkpoint_of_other_settings_is_refused(tofu_dir, tmp_path, monkeypat
     assert main(tofu_run(tofu_dir, "--method", "GA", "--epochs", "3", "--overwrite", "--out", str(tmp_path / "x"))) == 0
 
 
+def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_default(tofu_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A checkpoint whose recorded settings lack a key that RunConfig has gained since (here fused_logprobs, as in
+    checkpoints written before it existed) counts that key at its default, so the same command resumes it."""
+    from recipes import run as run_recipe
+
+    real = run_recipe.atomic_write
+
+    def killed(path, write):
+        real(path, write)
+        if path.name == "state.pt":
+            raise KeyboardInterrupt
+
+    argv = tofu_run(tofu_dir, "--method", "GA", "--epochs", "2", "--out", str(tmp_path / "x"))
+    monkeypatch.setattr(run_recipe, "atomic_write", killed)
+    assert main(argv) == 130
+    monkeypatch.setattr(run_recipe, "atomic_write", real)
+    path = tmp_path / "x" / "run.ckpt" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["fused_logprobs"]
+    torch.save(state, path)
+    assert main(argv) == 0
+    assert f"resuming from {path} at step" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method", ["IDK+RT", "DPO", "DPO+RT", "GA+Mismatch+KL"])
 def test_alternative_response_methods_run_on_a_hugging_face_model(method, tofu_dir, tmp_path):
     out = tmp_path / "alt"

@@ -116,16 +116,19 @@ FUSED_PACKAGE = "cut-cross-entropy"  # pip install 'unlearn-mechanics[gpu]'
 
 
 def check_fused_logprobs(device: torch.device | str) -> None:
-    """Refuse, with what is missing, a fused log-prob path that cannot run: it needs a CUDA device and the
-    cut_cross_entropy package (the ``gpu`` extra; Triton kernels)."""
+    """Refuse, with what is missing, a fused log-prob path that cannot run: it needs a CUDA device with bf16
+    (Ampere or newer) and the cut_cross_entropy package (the ``gpu`` extra) with Triton."""
     if torch.device(device).type != "cuda":
         raise ValueError(f"fused log-probs run {FUSED_PACKAGE}'s Triton kernel, on CUDA only; the device is "
                          f"{device} (--logprob-chunk N bounds memory on any device)")
     try:
         import cut_cross_entropy  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"fused log-probs need the {FUSED_PACKAGE} package: pip install 'unlearn-mechanics[gpu]' "
-                         f"({error})") from None
+        raise ValueError(f"fused log-probs need the {FUSED_PACKAGE} package and Triton: pip install "
+                         f"'unlearn-mechanics[gpu]' ({error})") from None
+    if not torch.cuda.is_bf16_supported():
+        raise ValueError(f"fused log-probs run a bf16 kernel, which {torch.cuda.get_device_name(device)} does not "
+                         "support (Ampere or newer); use --logprob-chunk N")
 
 
 def fused_head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
@@ -137,11 +140,15 @@ def fused_head_token_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: 
         token_logp[b, t] = -CE(h_bt @ head^T, y) = h_bt . w_y - logsumexp_v (h_bt . w_v),   where mask[b, t]
 
     CUDA only (callers check first with ``check_fused_logprobs``). The kernel's backward takes bf16 or fp16
-    inputs: float32 hidden states and head (bf16-mixed weights) are cast to autocast's dtype first, as autocast
-    casts the head's matmul; plain float32 is refused. Its products accumulate in float32 without rounding the
-    logits to bf16 (the chunked path rounds them, as the model's own head does), and gradient filtering is off
-    (filter_eps None), so every vocabulary entry enters the gradient as on the other paths. Returns
-    (token_logp float32, mask) as ``token_logprobs`` does."""
+    hidden states: float32 ones (bf16-mixed weights) are cast to autocast's dtype, and plain float32 is refused;
+    the head is cast with them, since the kernel's log-sum-exp reads it in the hidden states' dtype and its label
+    term reads it as it is (a bf16 copy of V x d per call, which autocast would make too). The forward
+    accumulates in float32 without rounding the logits to bf16, so its values differ from the other paths' by
+    that rounding (the reference computes log pi_ref on the same path: ``model_sequence_logprobs``); the backward
+    adds block products in bf16, so gradients carry more bf16 rounding than the other paths' (tests/test_gpu.py
+    bounds both). Gradient filtering is off (filter_eps None): every vocabulary entry enters the gradient. Labels
+    inside ``mask`` must be ids below V, which the kernel does not check (-100 would read as "ignore").
+    Returns (token_logp float32, mask) as ``token_logprobs`` does."""
     _check_head_shapes(hidden, head, labels, mask)
     dtype = hidden.dtype
     if dtype not in (torch.bfloat16, torch.float16):
@@ -201,13 +208,37 @@ def sequence_logprobs(
     return _per_sequence(*token_logprobs(logits, labels, mask, shift=shift))
 
 
-def head_sequence_logprobs(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                           chunk: int = 1024, fused: bool = False) -> SequenceLogprobs:
-    """``sequence_logprobs`` of the logits hidden @ head^T, through ``head_token_logprobs`` (memory O(chunk x V))
-    or, with ``fused``, ``fused_head_token_logprobs`` (CUDA; no logits in GPU memory)."""
+def check_logprob_path(chunk: int | None, fused: bool) -> None:
+    """Refuse a log-prob path that is not one: a chunk below 1 position, or both a chunk and the fused kernel."""
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"logprob_chunk must be a positive number of positions, got {chunk}")
+    if chunk is not None and fused:
+        raise ValueError("a log-prob chunk and the fused kernel are two ways to the same log-probs; give one")
+
+
+def model_sequence_logprobs(model: torch.nn.Module, batch, *, chunk: int | None = None, fused: bool = False
+                            ) -> SequenceLogprobs:
+    """``sequence_logprobs`` of a model on ``batch`` (input_ids, attention_mask, labels, mask): from its logits, or
+    from its decoder's last hidden states and bias-free output head (``unlearn.models.hf.decoder_and_head``),
+    ``chunk`` positions at a time (``head_token_logprobs``) or by the fused kernel (``fused_head_token_logprobs``).
+    The losses and the reference both compute log pi here, so that log pi and log pi_ref of the same weights are
+    the same numbers on every path."""
+    check_logprob_path(chunk, fused)
+    if chunk is None and not fused:
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+        return sequence_logprobs(logits, batch.labels, batch.mask)
+    from unlearn.models.hf import decoder_and_head
+
+    split = decoder_and_head(model)
+    if split is None:
+        raise ValueError(f"log-probs from the hidden states need a causal LM whose logits are a bias-free head over "
+                         f"its decoder's last hidden states (Llama, Mistral, Qwen; not sharded with FSDP2); got "
+                         f"{type(model).__name__}")
+    decoder, head = split
+    hidden = decoder(batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
     if fused:
-        return _per_sequence(*fused_head_token_logprobs(hidden, head, labels, mask))
-    return _per_sequence(*head_token_logprobs(hidden, head, labels, mask, chunk=chunk))
+        return _per_sequence(*fused_head_token_logprobs(hidden, head, batch.labels, batch.mask))
+    return _per_sequence(*head_token_logprobs(hidden, head, batch.labels, batch.mask, chunk=chunk))
 
 
 def _per_sequence(token_logp: torch.Tensor, mask: torch.Tensor) -> SequenceLogprobs:

@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from unlearn.ensemble import member_kl, member_logprobs, member_losses
-from unlearn.logprobs import head_sequence_logprobs, sequence_kl, sequence_logprobs
-from unlearn.models.hf import decoder_and_head
+from unlearn.logprobs import check_logprob_path, model_sequence_logprobs, sequence_kl, sequence_logprobs
 from unlearn.objectives import MethodParams, SequenceStats, get_method, per_sequence_losses
 
 
@@ -39,15 +38,13 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
     every batch whose logits are not needed otherwise (the retain batches of KL methods still need them).
     ``fused_logprobs``: the same from the hidden states by cut-cross-entropy's CUDA kernel
     (``unlearn.logprobs.fused_head_token_logprobs``). Either only for a model that
-    ``unlearn.models.hf.decoder_and_head`` can split; neither: the logits path."""
+    ``unlearn.models.hf.decoder_and_head`` can split; neither: the logits path. Give the reference the same
+    (``unlearn.reference.make_reference``), so that log pi_ref is computed as log pi is."""
     members = not isinstance(method, str)
     from_hidden = fused_logprobs or logprob_chunk is not None
-    if fused_logprobs and logprob_chunk is not None:
-        raise ValueError("logprob_chunk and fused_logprobs are two ways to the same log-probs; give one")
     if from_hidden and members:
         raise ValueError("log-probs from the hidden states apply to one model, not an ensemble")
-    if logprob_chunk is not None and logprob_chunk < 1:
-        raise ValueError(f"logprob_chunk must be a positive number of positions, got {logprob_chunk}")
+    check_logprob_path(logprob_chunk, fused_logprobs)
     methods = list(method) if members else [method]
     checked = [get_method(name) for name in methods]
     for name, m in zip(methods, checked, strict=True):
@@ -63,15 +60,12 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
     with_kl = any("kl" in m.needs["retain"] for m in checked)
     logprobs, kl_of = (member_logprobs, member_kl) if members else (sequence_logprobs, sequence_kl)
     kwargs = {"per_member": True} if members else {}
-    hidden_logprobs = (partial(head_sequence_logprobs, fused=True) if fused_logprobs
-                       else partial(head_sequence_logprobs, chunk=logprob_chunk))
+    hidden_logprobs = partial(model_sequence_logprobs, chunk=logprob_chunk, fused=fused_logprobs)
 
     def stats_of(model, batch, with_logits: bool = False):
         batch = batch.trim()  # every field (b, ...), or (M, b, ...) for an ensemble
         if from_hidden and not with_logits:
-            decoder, head = _decoder_and_head(model)
-            hidden = decoder(batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-            return batch, None, hidden_logprobs(hidden, head, batch.labels, batch.mask)
+            return batch, None, hidden_logprobs(model, batch)
         logits = model(batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
         return batch, logits, logprobs(logits, batch.labels, batch.mask)
 
@@ -97,15 +91,6 @@ def unlearning_losses(method: str | Sequence[str], params: MethodParams | Sequen
         return per_sequence_losses(checked[0], params, forget_stats, retain_stats)
 
     return losses_fn
-
-
-def _decoder_and_head(model):
-    split = decoder_and_head(model)
-    if split is None:
-        raise ValueError(f"log-probs from the hidden states need a causal LM whose logits are a bias-free head over "
-                         f"its decoder's last hidden states (Llama, Mistral, Qwen; not sharded with FSDP2); got "
-                         f"{type(model).__name__}")
-    return split
 
 
 def token_mean_nll(data) -> Callable:
