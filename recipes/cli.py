@@ -518,11 +518,13 @@ AdamW's usable rate falls with width (recipes.validate.LEARNING_RATES; the run p
 
 def cmd_validate(args) -> int:
     from recipes.validate import ValidateConfig, run_validate
+    from unlearn.distributed import refuse_torchrun
     from unlearn.io import output_dir
 
     cfg = resolve_config(args, ValidateConfig)
     if show_config(args, "validate", cfg):
         return 0
+    refuse_torchrun("unlearn validate")
     check_device(cfg)
     with output_dir(args.out) as out:
         args.kept = lambda: _validate_kept(out / "validate.ckpt")

@@ -22,11 +22,10 @@
    defaults) the best fit of forget + retain is the data's own conditional distribution, not certainty; 0 when
    no two training sequences share a context (every prompt distinct). The forget set counts as
    memorised (``memorisation``: validate.json's ``memorised.reached``) when the final NLL is at most
-   ``floor + max(memorise_nll, memorised_within)`` (``memorised.target``): a plateau close to the floor counts
-   (every published run ended on one, 0.05 to 0.11 nats above it), one far above it (a learning rate too small
-   for the model: 5.71 -> 5.12) does not. The predictions assume memorised data: when it was not reached, a
-   WARNING says so with the epochs or learning rate that would get there, and every prediction's verdict is
-   "not applicable" instead of pass or fail.
+   ``floor + max(memorise_nll, memorised_within)`` (``memorised.target``): a plateau close to the floor counts,
+   one far above it (a learning rate too small for the model) does not. The predictions assume memorised data:
+   when it was not reached, a WARNING says so with the epochs or learning rate that would get there, and every
+   prediction's verdict is "not applicable" instead of pass or fail.
 3. Unlearn from the memorised model with each method for ``steps`` steps (AdamW, forget batches of
    ``batch_size``), through the same loop, objectives and reference handling as every run (``unlearn.losses``,
    ``unlearn.reference``), optionally with LoRA; every ``eval_every`` steps record each forget sequence's
@@ -108,14 +107,11 @@ from unlearn.train import (
 )
 
 TASKS = ("markov", "facts", "jsonl", "tofu")
-# (memorise lr, unlearning lr) by model, AdamW; docs/llm.md has the runs behind them. Memorising:
-# tiny 3e-3, llama-20m-shape 1e-3 (3e-3 diverged) and llama-100m-shape 2e-4 (6e-4 diverged) measured on the CPU,
-# llama-7b-shape 5e-5 extrapolated (the usable rate fell about like 1/width). Unlearning: slow enough that NPO
-# is still moving after the first 20% of steps, where the rate fits start (llama-20m-shape: at 3e-4 NPO
-# saturated within 30 steps, at 3e-5 it did not), fast enough that GA's collapse ends before them (at
-# llama-100m-shape 3e-6 moved it from step ~50 to ~120); 3e-5 at width 256 and 1e-5 at width 768 both ran
-# (docs/llm.md), and llama-7b-shape's 2e-6 is their 1/width extrapolation to width 4096. 1e-5, the NPO paper's
-# rate for real 7B models, is a local checkpoint's default.
+# (memorise lr, unlearning lr) by model, AdamW; docs/findings.md#causal-lms has the runs behind them. Memorising:
+# measured on the CPU up to llama-100m-shape, llama-7b-shape's extrapolated like 1/width. Unlearning: slow enough
+# that NPO is still moving after the first 20% of steps, where the rate fits start, fast enough that GA's
+# collapse ends before them; llama-7b-shape's 2e-6 is the 1/width extrapolation of the rates at widths 256 and
+# 768. 1e-5, the NPO paper's rate for real 7B models, is a local checkpoint's default.
 LEARNING_RATES = {"tiny": (3e-3, 1e-3), "llama-20m-shape": (1e-3, 3e-5), "llama-100m-shape": (2e-4, 1e-5),
                   "llama-7b-shape": (5e-5, 2e-6), "checkpoint": (1e-5, 1e-5)}
 MEMORISE_WARMUP = 10  # optimizer steps
@@ -125,7 +121,7 @@ PRECISION_MODES = {"float32": ("float32", "float32"), "bf16-mixed": ("float32", 
 VALIDATED_METHODS = ("GA", "NPO", "SimNPO")
 UNLEARN_OPTIMIZERS = ("adamw", "sgd")  # unlearn.optim names
 FREEZABLE = ("head", "norm")  # the output head W and the final RMSNorm's gain g (theory.ceiling)
-CEILING_REACHED = 0.9  # GA's forget NLL has reached the ceiling when NLL / (C + log V) ends above this
+CEILING_REACHED = 0.9  # GA's forget NLL has reached the margin ceiling when NLL / C ends above this
 LATE_SLOPE_TOLERANCE = 0.25  # ga.late_slope_ratio passes when its interval meets [1 - this, 1 + this]
 ADAM_BETA2 = 0.999  # validate's AdamW (unlearn.train.TrainConfig's default betas): 1/(1 - beta2) = 1000 steps
 PREDICTIONS = {

@@ -128,6 +128,16 @@ def test_options_that_apply_to_one_process_are_refused_under_torchrun(option, se
     _refuse_under_torchrun(RunConfig(model="tiny"), 2)
 
 
+def test_validate_refuses_more_than_one_torchrun_process(tmp_path, monkeypatch, capsys):
+    from recipes.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["validate", "--model", "tiny", "--out", str(tmp_path / "v")]) == 2
+    assert "unlearn validate runs in one process, and torchrun started 2" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+
+
 def test_rank_slices_and_warmup():
     import torch
 

@@ -20,8 +20,7 @@ TOFU-like, with a forget split of 1, 5 or 10% of the authors (``facts_task``).
 
 Tokenizers for models built from a config (``unlearn.models.hf`` architectures): ``byte_tokenizer``, one token
 per UTF-8 byte plus <pad> and <eos> (258 ids, ``BYTE_VOCAB``), the same for every data set, so that the model's
-size never depends on the data's (a word vocabulary built from 50k lines had 100,010 words and grew ``tiny``
-from 19k to 6.4M parameters). A real checkpoint keeps its own tokenizer. ``word_tokenizer`` (a vocabulary of
+size never depends on the data's. A real checkpoint keeps its own tokenizer. ``word_tokenizer`` (a vocabulary of
 the words of given texts) remains for tests that want short sequences.
 
 Scale: reading and tokenising are linear in the examples; tokenising encodes in chunks (a fast tokenizer

@@ -52,6 +52,13 @@ def process_group(device: str = "cpu") -> Iterator[tuple[int, int, torch.device]
         dist.destroy_process_group()
 
 
+def refuse_torchrun(command: str) -> None:
+    """Refuse, before any work, to run ``command`` as more than one torchrun process: each would run it whole."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"{command} runs in one process, and torchrun started {os.environ['WORLD_SIZE']}: each "
+                         "would run it whole into the same folder; launch it without torchrun")
+
+
 def exit_process(code: int) -> None:
     """End the process with ``code``; a rank of torchrun (RANK set) that succeeded by ``os._exit`` once stdout and
     stderr are flushed: gloo's threads can abort the interpreter's own teardown ("terminate called without an

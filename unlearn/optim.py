@@ -117,7 +117,7 @@ class AdamW(_Optimizer):
     this is torch.optim.AdamW's arithmetic (bitwise equal on the CPU, checked in tests/test_optim.py); t counts
     the steps in which the parameter had a gradient, as in torch. One change that cannot show in the result: v is
     floored at the dtype's smallest normal number before the square root, since sqrt of zero or subnormal entries
-    takes a slow path on x86 CPUs (about 10x per element; it dominated ensemble steps), and sqrt(tiny) /
+    takes a slow path on x86 CPUs (about 10x per element), and sqrt(tiny) /
     sqrt(1 - beta2^t) is below half an ulp of eps = 1e-8 in float32 and float64. Parameters are updated in groups
     of at most ``CHUNK_BYTES`` (or one larger parameter): the denominator is a temporary the size of its group,
     and a whole 7B model's would be one more copy of the weights. Grouping changes no number. A sharded (FSDP2
@@ -232,8 +232,8 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, members: i
     """Scale the gradients by c = min(1, max_norm / (||g|| + 1e-6)) (torch's rule) and return the norm ||g||.
 
     members = 0: one 2-norm over every gradient, by torch.nn.utils.clip_grad_norm_ (foreach=False: one norm
-    kernel per gradient, as the hand-written rule it replaced ran on every device; bitwise equal to it on the CPU
-    in float32 and float64, checked in tests/test_optim.py). torch sums the gradients' norms grouped by dtype,
+    kernel per gradient, on every device; bitwise equal to the rule written out on the CPU in float32 and
+    float64, tests/test_optim.py). torch sums the gradients' norms grouped by dtype,
     which reorders that sum only for a model of mixed dtypes (possible under bf16 autocast, which leaves the
     dtypes as they are). members = M: member m's norm ||g_m|| is taken over its
     own slices ``g.reshape(M, -1)[m]`` of every gradient, and c_m = min(1, max_norm / (||g_m|| + 1e-6)) scales

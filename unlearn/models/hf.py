@@ -8,7 +8,7 @@ from a config with random weights (no download, ever).
 
 An architecture's vocabulary never depends on the data: it is the shape's, or a fixed override (``vocab_size``:
 ``unlearn.data.BYTE_VOCAB`` for text read as bytes, the states of the markov task), so that a larger data set
-never makes a larger model (a vocabulary of the data's words did: 50k lines grew ``tiny`` to 6.4M parameters).
+never makes a larger model.
 
 The output contract is the one every model of the project follows: ``model(input_ids, attention_mask=...)``
 returns an object whose ``.logits`` are (B, T, V) with logits[b, t] the distribution of token t + 1.
