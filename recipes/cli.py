@@ -655,7 +655,7 @@ for membership inference). Real TOFU files drop in unchanged wherever this direc
 
 def cmd_eval(args) -> int:
     from recipes import eval as evaluation
-    from unlearn.io import writable_dir
+    from unlearn.io import output_dir
 
     cls, run = {"tofu": (evaluation.TofuEvalConfig, evaluation.run_eval_tofu),
                 "mia": (evaluation.MiaEvalConfig, evaluation.run_eval_mia)}[args.benchmark]
@@ -664,10 +664,11 @@ def cmd_eval(args) -> int:
         return 0
     if not args.out:
         args.parser.error("the following arguments are required: --out")
+    _refuse_overwrite(Path(args.out) / "eval.json", args.overwrite)
     check_device(cfg)
-    out = writable_dir(args.out, "output folder")
-    args.kept = lambda: f"the evaluation did not finish; {out / 'eval.json'} is written only when it finishes"
-    doc = run(cfg, out)
+    with output_dir(args.out) as out:
+        args.kept = lambda: f"the evaluation did not finish; {out / 'eval.json'} is written only when it finishes"
+        doc = run(cfg, out)
     for key, value in doc["metrics"].items():
         print(f"{key:<32} {value:.4g}")
     for note in doc["notes"]:
@@ -685,10 +686,18 @@ def cmd_data(args) -> int:
         return 0
     if not args.out:
         args.parser.error("the following arguments are required: --out")
-    counts = tofu.write_tofu_like(cfg, writable_dir(args.out, "output folder"))
+    _refuse_overwrite(Path(args.out) / "full.json", args.overwrite)  # TOFU's first file: a directory is there
+    counts = tofu.write_tofu_like(cfg, writable_dir(args.out))
     print(", ".join(f"{name} {n}" for name, n in counts.items()))
     print(f"wrote {len(counts)} files to {args.out}")
     return 0
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to replace ``path`` unless --overwrite was given."""
+    if path.exists() and not overwrite:
+        raise ValueError(f"--out {path.parent} already holds {path.name}; give a new folder, or --overwrite to "
+                         "replace it")
 
 
 LLM_EXTRA = ("transformers", "peft")  # pyproject's optional [llm] dependencies
@@ -771,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = eval_sub.add_parser(name, help=help_text, **_described(description, cls))
         add_config(p, cls, aliases)
         p.add_argument("--out", metavar="DIR", help="output folder for eval.json (required unless --show-config)")
+        p.add_argument("--overwrite", action="store_true", help="replace an eval.json already in --out")
         p.set_defaults(func=cmd_eval, parser=p)
     p_data = sub.add_parser("data", help="write data sets: a TOFU-layout directory of generated facts")
     data_sub = p_data.add_subparsers(dest="dataset", required=True)
@@ -779,6 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p_tl, TofuLikeConfig, (Alias("--authors", "n_authors", "fictitious authors", {"type": int}),
                                       Alias("--seed", "seed", "the generator's seed", {"type": int})))
     p_tl.add_argument("--out", metavar="DIR", help="the directory to write (required unless --show-config)")
+    p_tl.add_argument("--overwrite", action="store_true", help="rewrite a TOFU directory already in --out")
     p_tl.set_defaults(func=cmd_data, parser=p_tl)
     return parser
 

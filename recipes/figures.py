@@ -58,21 +58,22 @@ def cmd_figures(args) -> int:
     experiments, get_experiment = _experiments()
     names = args.names or list(experiments)
     overrides = list(args.set or [])
-    if args.device:
-        overrides.append(f"device={args.device}")
-    # Resolve every config first: a bad name, key or value fails before any experiment runs.
+    # Resolve every config first: a bad name, key or value fails before any experiment runs, naming the experiment.
     plans = []
     for name in names:
         exp = get_experiment(name)
-        seeds = []
+        flags = {"device": ("--device", args.device)} if args.device else {}
         if args.seeds is not None:
             if hasattr(exp.presets[args.preset], "seeds"):
-                seeds = [f"seeds={args.seeds}"]
+                flags["seeds"] = ("--seeds", args.seeds)
             elif args.names:
                 with_seeds = [n for n, e in experiments.items() if hasattr(e.presets[args.preset], "seeds")]
                 raise ValueError(f"--seeds: {name} has no replicates (no config key 'seeds'); experiments with "
                                  f"replicates: {', '.join(with_seeds)}")
-        cfg = exp.config(args.preset, [*overrides, *seeds])
+        try:
+            cfg = exp.config(args.preset, overrides, flags)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
         resolve_device(cfg.device)
         plans.append((exp, cfg))
     if args.show_config:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from unlearn.config import apply_overrides, config_dict
+from unlearn.config import config_dict, resolve
 from unlearn.io import atomic_write, environment, to_jsonable, writable_dir
 from unlearn.objectives import MethodParams, get_method
 from unlearn.optim import OPTIMIZERS
@@ -48,11 +48,13 @@ class Experiment:
     run: Callable[[Any], Result]
     plot: Callable[[Result], Any]
 
-    def config(self, preset: str = "fast", overrides: Iterable[str] = ()) -> Any:
-        """The preset's config with ``key=value`` overrides applied (errors name the key)."""
+    def config(self, preset: str = "fast", overrides: Iterable[str] = (),
+               flags: Mapping[str, tuple[str, Any]] | None = None) -> Any:
+        """The preset's config with named flags ({key: (flag, value)}) and ``key=value`` overrides applied
+        (``unlearn.config.resolve``: errors name the key; a flag and an override that disagree are refused)."""
         if preset not in self.presets:
             raise ValueError(f"unknown preset {preset!r} for {self.name}; valid: {', '.join(self.presets)}")
-        return apply_overrides(self.presets[preset], overrides)
+        return resolve(self.presets[preset], flags or {}, overrides)
 
 
 def record(experiment: Experiment, preset: str, cfg: Any, result: Result, wall_s: float) -> dict[str, Any]:

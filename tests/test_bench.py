@@ -105,6 +105,7 @@ def test_bench_llm_sweeps_token_batches_through_chunked_log_probs(tmp_path):
     (["--cases", "npo.cached,npo.foo"], "unknown case 'npo.foo'; valid: npo.cached, npo.copy"),
     (["--compile", "--tokens-per-step", "256"], "compile applies to the comparison at batch_size"),
     (["--fused-logprobs", "--logprob-chunk", "8"], "two ways to the same log-probs; give one"),
+    (["--model", "nosuch"], "model 'nosuch' is neither a local model directory nor one of the built-in"),
     (["--fused-logprobs"], "fused_logprobs runs a bf16 kernel; give --dtype bf16 (got float32)"),
     (["--fused-logprobs", "--dtype", "bf16"], "on CUDA only; the device is cpu"),
 ])

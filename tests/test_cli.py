@@ -51,6 +51,10 @@ def test_show_config_prints_the_resolved_config(capsys):
     (["figures", "npo-synthetic", "--set", "sweep_lr=-0.1"], "sweep_lr must be a finite number > 0"),
     (["figures", "npo-synthetic", "--set", "methods=GA,NPOO"], "methods: unknown method 'NPOO'; valid methods"),
     (["figures", "npo-synthetic", "--preset", "huge"], None),
+    (["figures", "--set", "methods=GA,NPO+RT"], "logistic-rates: --set methods: unknown config key"),
+    (["figures", "yao", "--set", "device=cuda", "--device", "cpu"],
+     "yao: --device cpu and --set device=cuda disagree; give one of them"),
+    (["figures", "markov-length", "--set", "seeds=2", "--seeds", "3"], "--seeds 3 and --set seeds=2 disagree"),
 ])
 def test_bad_input_fails_before_work_naming_the_problem(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) if message is None else _no_exit():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from unlearn.config import apply_overrides, config_dict, format_value, parse_value, resolve
+from unlearn.config import config_dict, format_value, parse_value, resolve
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,10 @@ class Cfg:
 
 
 def test_values_are_parsed_by_field_type():
-    cfg = apply_overrides(Cfg(), ["seed=7", "lr=5e-4", "name=abc", "flag=true", "betas=0.01, 0.5", "clip=2"])
+    cfg = resolve(Cfg(), {}, ["seed=7", "lr=5e-4", "name=abc", "flag=true", "betas=0.01, 0.5", "clip=2"])
     assert cfg == Cfg(seed=7, lr=5e-4, name="abc", flag=True, betas=(0.01, 0.5), clip=2.0)
-    assert apply_overrides(cfg, ["clip=none"]).clip is None
-    assert apply_overrides(cfg, ["betas=none"]).betas == ()
+    assert resolve(cfg, {}, ["clip=none"]).clip is None
+    assert resolve(cfg, {}, ["betas=none"]).betas == ()
     assert config_dict(cfg)["betas"] == [0.01, 0.5]
 
 
@@ -42,7 +42,7 @@ def test_values_are_parsed_by_field_type():
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        apply_overrides(Cfg(), [override])
+        resolve(Cfg(), {}, [override])
 
 
 def test_format_value_is_what_parse_value_reads_back():

@@ -92,6 +92,24 @@ def test_a_tofu_file_with_a_missing_field_is_named(tofu_dir, tmp_path, capsys):
     (broken / "retain_perturbed.json").write_text("\n".join(lines) + "\n")
     assert main(["eval", "tofu", "--model", "tiny", "--data", str(broken), "--out", str(tmp_path / "o")]) == 2
     assert "retain_perturbed.json:3: missing field 'paraphrased_answer'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a refused evaluation leaves no folder behind
+
+
+def test_an_evaluation_never_replaces_eval_json_without_overwrite(tofu_dir, tmp_path, capsys):
+    """Another benchmark's (or the retain model's) eval.json in --out is refused before any work, and replaced only
+    with --overwrite; a TOFU directory likewise."""
+    out = tmp_path / "e"
+    eval_tofu(tofu_dir, out)
+    before = (out / "eval.json").read_text()
+    mia = ["eval", "mia", "--model", "tiny", "--data", str(tofu_dir), "--device", "cpu", "--limit", "6", "--out",
+           str(out)]
+    assert main(mia) == 2
+    assert f"--out {out} already holds eval.json; give a new folder, or --overwrite" in capsys.readouterr().err
+    assert (out / "eval.json").read_text() == before
+    assert main([*mia, "--overwrite"]) == 0
+    assert json.loads((out / "eval.json").read_text())["command"] == "eval mia"
+    assert main(["data", "tofu-like", "--out", str(tofu_dir)]) == 2
+    assert "already holds full.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

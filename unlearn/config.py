@@ -72,15 +72,6 @@ def parse_overrides(cls: type, overrides: Iterable[str]) -> dict[str, Any]:
     return changes
 
 
-def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
-    """A copy of the frozen dataclass ``cfg`` with ``key=value`` overrides applied and validated."""
-    changes = parse_overrides(type(cfg), overrides)
-    try:
-        return dataclasses.replace(cfg, **changes)
-    except ValueError as err:
-        raise ValueError(f"invalid config: {err}") from None
-
-
 def resolve(base: Any, flags: Mapping[str, tuple[str, Any]], overrides: Iterable[str]) -> Any:
     """A command's config: ``base`` (a dataclass type: its defaults; or an instance: a preset), then its named
     flags (``{key: (flag, value)}``, the flags given only), then ``key=value`` overrides, built in one
