@@ -66,7 +66,8 @@ def alias_help(alias: Alias, cls: type, preset: Any = None) -> str:
     None default means, the --quick preset's value where it differs, and the config key where it is not the
     option's name."""
     default = {f.name: f.default for f in dataclasses.fields(cls)}[alias.key]
-    notes = [format_value(default) + (f": {alias.none}" if alias.none and default is None else "")]
+    empty = default is None or default == ()  # both spelled "none"
+    notes = [format_value(default).replace("\n", "\\n") + (f": {alias.none}" if alias.none and empty else "")]
     if preset is not None and getattr(preset, alias.key) != default:
         notes.append(f"--quick {format_value(getattr(preset, alias.key))}")
     if alias.key != alias.option.lstrip("-").replace("-", "_"):
@@ -168,7 +169,7 @@ def _model_and_task(model_help: str, task_note: str = "") -> tuple[Alias, ...]:
                   "is TOFU's complement: retain99, retain95, retain90)"),
             Alias("--eval", "eval", "the field's metrics at every evaluation, recorded in the JSON: tofu (TOFU's "
                   "Prob, ROUGE-L, truth ratio, model utility) or mia (membership-inference AUCs against the split's "
-                  "holdout file); needs --task tofu", {"choices": ("tofu", "mia")}, none="none"),
+                  "holdout file); needs --task tofu", {"choices": ("tofu", "mia")}, none="forget and retain NLL only"),
             Alias("--eval-every", "eval_every", "steps between evaluations", {"type": int, "metavar": "N"},
                   none="every epoch of a Hugging Face run counted in epochs, else a tenth of the steps"),
             Alias("--retain-logs", "retain_logs", "with --eval tofu: the retain model's eval.json of `unlearn eval "
@@ -586,7 +587,7 @@ def eval_model_aliases() -> tuple[Alias, ...]:
               "\"[INST] {prompt} [/INST]\")"),
         Alias("--batch-size", "batch_size", "sequences per forward pass", {"type": int}),
         Alias("--limit", "limit", "evaluate the first N questions of each set", {"type": int}, none="all"),
-        Alias("--device", "device", "cpu, cuda or cuda:N", none=""),
+        Alias("--device", "device", "cpu, cuda, cuda:N, or auto: cuda when a GPU is visible"),
     )
 
 

@@ -27,6 +27,7 @@ from unlearn.data import PLAIN_TEMPLATE, PROMPT_FORMATS
 from unlearn.io import atomic_write, environment, package_versions, to_jsonable
 
 DTYPES = ("auto", "float32", "bf16")
+DEFAULT_SPLIT = "forget10"  # TOFU's largest forget split, the papers' headline
 FORGET_QUALITY_NEEDS = ("forget quality needs the retain model's per-question forget truth ratios: run `unlearn eval "
                         "tofu --model RETAIN_MODEL --data {data} --split {split} --out RETAIN_OUT` on the model "
                         "trained without the forget set, then pass --retain-logs RETAIN_OUT/eval.json")
@@ -67,7 +68,8 @@ class TofuEvalConfig(ModelConfig):
     """``unlearn eval tofu``."""
 
     data: str | None = None  # a TOFU directory (real or `unlearn data tofu-like`)
-    split: str = "forget10"  # forget01, forget05, forget10 (the retain set is TOFU's retain_perturbed)
+    split: str = DEFAULT_SPLIT  # forget01, forget05, forget10 (the retain set is TOFU's retain_perturbed); a run
+    # folder's own split replaces the default (asked_as_trained)
     retain_logs: str | None = None  # the retain model's eval.json (or open-unlearning's TOFU_EVAL.json)
     max_new_tokens: int = 200  # greedy answer length for ROUGE-L
 
@@ -84,7 +86,7 @@ class MiaEvalConfig(ModelConfig):
     forget: str | None = None  # members: prompt/response JSONL or TOFU JSON
     holdout: str | None = None  # non-members, same format
     data: str | None = None  # or a TOFU directory: forget = SPLIT.json, holdout = holdoutNN.json
-    split: str = "forget10"
+    split: str = DEFAULT_SPLIT  # as TofuEvalConfig's
     attacks: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k++")
     k: float = 0.4  # Min-K% and Min-K%++: the lowest fraction of tokens
     reference_model: str | None = None  # the reference attack's model
@@ -96,6 +98,8 @@ class MiaEvalConfig(ModelConfig):
         super().__post_init__()
         if self.data is None and not (self.forget and self.holdout):
             raise ValueError("give --forget FILE and --holdout FILE, or --data TOFU_DIR (with --split)")
+        if self.data is None and self.split != DEFAULT_SPLIT:
+            raise ValueError(f"--split {self.split} chooses the files of --data; --forget and --holdout name them")
         if self.data is not None and (self.forget or self.holdout):
             raise ValueError("--data takes the forget and holdout sets from a TOFU directory; do not also give "
                              "--forget or --holdout")
@@ -125,14 +129,20 @@ def run_record(name: str) -> dict | None:
 
 def asked_as_trained(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with a run folder's prompt (run.json's prompt format and plain template) in place of the defaults,
-    so that a model trained on '[INST] {prompt} [/INST]' is asked that way. A prompt other than the defaults
-    stays (the default template itself: --prompt-format plain)."""
+    so that a model trained on '[INST] {prompt} [/INST]' is asked that way, and, for a run on a TOFU split, that
+    split in place of the default forget10, so that its forget metrics are of the authors it unlearned. A prompt
+    or split other than the defaults stays (the default template itself: --prompt-format plain)."""
     record = run_record(cfg.model)
-    prompt = record.get("template") if record else None
-    defaults = ModelConfig()
-    if not prompt or (cfg.prompt_format, cfg.template) != (defaults.prompt_format, defaults.template):
+    if record is None:
         return cfg
-    return dataclasses.replace(cfg, prompt_format=prompt["prompt_format"], template=prompt["plain_template"])
+    changes = {}
+    prompt, defaults = record.get("template"), ModelConfig()
+    if prompt and (cfg.prompt_format, cfg.template) == (defaults.prompt_format, defaults.template):
+        changes.update(prompt_format=prompt["prompt_format"], template=prompt["plain_template"])
+    trained = record["config"]
+    if getattr(cfg, "data", None) and cfg.split == DEFAULT_SPLIT and trained.get("task") == "tofu":
+        changes["split"] = trained.get("split", DEFAULT_SPLIT)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def load_for_eval(name: str, cfg: ModelConfig):

@@ -219,6 +219,14 @@ class ValidateConfig:
             raise ValueError("--task jsonl needs --forget FILE and --retain FILE")
         if self.task == "tofu" and not self.data:
             raise ValueError("--task tofu needs --data DIR (a TOFU directory, or `unlearn data tofu-like --out DIR`)")
+        for key, task in (("forget", "jsonl"), ("retain", "jsonl"), ("data", "tofu")):
+            if getattr(self, key) is not None and self.task != task:
+                raise ValueError(f"--{key} is read by --task {task}, and the task is {self.task}")
+        if self.prompt_format not in llm_data.PROMPT_FORMATS:
+            raise ValueError(f"unknown prompt_format {self.prompt_format!r}; valid: "
+                             f"{', '.join(llm_data.PROMPT_FORMATS)}")
+        if self.task == "markov" and (self.prompt_format != "auto" or self.template is not None):
+            raise ValueError("--prompt-format and --template shape text prompts, and the markov task reads state ids")
         if self.eval is not None and (self.eval not in ("tofu", "mia") or self.task != "tofu"):
             raise ValueError(f"--eval takes tofu or mia and reads the TOFU directory of --task tofu; got --eval "
                              f"{self.eval} with --task {self.task}")

@@ -122,6 +122,12 @@ def test_eval_mia_refuses_bad_options(tofu_dir, tmp_path, capsys, argv, message)
     assert message in capsys.readouterr().err
 
 
+def test_eval_mia_refuses_a_split_that_chooses_no_file(tofu_dir, tmp_path, capsys):
+    files = ["--forget", str(tofu_dir / "forget05.json"), "--holdout", str(tofu_dir / "holdout05.json")]
+    assert main(["eval", "mia", "--model", "tiny", *files, "--split", "forget05", "--out", str(tmp_path / "o")]) == 2
+    assert "--split forget05 chooses the files of --data; --forget and --holdout name them" in capsys.readouterr().err
+
+
 def test_eval_mia_end_to_end_with_priv_leak(tofu_dir, tmp_path, capsys):
     base = ["eval", "mia", "--model", "tiny", "--data", str(tofu_dir), "--device", "cpu", "--limit", "12"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0

@@ -432,6 +432,19 @@ def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_p
     assert load_for_eval("tiny", ModelConfig(device="cpu"))[0] is not None
 
 
+def test_a_run_folder_is_evaluated_on_the_split_it_unlearned(tofu_dir, tmp_path):
+    """A run on forget05: `unlearn eval tofu|mia --model RUN` evaluates forget05 where --split is left at its
+    default (forget10 would count authors the run kept as forgotten); a split given explicitly stays."""
+    run = tmp_path / "run"
+    assert main(tofu_run(tofu_dir, "--method", "NPO", "--steps", "1", "--split", "forget05", "--out", str(run))) == 0
+    for benchmark, extra, split in (("tofu", [], "forget05"), ("mia", [], "forget05"),
+                                    ("tofu", ["--split", "forget01"], "forget01")):
+        out = tmp_path / f"eval-{benchmark}-{split}"
+        argv = ["eval", benchmark, "--model", str(run), "--data", str(tofu_dir), "--limit", "2", *extra]
+        assert main([*argv, "--out", str(out)]) == 0
+        assert json.loads((out / "eval.json").read_text())["config"]["split"] == split
+
+
 def test_weight_decay_skips_the_biases_and_norm_weights_of_a_run(tofu_dir, tmp_path, monkeypatch):
     """Full fine-tuning: the loop is told to keep the tiny Llama's RMSNorm gains out of weight decay (the
     Trainer's rule, ``hf.no_decay_names``); with LoRA, nothing (the adapter decays whole)."""

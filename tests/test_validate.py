@@ -270,6 +270,10 @@ def test_validate_on_jsonl_files(tmp_path):
     (["validate", "--optimizer", "sgd"], "--optimizer sgd runs GA only (--methods GA)"),
     (["validate", "--freeze", "head,bias"], "--freeze takes head, norm; got 'bias'"),
     (["validate", "--freeze", "head", "--lora", "4"], "--freeze applies to full fine-tuning"),
+    (["validate", "--forget", "f.jsonl"], "--forget is read by --task jsonl, and the task is markov"),
+    (["validate", "--set", "data=/tmp"], "--data is read by --task tofu, and the task is markov"),
+    (["validate", "--prompt-format", "plain"], "the markov task reads state ids"),
+    (["validate", "--set", "prompt_format=weird"], "unknown prompt_format 'weird'; valid: auto, chat, plain"),
 ])
 def test_bad_validate_arguments(argv, message, capsys, tmp_path):
     """Refused at config time, before any data is read or anything is written."""
