@@ -945,7 +945,7 @@ def plot(doc: dict):
         x, color = method.lower(), METHOD_COLORS[method]
         lin, log = (m[f"validate.{x}.{k}_r2"] for k in ("linear", "log"))
         r2 = "" if lin is None else f"R^2 lin {lin:.3f}, log {log:.3f}"
-        axes[0].plot(c["steps"], c["forget_nll"], color=color, label=f"{method}: {r2}")
+        axes[0].plot(c["steps"], c["forget_nll"], color=color, label=f"{method}: {r2}" if r2 else method)
         if method == "GA" and c.get("forget_ceiling") and None not in c["forget_ceiling"]:
             ratio = m.get("validate.ga.late_slope_ratio")
             late = "" if ratio is None else f"; late slope / predicted {ratio:.2f}"
@@ -971,6 +971,9 @@ def plot(doc: dict):
     panel_label(axes[2], "(c) SimNPO weights (predicted: ~ 1/|y|)")
     panel_label(axes[3], "(d) retain drift")
     cfg = doc["config"]
+    memorised = doc.get("memorised", {}).get("reached", True)
     fig.suptitle(f"unlearn validate: {cfg['model']} ({doc['n_parameters']:,} parameters) on {doc['task']}, "
-                 f"reference {cfg['reference']}, LoRA {cfg['lora_rank'] or 'off'}", fontsize=11)
+                 f"reference {cfg['reference']}, LoRA {cfg['lora_rank'] or 'off'}"
+                 + ("" if memorised else "\nWARNING: the forget set was not memorised, so no prediction applies"),
+                 fontsize=11, color="k" if memorised else "firebrick")
     return fig

@@ -46,3 +46,9 @@ def path(ax, x_curve: dict, y_curve: dict, color, label: str, **kwargs) -> None:
 
 def panel_label(ax, text: str) -> None:
     ax.set_title(text, loc="left", fontsize=10)
+
+
+def note(ax, x: float, y: float, text: str, **kwargs) -> None:
+    """``text`` at (x, y) in axes coordinates, on a white box that curves pass under rather than through."""
+    ax.text(x, y, text, transform=ax.transAxes, bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5),
+            zorder=5, **kwargs)

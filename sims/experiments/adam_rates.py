@@ -57,7 +57,7 @@ from matplotlib.ticker import NullFormatter
 from sims import logistic, logistic_sequences
 from sims.experiment import Experiment, Result
 from sims.experiments.logistic_rates import distance_evaluator, record_grid, runs_for, theorem_world
-from sims.plotting import METHOD_COLORS, beta_colors, panel_label
+from sims.plotting import METHOD_COLORS, beta_colors, note, panel_label
 from theory import adam as theory
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.metrics.curves import fit_r2
@@ -454,9 +454,8 @@ def plot(result: Result):
     gd = ", ".join(f"{metrics[f'gd.npo.beta={b:g}.log_slope_ratio']:.2f}" for b in th["betas"])
     eps = ", ".join(f"eps={e:g}: {metrics[f'adam.eps={e:g}.npo.beta={EPS_BETA:g}.third_regime_log_slope_ratio']:.2f}"
                     for e in th["eps_values"])
-    axes[0][1].text(0.98, 0.03, f"dD/d ln t / (sqrt(n_f)/beta), measured / predicted:\nGD (beta {th['betas']}): "
-                    f"{gd}\nAdam third regime (last half): {eps}", transform=axes[0][1].transAxes, ha="right",
-                    va="bottom", fontsize=7.5)
+    note(axes[0][1], 0.98, 0.03, f"dD/d ln t / (sqrt(n_f)/beta), measured / predicted:\nGD (beta {th['betas']}): "
+         f"{gd}\nAdam third regime (last half): {eps}", ha="right", va="bottom", fontsize=7.5)
     beta = EPS_BETA if EPS_BETA in th["betas"] else th["betas"][0]
     panel_label(axes[0][0], f"(a) NPO beta={beta:g} under Adam (lr {th['adam_lr']:g}, eps 0): log-like, then linear")
     panel_label(axes[0][1], f"(b) NPO beta={EPS_BETA:g}: GD log, sign descent linear, Adam's eps brings log back")

@@ -98,6 +98,9 @@ def run(cfg: Config) -> Result:
     return Result(metrics, series, {})
 
 
+LABEL_OFFSETS = {"random": ((4, -9), "left"), "magnitude": ((-4, 4), "right"), "wagle": ((6, -3), "left")}
+
+
 def plot(result: Result):
     s, metrics = result.series, result.metrics
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), constrained_layout=True)
@@ -113,8 +116,9 @@ def plot(result: Result):
                 ax_ratio.axhline(fk[0], ls="--", lw=1, **style)
                 continue
             ax_path.plot(rk, fk, "o-", ms=4, lw=1.4, **style)
+            offset, ha = LABEL_OFFSETS[kind]  # random and magnitude paths nearly coincide: labels on either side
             for r, a, b in zip(ratios, rk, fk, strict=True):
-                ax_path.annotate(f"{r:g}", (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                ax_path.annotate(f"{r:g}", (a, b), fontsize=7, xytext=offset, textcoords="offset points", ha=ha,
                                  color=KIND_COLORS[kind])
             ax_ratio.plot(ratios, fk, "o-", ms=4, lw=1.4, **style)
         ax_path.plot([metrics["original.retain_kl"]], [metrics["original.forget_kl"]], "ks", mfc="none", ms=7,
@@ -123,6 +127,7 @@ def plot(result: Result):
             ax.axhline(metrics["retrained.forget_kl"], color="k", ls=":", lw=0.9, label="retrained model")
             ax.set_ylabel("forget KL (higher = more forgotten)")
             ax.legend(fontsize=7)
+        ax_path.margins(x=0.08)  # room for the labels of the outermost points
         ax_path.set_xlabel("retain KL (lower = better)")
         ax_ratio.set_xlabel("mask ratio (fraction of weights that may move)")
         panel_label(ax_path, f"({'ab'[col]}) {method}: forget vs retain KL (labels: ratio)")

@@ -44,7 +44,7 @@ from matplotlib.ticker import NullFormatter
 
 from sims import markov
 from sims.experiment import Experiment, Result, member_curves, method_params
-from sims.plotting import METHOD_COLORS, panel_label
+from sims.plotting import METHOD_COLORS, note, panel_label
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.metrics import tokens
 from unlearn.metrics.curves import (
@@ -268,15 +268,15 @@ def plot(result: Result):
         ax.legend(fontsize=7, loc="lower right" if ax in axes[:2] else "best")
     seeds = len(next(iter(s["methods"].values())).get("seeds", {"forget_nll": [0]})["forget_nll"])
     panel_label(axes[0], f"(a) forget NLL, mean of {seeds} seeds (band: range)")
-    axes[0].text(0.02, 0.98, "[95% CI over seeds]\n" + "\n".join(rates), transform=axes[0].transAxes, va="top",
-                 fontsize=6.5, family="monospace")
+    note(axes[0], 0.02, 0.98, "[95% CI over seeds]\n" + "\n".join(rates), va="top", fontsize=6.5,
+         family="monospace")
     panel_label(axes[1], "(b) against log step; growth exponents")
     windows = [k[len("ga.forget_nll_growth_exponent."):-len(".ci_low")] for k in metrics
                if k.startswith("ga.forget_nll_growth_exponent.t") and k.endswith(".ci_low")]
     exponents = "d log(NLL_t - NLL_0) / d log t [95% CI]\n" + "\n".join(f"{method}\n" + "\n".join(
         f"  {w} {_with_interval(metrics, f'{method.lower()}.forget_nll_growth_exponent.{w}')}" for w in windows)
         for method in s["methods"])
-    axes[1].text(0.02, 0.98, exponents, transform=axes[1].transAxes, va="top", fontsize=6.5, family="monospace")
+    note(axes[1], 0.02, 0.98, exponents, va="top", fontsize=6.5, family="monospace")
     panel_label(axes[2], "(c) retain KL")
     panel_label(axes[3], "(d) output entropy on retain prompts")
     models = [("original model", s["original"]), *((_label(k, m), m) for k, m in s["methods"].items())]

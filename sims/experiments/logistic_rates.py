@@ -54,7 +54,7 @@ import torch
 from sims import logistic
 from sims.experiment import Experiment, Result, UnlearningOptimizer
 from sims.experiments import npo_synthetic
-from sims.plotting import METHOD_COLORS, beta_colors, panel_label
+from sims.plotting import METHOD_COLORS, beta_colors, note, panel_label
 from theory import logistic as theory
 from unlearn.config import require_at_least_one, require_positive
 from unlearn.metrics.curves import (
@@ -413,8 +413,8 @@ def _rate_panels(axes, w: dict, theory_row: bool) -> None:
         npo_text += "\n\n" + "\n".join(f"{label}: " + "; ".join(
             _interval_line(w["intervals"][label], name) for name in ("acceleration", "late_log_slope_ratio"))
             for label in npo)
-    ax_lin.text(0.98, 0.27, ga_text, transform=ax_lin.transAxes, ha="right", va="bottom", fontsize=7.5)
-    ax_log.text(0.02, 0.97, npo_text, transform=ax_log.transAxes, va="top", fontsize=6.5)
+    note(ax_lin, 0.98, 0.27, ga_text, ha="right", va="bottom", fontsize=7.5)
+    note(ax_log, 0.02, 0.97, npo_text, va="top", fontsize=6.5)
     handles, _ = ax_lin.get_legend_handles_labels()
     if theory_row:
         handles += [plt.Line2D([], [], color="k", lw=0.9, ls="--", label="per-coordinate ODE"),
@@ -435,9 +435,9 @@ def plot(result: Result):
     hold = "hold" if result.metrics.get("assumptions.hold") else "FAIL"
     C0 = min(c["bound"] for c in th["assumptions"] if c["name"].startswith("near_orthogonality"))
     entrywise = result.metrics["assumptions.offdiag_times_nf"]
-    axes[0][0].text(0.98, 0.15, f"assumptions {hold}: largest off-diagonal row sum {th['row_sum']:.3f} vs "
-                    f"C0 = {C0:.3f}\n(stricter entrywise form, unused: n_f max|<x_i,x_j>| = {entrywise:.3f})",
-                    transform=axes[0][0].transAxes, ha="right", fontsize=8)
+    note(axes[0][0], 0.98, 0.15, f"assumptions {hold}: largest off-diagonal row sum {th['row_sum']:.3f} vs "
+         f"C0 = {C0:.3f}\n(stricter entrywise form, unused: n_f max|<x_i,x_j>| = {entrywise:.3f})", ha="right",
+         fontsize=8)
     panel_label(axes[0][0], f"(a1) Theorem-2 world (n_f={th['n_f']}, d={th['d']}): distance vs t")
     panel_label(axes[0][1], "(a2) against log t: NPO turns into a straight line")
     panel_label(axes[0][2], "(a3) beta * distance / sqrt(n_f): every NPO curve ends at slope 1")

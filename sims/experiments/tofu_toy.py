@@ -297,6 +297,8 @@ def plot(result: Result):
     ax.legend(fontsize=8)
     for i, a in enumerate(axes):
         panel_label(a, "abc"[i])
+    fig.suptitle(f"TOFU's forget quality vs model utility per epoch at laptop scale, each method with its published "
+                 f"TOFU hyperparameters (dashed: forget quality {FQ_THRESHOLD:g})", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -41,7 +41,7 @@ DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 # Llama-architecture shapes, built from configs (random weights): name -> LlamaConfig keyword arguments.
 ARCHITECTURES = {
     "tiny": dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=256),
+                 num_key_value_heads=2, max_position_embeddings=1024),  # eval: 512 tokens + 200 new
     "llama-20m-shape": dict(vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024),
     "llama-100m-shape": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
