@@ -189,6 +189,9 @@ def bench_toy(cfg: ToyBench, device: torch.device, report: Callable[[str], None]
            f"float64 {peaks[torch.float64] / 1e9:.1f} GFLOP/s ({device})")
     logistic_ensemble, logistic_single = logistic_case(device, cfg.logistic_steps)
     markov_ensemble, markov_single, markov_steps = markov_case(device, cfg.markov_steps)
+    if markov_steps < cfg.markov_steps:
+        report(f"markov: {markov_steps} steps, one pass over the forget set in batches of 4 (markov_steps "
+               f"{cfg.markov_steps} asked for more)")
     cases = {"logistic": (logistic_ensemble, logistic_single, cfg.logistic_steps, torch.float64),
              "markov": (markov_ensemble, markov_single, markov_steps, torch.float32)}
     header = (f"{'model':<9} {'members':>7} {'loop runs*steps/s':>18} {'ensemble runs*steps/s':>22} "

@@ -669,6 +669,8 @@ def cmd_eval(args) -> int:
     check_device(cfg)
     with output_dir(args.out) as out:
         args.kept = lambda: f"the evaluation did not finish; {out / 'eval.json'} is written only when it finishes"
+        limit = f"the first {cfg.limit}" if cfg.limit else "all"
+        print(f"unlearn eval {args.benchmark}: {cfg.model} on {cfg.device}, {limit} questions of each set")
         doc = run(cfg, out)
     for key, value in doc["metrics"].items():
         print(f"{key:<32} {value:.4g}")
@@ -820,7 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     args.kept = None  # a command sets it to a callable: what an interruption leaves behind, in a few words
-    name = f"unlearn {args.command}"
+    name = " ".join(["unlearn", args.command] + [getattr(args, d) for d in ("bench", "benchmark", "dataset")
+                                                 if getattr(args, d, None)])  # as argparse names the command
     try:
         return args.func(args)
     except KeyboardInterrupt:

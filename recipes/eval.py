@@ -303,6 +303,8 @@ def data_hashes(cfg: MiaEvalConfig) -> dict[str, str]:
 
 def run_eval_mia(cfg: MiaEvalConfig, out: Path) -> dict:
     """Score the forget (members) and holdout (non-members) sets with each attack; write out/eval.json."""
+    from tqdm.auto import tqdm
+
     from unlearn.metrics.mia import mia_scores
 
     start = time.perf_counter()
@@ -315,7 +317,7 @@ def run_eval_mia(cfg: MiaEvalConfig, out: Path) -> dict:
     reference = load_for_eval(cfg.reference_model, cfg)[0] if cfg.reference_model else None
     sets = read_mia_sets(cfg, tokenizer)
     scores = {name: mia_scores(model, data, texts, cfg.attacks, cfg.k, reference, cfg.batch_size)
-              for name, (data, texts) in sets.items()}
+              for name, (data, texts) in tqdm(sets.items(), desc="MIA sets", leave=False, disable=None)}
     notes = [] if aucs else ["priv_leak needs the retain model's eval.json of `unlearn eval mia` on the same data "
                              "(--retain-logs)"]
     doc = _record("eval mia", cfg, identity, mia_metrics(scores, aucs),

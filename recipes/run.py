@@ -265,15 +265,19 @@ class RunConfig:
         return out
 
     def as_validate_config(self):
-        """The ``recipes.validate.ValidateConfig`` that names the same model and task (its data and model code)."""
+        """The ``recipes.validate.ValidateConfig`` that names the same model and task (its data and model code);
+        the files and the template of other tasks stay out of it, for ``inapplicable`` to refuse in run's words."""
         from recipes.validate import ValidateConfig
 
+        jsonl, tofu_task, text = self.task == "jsonl", self.task == "tofu", self.task != "markov"
         try:
-            return ValidateConfig(model=self.model, task=self.task, forget=self.forget, retain=self.retain,
-                                  data=self.data, split=self.split, eval=self.eval, retain_logs=self.retain_logs,
+            return ValidateConfig(model=self.model, task=self.task, forget=self.forget if jsonl else None,
+                                  retain=self.retain if jsonl else None, data=self.data if tofu_task else None,
+                                  split=self.split, eval=self.eval, retain_logs=self.retain_logs,
                                   eval_limit=self.eval_limit, seed=self.seed, device=self.device,
                                   precision="float32" if self.precision == "auto" else self.precision,
-                                  lora_rank=self.lora, lora_alpha=self.lora_alpha, template=self.template,
+                                  lora_rank=self.lora, lora_alpha=self.lora_alpha,
+                                  template=self.template if text else None,
                                   gradient_checkpointing=self.gradient_checkpointing)
         except ValueError as err:
             if hf.ModelSpec(self.model).is_architecture or Path(self.model).is_dir():

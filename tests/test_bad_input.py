@@ -123,6 +123,11 @@ def no_work(monkeypatch):
     return monkeypatch
 
 
+def _command(argv: list[str]) -> str:
+    """The words that name the command of ``argv``, as its messages begin: "run", "bench toy", "eval tofu"."""
+    return " ".join(argv[:2] if argv[0] in ("bench", "eval", "data") else argv[:1])
+
+
 @pytest.mark.parametrize("name", CLI_CASES)
 def test_a_command_refuses_bad_input_before_any_work(name, tmp_path, capsys, no_work):
     from recipes.cli import main
@@ -139,7 +144,7 @@ def test_a_command_refuses_bad_input_before_any_work(name, tmp_path, capsys, no_
     assert main([arg.format(**fill) for arg in argv]) == 2
     assert time.perf_counter() - start < 30  # seconds: config, device and output checks only
     err = capsys.readouterr().err.strip()
-    assert fragment.format(**fill) in err and err.startswith(f"unlearn {argv[0]}: error: "), err
+    assert fragment.format(**fill) in err and err.startswith(f"unlearn {_command(argv)}: error: "), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert file.read_text() == "keep"
     if expect == "nothing written":
@@ -266,4 +271,4 @@ def test_ctrl_c_elsewhere_is_one_line_with_status_130(argv, work, tmp_path, caps
     no_work.setattr(bench if work.startswith("bench") else run, work, _interrupt)
     assert _main([a.format(tmp=tmp_path) for a in argv]) == 130
     err = _one_line(capsys)
-    assert err.startswith(f"unlearn {argv[0]}: interrupted; ") and "did not finish" in err, err
+    assert err.startswith(f"unlearn {_command(argv)}: interrupted; ") and "did not finish" in err, err

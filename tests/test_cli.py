@@ -197,8 +197,8 @@ def test_an_option_and_a_set_that_disagree_are_refused(argv, cls, preset, key, o
     out = tmp_path / "out"
     assert main(_with_out(argv, out, option, value, "--set", f"{key}={other}")) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"unlearn {argv[0]}: error: {option} {value} and --set {key}={other} disagree; give one " \
-                          "of them"
+    assert err.strip() == f"unlearn {' '.join(argv)}: error: {option} {value} and --set {key}={other} disagree; " \
+                          "give one of them"
     assert not out.exists()
 
 

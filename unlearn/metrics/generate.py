@@ -55,9 +55,12 @@ def prompt_ids(tokenizer, prompts: Sequence[str], prompt_format: str, template: 
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: Sequence[str], settings) -> list[str]:
+def greedy_answers(model, tokenizer, prompts: Sequence[str], settings, progress: bool | None = False) -> list[str]:
     """The model's greedy answer to each prompt (module docstring), in the prompts' order. ``settings``:
-    prompt_format, template, batch_size, max_new_tokens."""
+    prompt_format, template, batch_size, max_new_tokens; ``progress``: a bar over the batches (None: on a
+    terminal)."""
+    from tqdm.auto import tqdm
+
     from unlearn.metrics.tokens import model_device
 
     ids = prompt_ids(tokenizer, prompts, settings.prompt_format, settings.template)
@@ -67,7 +70,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], settings) -> list[s
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), settings.batch_size):
+        for start in tqdm(range(0, len(order), settings.batch_size), desc="greedy answers", leave=False,
+                          disable=None if progress is None else not progress):
             rows = order[start: start + settings.batch_size]
             width = max(len(ids[r]) for r in rows)
             input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

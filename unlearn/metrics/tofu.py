@@ -213,7 +213,7 @@ def evaluate_tofu(model, tokenizer, sets: dict, settings: TofuEvalSettings, prog
     from unlearn.metrics.generate import answer_nll, greedy_answers
 
     out = {}
-    for name, questions in tqdm(list(sets.items()), desc="TOFU sets", leave=False,
+    for name, questions in tqdm(list(sets.items()), desc="TOFU sets (scored, then answered)", leave=False,
                                 disable=None if progress is None else not progress):
         qs = [q.question for q in questions]
         para = [q for q in questions if q.paraphrased is not None]  # all of a set's questions, or none of them
@@ -224,7 +224,7 @@ def evaluate_tofu(model, tokenizer, sets: dict, settings: TofuEvalSettings, prog
         prob, paraphrased, flat = np.split(probs, [len(qs), len(qs) + len(para)])
         perturbed = np.split(flat, np.cumsum([len(q.perturbed) for q in questions])[:-1])
         base = paraphrased if len(paraphrased) else prob
-        generated = greedy_answers(model, tokenizer, qs, settings)
+        generated = greedy_answers(model, tokenizer, qs, settings, progress)
         values = {"question": qs, "prob": prob.tolist(),
                   "perturbed_probs": [p.tolist() for p in perturbed],
                   "truth_ratio": [float(truth_ratio(p, b)[0]) for p, b in zip(perturbed, base, strict=True)],
