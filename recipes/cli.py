@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 from recipes.figures import FIGURES_HELP, cmd_figures, cmd_list
 from unlearn.config import config_dict, format_value, resolve
+from unlearn.io import package_versions
 
 
 class Alias(NamedTuple):
@@ -704,6 +705,7 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
 
 
 LLM_EXTRA = ("transformers", "peft")  # pyproject's optional [llm] dependencies
+PACKAGE = "unlearn-mechanics"  # pyproject's project name
 
 
 def _described(description: str, cls: type, preset: Any = None) -> dict:
@@ -725,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Theory, simulations and one training core for the mechanics of LLM unlearning "
                     "(GA, NPO, SimNPO).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_versions(PACKAGE)[PACKAGE]}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="name every experiment with its one-line claim")
     p_list.set_defaults(func=cmd_list)

@@ -57,6 +57,8 @@ def cmd_figures(args) -> int:
 
     experiments, get_experiment = _experiments()
     names = args.names or list(experiments)
+    if len(set(names)) < len(names):
+        raise ValueError(f"an experiment named twice: {', '.join(names)}")
     overrides = list(args.set or [])
     # Resolve every config first: a bad name, key or value fails before any experiment runs, naming the experiment.
     plans = []

@@ -234,6 +234,8 @@ class ValidateConfig:
             raise ValueError("--retain-logs is read only with --eval tofu (forget quality)")
         if not self.methods:
             raise ValueError(f"methods: give at least one of {', '.join(VALIDATED_METHODS)}")
+        if len(set(self.methods)) < len(self.methods):
+            raise ValueError(f"methods: each at most once, got {', '.join(self.methods)}")
         for name in self.methods:
             if name not in VALIDATED_METHODS:
                 raise ValueError(f"validate runs {', '.join(VALIDATED_METHODS)}; got {name!r}")

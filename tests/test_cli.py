@@ -55,6 +55,7 @@ def test_show_config_prints_the_resolved_config(capsys):
     (["figures", "yao", "--set", "device=cuda", "--device", "cpu"],
      "yao: --device cpu and --set device=cuda disagree; give one of them"),
     (["figures", "markov-length", "--set", "seeds=2", "--seeds", "3"], "--seeds 3 and --set seeds=2 disagree"),
+    (["figures", "yao", "yao"], "an experiment named twice: yao, yao"),
 ])
 def test_bad_input_fails_before_work_naming_the_problem(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) if message is None else _no_exit():
@@ -310,3 +311,11 @@ def test_figures_ask_for_no_font_an_install_may_lack(monkeypatch, caplog):
         plt.close(fig)
     fm.FontManager._findfont_cached.cache_clear()
     assert not [r.getMessage() for r in caplog.records if "findfont" in r.getMessage()]
+
+
+def test_version_names_the_installed_package(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"unlearn {version('unlearn-mechanics')}"

@@ -274,6 +274,7 @@ def test_validate_on_jsonl_files(tmp_path):
     (["validate", "--set", "data=/tmp"], "--data is read by --task tofu, and the task is markov"),
     (["validate", "--prompt-format", "plain"], "the markov task reads state ids"),
     (["validate", "--set", "prompt_format=weird"], "unknown prompt_format 'weird'; valid: auto, chat, plain"),
+    (["validate", "--methods", "GA,GA"], "methods: each at most once, got GA, GA"),
 ])
 def test_bad_validate_arguments(argv, message, capsys, tmp_path):
     """Refused at config time, before any data is read or anything is written."""
