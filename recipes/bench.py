@@ -46,7 +46,6 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -248,8 +247,7 @@ class LLMBench:
     device: str = "cpu"
 
     def __post_init__(self):  # checked here, before any case starts its process
-        if not hf.ModelSpec(self.model).is_architecture:
-            hf.check_directory(Path(self.model))
+        hf.check_model(self.model)
         if self.dtype not in hf.DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(hf.DTYPES)}")
         require_at_least_one(self, "lora_rank", "batch_size", "seq_len", "steps")

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 from recipes.figures import FIGURES_HELP, cmd_figures, cmd_list
 from unlearn.config import config_dict, format_value, resolve
-from unlearn.io import package_versions
+from unlearn.io import package_versions, refuse_replacing
 
 
 class Alias(NamedTuple):
@@ -666,7 +666,7 @@ def cmd_eval(args) -> int:
         return 0
     if not args.out:
         args.parser.error("the following arguments are required: --out")
-    _refuse_overwrite(Path(args.out) / "eval.json", args.overwrite)
+    refuse_replacing(args.out, ["eval.json"], "an evaluation", args.overwrite)
     check_device(cfg)
     with output_dir(args.out) as out:
         args.kept = lambda: f"the evaluation did not finish; {out / 'eval.json'} is written only when it finishes"
@@ -690,18 +690,11 @@ def cmd_data(args) -> int:
         return 0
     if not args.out:
         args.parser.error("the following arguments are required: --out")
-    _refuse_overwrite(Path(args.out) / "full.json", args.overwrite)  # TOFU's first file: a directory is there
+    refuse_replacing(args.out, ["full.json"], "a TOFU directory", args.overwrite)  # TOFU's first file
     counts = tofu.write_tofu_like(cfg, writable_dir(args.out))
     print(", ".join(f"{name} {n}" for name, n in counts.items()))
     print(f"wrote {len(counts)} files to {args.out}")
     return 0
-
-
-def _refuse_overwrite(path: Path, overwrite: bool) -> None:
-    """Refuse, before any work, to replace ``path`` unless --overwrite was given."""
-    if path.exists() and not overwrite:
-        raise ValueError(f"--out {path.parent} already holds {path.name}; give a new folder, or --overwrite to "
-                         "replace it")
 
 
 LLM_EXTRA = ("transformers", "peft")  # pyproject's optional [llm] dependencies

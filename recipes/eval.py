@@ -170,8 +170,9 @@ def load_for_eval(name: str, cfg: ModelConfig):
         in_run = path.is_dir() and run_record(str(path.parent)) is not None
         tokenizer_saved = any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json",
                                                              "tokenizer.model"))
-        if (path / "adapter_config.json").is_file() or (in_run and not tokenizer_saved):
-            what = "a peft adapter" if (path / "adapter_config.json").is_file() else "a model without its tokenizer"
+        adapter = (path / "adapter_config.json").is_file()
+        if adapter or (in_run and not tokenizer_saved):
+            what = "a peft adapter" if adapter else "a model without its tokenizer"
             where = f"the run folder {path.parent}" if in_run else "a run folder of `unlearn run` or a full model"
             raise ValueError(f"--model {path}: {what}; evaluate {where}, which names the base model, tokenizer and "
                              "precision")

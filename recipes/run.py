@@ -52,7 +52,15 @@ from sims import markov
 from unlearn import alternatives, attribution, distributed, memory, optim, tofu
 from unlearn.config import config_dict, format_value, require_at_least_one, require_positive
 from unlearn.data import ByteTokenizer
-from unlearn.io import atomic_write, environment, failed_record, package_versions, to_jsonable, write_failed
+from unlearn.io import (
+    atomic_write,
+    environment,
+    failed_record,
+    package_versions,
+    refuse_replacing,
+    to_jsonable,
+    write_failed,
+)
 from unlearn.logprobs import check_fused_logprobs
 from unlearn.losses import token_mean_nll
 from unlearn.memory import REFERENCE_ORDER
@@ -60,7 +68,7 @@ from unlearn.metrics.collapse import CollapseMonitor, vocab_size_of
 from unlearn.metrics.tokens import nll_per_token
 from unlearn.models import hf
 from unlearn.models.transformer import Transformer
-from unlearn.objectives import RETAIN_NORMS, MethodParams, get_method
+from unlearn.objectives import MethodParams, get_method
 from unlearn.relearn import SUBSETS, relearn, relearn_subset
 from unlearn.rng import generator
 from unlearn.train import History, NonFiniteLossError, resolve_device
@@ -71,7 +79,7 @@ PRECISION_CHOICES = ("float32", "bf16", "bf16-mixed", "auto")  # --precision: va
 SAVES = ("adapter", "merged")
 RUN_FILES = ("run.json", "model.safetensors", "hf", "mask.safetensors", "relearn.json")  # what marks a run folder
 CHECKPOINT = "run.ckpt"  # OUT/run.ckpt: the last epoch's state while a Hugging Face run is unfinished
-HYPERPARAMETERS = ("beta", "gamma", "lam", "mismatch", "retain_norm")  # MethodParams: a method reads some of them
+HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(MethodParams))  # a method reads some of them
 # Hugging Face models: the TOFU unlearning protocol of the NPO and SimNPO papers (AdamW, lr 1e-5, weight decay
 # 0.01, effective batch 32 = 4 x 8 accumulated, linear warm-up over the first epoch then linear decay, 10 epochs;
 # no clipping: TOFU's DeepSpeed config sets no gradient_clipping, and DeepSpeed's default was none)
@@ -152,11 +160,11 @@ class RunConfig:
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
         for key, valid in (("precision", PRECISION_CHOICES), ("save", (None, *SAVES)),
-                           ("schedule", (None, *optim.SCHEDULES)), ("retain_norm", (None, *RETAIN_NORMS))):
+                           ("schedule", (None, *optim.SCHEDULES))):
             if getattr(self, key) not in valid:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(map(str, valid))}")
         get_method(self.method)
-        self.params()  # validates beta, gamma, lam, mismatch
+        self.params()  # validates the method's hyperparameters (MethodParams)
         require_at_least_one(self, "batch_size")
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"--steps {self.steps} and --epochs {self.epochs}: a run counts one of them, not both")
@@ -299,10 +307,8 @@ def check_out(out: Path, overwrite: bool) -> None:
     """``--out`` is a folder (or nothing yet) that holds no run, unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder")
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if found and not overwrite:
-        raise ValueError(f"--out {out}: already holds a run ({', '.join(found)}); give a new folder, or --overwrite "
-                         "to replace it (the files that would no longer describe the model are removed)")
+    refuse_replacing(out, RUN_FILES, "a run", overwrite,
+                     "replace it (the files that would no longer describe the model are removed)")
 
 
 def _toy_model(name: str) -> Transformer:
@@ -356,7 +362,8 @@ def plan_run(cfg: RunConfig, n_forget: int, n_retain: int, retain_width: int, vo
     on_cuda = torch.device(cfg.device).type == "cuda"
     precisions = (("bf16-mixed", "bf16") if on_cuda else ("float32",)) if cfg.precision == "auto" else \
         (cfg.precision,)
-    mode = cfg.reference if reads_reference(cfg.method) else "cached"  # no reference read: log-probs, never used
+    reads = reads_reference(cfg.method)
+    mode = cfg.reference if reads else "cached"  # no reference read: log-probs, never used
     error = None
     for precision in precisions:
         try:
@@ -366,7 +373,7 @@ def plan_run(cfg: RunConfig, n_forget: int, n_retain: int, retain_width: int, vo
             error = err
     else:
         raise error
-    if not reads_reference(cfg.method):
+    if not reads:
         why = f"{cfg.method} reads no reference model"
     protocol = cfg.protocol()
     accum = protocol["grad_accum"]
@@ -683,7 +690,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
             reference = make_reference(plan.reference, model, forget, retain, with_logits=with_logits,
                                        alternatives=alt_ref, logprob_chunk=cfg.logprob_chunk,
                                        fused_logprobs=cfg.fused_logprobs)
-        losses = unlearning_losses(cfg.method, cfg.params(), forget, retain, reference,  # refuses what it can't run
+        params = cfg.params()
+        losses = unlearning_losses(cfg.method, params, forget, retain, reference,  # refuses what it can't run
                                    alternative=(lambda f, rows: alt_data.take(rows)) if alt is not None else None,
                                    logprob_chunk=cfg.logprob_chunk, fused_logprobs=cfg.fused_logprobs)
         if cfg.compile:
@@ -693,8 +701,8 @@ def unlearn_language_model(cfg: RunConfig, out: Path, progress: bool | None = No
         retain_batches, _ = shuffled_batches(len(retain), min(plan.step_batch, len(retain)), cfg.seed, "run",
                                              "retain")
 
-        retain_tokens = retain.mask.sum(-1).cpu()  # the batches' indices are on the CPU: no device sync per part
-        retain_size = (lambda rows: float(retain_tokens[rows].sum())) if cfg.params().retain_norm == "token" else len
+        retain_tokens = retain.n_tokens.cpu()  # the batches' indices are on the CPU: no device sync per part
+        retain_size = (lambda rows: float(retain_tokens[rows].sum())) if params.retain_norm == "token" else len
 
         def micro_batches(step):
             """The step's batch in ``accum`` near-equal parts, each with the weights that make the loop's mean of

@@ -272,8 +272,7 @@ class ValidateConfig:
                              "replaces the chat template, so not with prompt_format chat)")
         if self.task == "tofu":
             tofu.check_split(self.data, self.split)
-        if not hf.ModelSpec(self.model).is_architecture:
-            hf.check_directory(Path(self.model))
+        hf.check_model(self.model)
 
     def prompt(self) -> dict:
         """``unlearn.data.tokenize_examples``' prompt keywords: --template as the plain template (and the format

@@ -26,6 +26,19 @@ def test_figures_help_explains_presets_and_overrides():
         assert word in out
 
 
+def test_help_says_what_an_empty_default_means_and_shows_a_newline():
+    """A tuple default of () reads "none" like None, so its meaning follows it; a template's newline shows as \\n,
+    which the help formatter would otherwise fold into a space."""
+    from recipes import bench
+    from recipes.cli import alias_help, bench_llm_aliases, eval_tofu_aliases
+    from recipes.eval import TofuEvalConfig
+
+    cases = {a.option: a for a in bench_llm_aliases()}["--cases"]
+    assert alias_help(cases, bench.LLMBench).endswith("(default none: all)")
+    template = {a.option: a for a in eval_tofu_aliases()}["--template"]
+    assert alias_help(template, TofuEvalConfig).endswith("(default Question: {prompt}\\nAnswer: )")
+
+
 def test_validate_help_names_every_architecture():
     from unlearn.models.hf import ARCHITECTURES
 

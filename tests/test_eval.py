@@ -95,6 +95,16 @@ def test_a_tofu_file_with_a_missing_field_is_named(tofu_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # a refused evaluation leaves no folder behind
 
 
+def test_tiny_holds_an_evaluation_of_the_default_length():
+    """Prompt and answer (max_length) plus greedy new tokens fit tiny's positions, so evaluating it does not make
+    transformers warn that generation ran past the model's length."""
+    from recipes.eval import TofuEvalConfig
+    from unlearn.models.hf import ARCHITECTURES
+
+    cfg = TofuEvalConfig(data="unused")
+    assert cfg.max_length + cfg.max_new_tokens <= ARCHITECTURES["tiny"]["max_position_embeddings"]
+
+
 def test_an_evaluation_never_replaces_eval_json_without_overwrite(tofu_dir, tmp_path, capsys):
     """Another benchmark's (or the retain model's) eval.json in --out is refused before any work, and replaced only
     with --overwrite; a TOFU directory likewise."""
@@ -104,12 +114,13 @@ def test_an_evaluation_never_replaces_eval_json_without_overwrite(tofu_dir, tmp_
     mia = ["eval", "mia", "--model", "tiny", "--data", str(tofu_dir), "--device", "cpu", "--limit", "6", "--out",
            str(out)]
     assert main(mia) == 2
-    assert f"--out {out} already holds eval.json; give a new folder, or --overwrite" in capsys.readouterr().err
+    assert f"--out {out}: already holds an evaluation (eval.json); give a new folder, or --overwrite" in \
+        capsys.readouterr().err
     assert (out / "eval.json").read_text() == before
     assert main([*mia, "--overwrite"]) == 0
     assert json.loads((out / "eval.json").read_text())["command"] == "eval mia"
     assert main(["data", "tofu-like", "--out", str(tofu_dir)]) == 2
-    assert "already holds full.json" in capsys.readouterr().err
+    assert "already holds a TOFU directory (full.json)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

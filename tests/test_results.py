@@ -187,3 +187,22 @@ def test_the_performance_page_quotes_each_timing_table(path):
     table = "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("experiment")):])
     table = table.split("\n\n")[0].rstrip()
     assert table in PERFORMANCE_DOC.read_text(), f"docs/performance.md does not quote {path.name}'s table"
+
+
+def test_tofu_toy_records_the_hyperparameters_each_method_ran_with():
+    """The committed tofu-toy.json names, per method, the hyperparameters it read, and they are the published TOFU
+    values its config resolves (SimNPO+RT on forget10: beta 4.5, lam 8, the retain NLL per token)."""
+    import dataclasses
+
+    from sims.experiments import tofu_toy
+    from unlearn.config import config_dict
+    from unlearn.objectives import get_method
+
+    doc = json.loads((ROOT / "figures" / "tofu-toy.json").read_text())
+    cfg = dataclasses.replace(tofu_toy.PRESETS[doc["preset"]], progress=doc["config"]["progress"])
+    assert config_dict(cfg) == doc["config"]
+    for method, series in doc["series"]["methods"].items():
+        params = cfg.params(method)
+        assert series["params"] == {key: getattr(params, key) for key in get_method(method).hyperparameters}
+    assert doc["series"]["methods"]["SimNPO+RT"]["params"] == {"beta": 4.5, "gamma": 0.0, "lam": 8.0,
+                                                               "retain_norm": "token"}

@@ -198,7 +198,8 @@ def test_a_checkpoint_of_other_settings_is_refused(tofu_dir, tmp_path, monkeypat
 def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_default(tofu_dir, tmp_path, monkeypatch,
                                                                              capsys):
     """A checkpoint whose recorded settings lack a key that RunConfig has gained since (here fused_logprobs, as in
-    checkpoints written before it existed) counts that key at its default, so the same command resumes it."""
+    checkpoints written before it existed) counts that key at its default, so the same command resumes it, also
+    with values given that equal what it resolved (the protocol's lr, precision float32 for auto on the CPU)."""
     from recipes import run as run_recipe
 
     real = run_recipe.atomic_write
@@ -216,8 +217,9 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_default(to
     state = torch.load(path, weights_only=True)
     del state["config"]["fused_logprobs"]
     torch.save(state, path)
-    assert main(argv) == 0
+    assert main([*argv, "--lr", "1e-5", "--precision", "float32"]) == 0
     assert f"resuming from {path} at step" in capsys.readouterr().out
+    assert json.loads((tmp_path / "x" / "run.json").read_text())["training"]["precision"] == "float32"
 
 
 @pytest.mark.parametrize("method", ["IDK+RT", "DPO", "DPO+RT", "GA+Mismatch+KL"])
@@ -432,6 +434,18 @@ def test_a_run_folder_is_evaluated_with_the_prompt_it_trained_on(tofu_dir, tmp_p
     assert load_for_eval("tiny", ModelConfig(device="cpu"))[0] is not None
 
 
+def test_a_runs_adapter_alone_is_refused_naming_the_run_folder(tofu_dir, tmp_path, capsys):
+    """RUN/hf of a LoRA run is a peft adapter, which names no base model or precision: eval refuses it before
+    any work, pointing at the run folder."""
+    run = tmp_path / "run"
+    assert main(tofu_run(tofu_dir, "--method", "NPO", "--steps", "1", "--lora", "2", "--out", str(run))) == 0
+    capsys.readouterr()
+    adapter = ["eval", "tofu", "--model", str(run / "hf"), "--data", str(tofu_dir), "--out", str(tmp_path / "x")]
+    assert main(adapter) == 2
+    assert f"--model {run / 'hf'}: a peft adapter; evaluate the run folder {run}," in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_run_folder_is_evaluated_on_the_split_it_unlearned(tofu_dir, tmp_path):
     """A run on forget05: `unlearn eval tofu|mia --model RUN` evaluates forget05 where --split is left at its
     default (forget10 would count authors the run kept as forgotten); a split given explicitly stays."""
@@ -538,6 +552,14 @@ def test_dry_run_prints_the_plan_and_allocates_nothing(free_gib, chosen, tofu_di
     printed = capsys.readouterr().out
     assert f"reference {chosen} (" in printed and "GiB at the peak" in printed
     assert not out.exists()
+
+
+def test_a_method_that_reads_no_reference_is_planned_with_the_cached_one_and_says_why(tofu_dir, tmp_path,
+                                                                                      capsys):
+    """GA+RT reads no reference model: --reference copy is refused as not applying, and auto plans the cached
+    one (log-probs never read), naming the reason rather than a memory figure."""
+    assert main(tofu_run(tofu_dir, "--method", "GA+RT", "--dry-run", "--out", str(tmp_path / "dry"))) == 0
+    assert "GA+RT reads no reference model" in capsys.readouterr().out
 
 
 def test_relearning_a_hugging_face_run_brings_the_forget_nll_back(tofu_dir, tmp_path):

@@ -33,6 +33,17 @@ def first(tmp_path_factory):
     return out, json.loads((out / "validate.json").read_text())
 
 
+def test_the_figure_warns_when_the_forget_set_was_not_memorised(first):
+    """The title says that no prediction applies exactly when validate.json says memorisation was not reached."""
+    import matplotlib.pyplot as plt
+
+    _, doc = first
+    for reached in (True, False):
+        fig = validate.plot({**doc, "memorised": {**doc["memorised"], "reached": reached}})
+        assert ("WARNING: the forget set was not memorised" in fig._suptitle.get_text()) is not reached
+        plt.close(fig)
+
+
 def test_validate_writes_the_promised_metrics_and_figure(first):
     out, doc = first
     assert KEYS <= set(doc["metrics"])

@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,16 @@ def output_dir(path: str | Path, option: str = "--out") -> Iterator[Path]:
             with suppress(OSError):  # not empty: it holds what the run kept
                 folder.rmdir()
         raise
+
+
+def refuse_replacing(out: str | Path, names: Sequence[str], what: str, overwrite: bool,
+                     replace: str = "replace it") -> None:
+    """Refuse, before any work, an --out folder that already holds ``what`` (any file or folder of ``names``),
+    unless ``overwrite``; the message names what it found."""
+    found = [name for name in names if (Path(out) / name).exists()]
+    if found and not overwrite:
+        raise ValueError(f"--out {out}: already holds {what} ({', '.join(found)}); give a new folder, or --overwrite "
+                         f"to {replace}")
 
 
 def writable_file(path: str | Path, option: str = "--out") -> Path:

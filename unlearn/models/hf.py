@@ -94,6 +94,12 @@ class ModelSpec:
         return self.name in ARCHITECTURES
 
 
+def check_model(name: str) -> None:
+    """Refuse, before any work, a model name that is neither a built-in architecture nor a model directory."""
+    if name not in ARCHITECTURES:
+        check_directory(Path(name))
+
+
 def check_directory(path: Path) -> None:
     if not path.is_dir():
         raise ValueError(f"model {str(path)!r} is neither a local model directory nor one of the built-in "
